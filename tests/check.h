@@ -1,0 +1,47 @@
+/* check.h - tiny test macros shared by the unit tests; a test prints "N passed, N failed". */
+#ifndef QVL_TEST_CHECK_H
+#define QVL_TEST_CHECK_H
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int check_pass, check_fail;
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (cond) {                                                                        \
+            check_pass++;                                                                  \
+        } else {                                                                           \
+            check_fail++;                                                                  \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);       \
+        }                                                                                  \
+    } while (0)
+#define CHECKF(cond, ...)                                                                  \
+    do {                                                                                   \
+        if (cond) {                                                                        \
+            check_pass++;                                                                  \
+        } else {                                                                           \
+            check_fail++;                                                                  \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);       \
+            fprintf(stderr, __VA_ARGS__);                                                  \
+            fputc('\n', stderr);                                                           \
+        }                                                                                  \
+    } while (0)
+#define CHECK_DONE()                                                                       \
+    do {                                                                                   \
+        printf("%d passed, %d failed\n", check_pass, check_fail);                          \
+        return check_fail ? 1 : 0;                                                         \
+    } while (0)
+
+/* Path of a file under ../shared (QVL_SHARED set by CTest); returns a static buffer. */
+static inline const char *shared_path(const char *rel) {
+    static char buf[4][1024];
+    static int k;
+    const char *root = getenv("QVL_SHARED");
+    if (!root)
+        root = "../shared";
+    k = (k + 1) & 3;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", root, rel);
+    return buf[k];
+}
+#endif
