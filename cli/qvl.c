@@ -1,13 +1,856 @@
-/* qvl.c - command-line front end: argument parsing and printing only. */
+/* qvl.c - command-line front end: argument parsing and printing only; all work is done by
+ * libqvl through the public header. */
 #include "qvl.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_IMAGES 64
+#define MAX_STOPS  16
+
+static int quiet;
+
+static int die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "qvl: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+static void log_stderr(qvl_log_level lvl, const char *msg, void *user) {
+    (void)user;
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    fprintf(stderr, "qvl %s: %s\n", names[lvl], msg);
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* ---- options shared by subcommands ------------------------------------------------------- */
+typedef struct opts {
+    const char *model;
+    const char *images[MAX_IMAGES];
+    int n_images;
+    const char *prompt, *system, *out;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+    long max_new, top_k, threads, n_ctx, top_logits, seed;
+    double temp, top_p, min_p, rep, presence, frequency;
+    long min_pixels, max_pixels;
+    bool json, ignore_eos, skip_special;
+    const char *positional[256];
+    int n_pos;
+} opts;
+
+static void opts_init(opts *o) {
+    memset(o, 0, sizeof *o);
+    o->max_new = 256;
+    o->top_k = -1;
+    o->temp = -1;
+    o->top_p = -1;
+    o->rep = -1;
+    o->skip_special = true;
+}
+
+#define NEED_ARG()                                                                          \
+    do {                                                                                    \
+        if (i + 1 >= argc)                                                                  \
+            return die(2, "option %s needs a value", a), -1;                                \
+    } while (0)
+#define NUM(field, lo, hi)                                                                  \
+    do {                                                                                    \
+        NEED_ARG();                                                                         \
+        long v_;                                                                            \
+        if (!parse_long(argv[++i], lo, hi, &v_))                                            \
+            return die(2, "option %s: '%s' is not an integer in [%ld, %ld]", a, argv[i],    \
+                       (long)(lo), (long)(hi)),                                             \
+                   -1;                                                                      \
+        o->field = v_;                                                                      \
+    } while (0)
+#define FLT(field, lo, hi)                                                                  \
+    do {                                                                                    \
+        NEED_ARG();                                                                         \
+        double v_;                                                                          \
+        if (!parse_float(argv[++i], lo, hi, &v_))                                           \
+            return die(2, "option %s: '%s' is not a number in [%g, %g]", a, argv[i],        \
+                       (double)(lo), (double)(hi)),                                         \
+                   -1;                                                                      \
+        o->field = v_;                                                                      \
+    } while (0)
+
+/* Parse options; returns 0 or an exit code (> 0) after printing the reason. */
+static int parse_opts(int argc, char **argv, opts *o) {
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            NEED_ARG();
+            o->model = argv[++i];
+        } else if (!strcmp(a, "-i") || !strcmp(a, "--image")) {
+            NEED_ARG();
+            if (o->n_images == MAX_IMAGES)
+                return die(2, "at most %d images", MAX_IMAGES);
+            o->images[o->n_images++] = argv[++i];
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            NEED_ARG();
+            o->prompt = argv[++i];
+        } else if (!strcmp(a, "-s") || !strcmp(a, "--system")) {
+            NEED_ARG();
+            o->system = argv[++i];
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--out")) {
+            NEED_ARG();
+            o->out = argv[++i];
+        } else if (!strcmp(a, "--stop")) {
+            NEED_ARG();
+            if (o->n_stops == MAX_STOPS)
+                return die(2, "at most %d stop strings", MAX_STOPS);
+            o->stops[o->n_stops++] = argv[++i];
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--max-new")) {
+            NUM(max_new, 0, 1 << 24);
+        } else if (!strcmp(a, "--top-k")) {
+            NUM(top_k, 0, 1 << 24);
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            NUM(threads, 1, 256);
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
+            NUM(n_ctx, 1, 1 << 24);
+        } else if (!strcmp(a, "--top-logits")) {
+            NUM(top_logits, 0, 1000);
+        } else if (!strcmp(a, "--seed")) {
+            NUM(seed, 0, LONG_MAX);
+        } else if (!strcmp(a, "--min-pixels")) {
+            NUM(min_pixels, 1, 1L << 40);
+        } else if (!strcmp(a, "--max-pixels")) {
+            NUM(max_pixels, 1, 1L << 40);
+        } else if (!strcmp(a, "--temp")) {
+            FLT(temp, 0, 100);
+        } else if (!strcmp(a, "--top-p")) {
+            FLT(top_p, 0, 1);
+        } else if (!strcmp(a, "--min-p")) {
+            FLT(min_p, 0, 1);
+        } else if (!strcmp(a, "--repeat-penalty")) {
+            FLT(rep, 0.01, 100);
+        } else if (!strcmp(a, "--presence-penalty")) {
+            FLT(presence, -10, 10);
+        } else if (!strcmp(a, "--frequency-penalty")) {
+            FLT(frequency, -10, 10);
+        } else if (!strcmp(a, "--json")) {
+            o->json = true;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            o->ignore_eos = true;
+        } else if (!strcmp(a, "--keep-special")) {
+            o->skip_special = false;
+        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            quiet = 1;
+        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+            qvl_log_set(log_stderr, NULL, QVL_LOG_DEBUG);
+        } else if (a[0] == '-' && a[1] && strcmp(a, "-")) {
+            return die(2, "unknown option '%s' (see qvl --help)", a);
+        } else {
+            if (o->n_pos == 256)
+                return die(2, "too many arguments");
+            o->positional[o->n_pos++] = a;
+        }
+    }
+    return 0;
+}
+
+static int load_model(const char *dir, qvl_model **m) {
+    char err[1024] = "";
+    if (!dir)
+        return die(2, "no model: give -m DIR (a Hugging Face Qwen3-VL model directory)");
+    qvl_model_params mp = qvl_model_default_params();
+    qvl_status s = qvl_model_load(dir, &mp, m, err, sizeof err);
+    if (s != QVL_OK)
+        return die(1, "cannot load model: %s", err[0] ? err : qvl_status_str(s));
+    return 0;
+}
+
+/* ---- info ---------------------------------------------------------------------------------- */
+static int cmd_info(opts *o) {
+    if (!o->model && o->n_pos)
+        o->model = o->positional[0];
+    qvl_model *m = NULL;
+    int rc = load_model(o->model, &m);
+    if (rc)
+        return rc;
+    char *js = qvl_model_info_json(m);
+    if (!js) {
+        qvl_model_free(m);
+        return die(1, "out of memory");
+    }
+    if (o->json) {
+        printf("%s\n", js);
+    } else {
+        cJSON *j = cJSON_Parse(js);
+        const cJSON *t = cJSON_GetObjectItem(j, "text"), *v = cJSON_GetObjectItem(j, "vision");
+        const cJSON *tk = cJSON_GetObjectItem(j, "tokens");
+#define N(o_, k_) cJSON_GetNumberValue(cJSON_GetObjectItem(o_, k_))
+        printf("model       %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(j, "dir")));
+        printf("arch        Qwen3VLForConditionalGeneration (%s), weights %s\n",
+               cJSON_GetStringValue(cJSON_GetObjectItem(j, "model_type")),
+               cJSON_GetStringValue(cJSON_GetObjectItem(j, "dtype")));
+        printf("text        %.0f layers, hidden %.0f, heads %.0f/%.0f kv, head_dim %.0f, "
+               "ffn %.0f, vocab %.0f, theta %.0f\n",
+               N(t, "layers"), N(t, "hidden_size"), N(t, "heads"), N(t, "kv_heads"),
+               N(t, "head_dim"), N(t, "intermediate_size"), N(t, "vocab_size"),
+               N(t, "rope_theta"));
+        printf("            %.3f B params, %.1f MB, lm_head %s\n", N(t, "params") / 1e9,
+               N(t, "bytes") / 1e6,
+               cJSON_IsTrue(cJSON_GetObjectItem(t, "tied_lm_head")) ? "tied" : "separate");
+        printf("vision      %.0f blocks, hidden %.0f, heads %.0f, ffn %.0f, patch %.0f, merge "
+               "%.0f, out %.0f\n",
+               N(v, "depth"), N(v, "hidden_size"), N(v, "heads"), N(v, "intermediate_size"),
+               N(v, "patch_size"), N(v, "spatial_merge_size"), N(v, "out_hidden_size"));
+        printf("            %.3f B params, %.1f MB\n", N(v, "params") / 1e9, N(v, "bytes") / 1e6);
+        printf("total       %.3f B params in %.0f tensors\n", N(j, "params_total") / 1e9,
+               N(j, "n_tensors"));
+        printf("tokens      image_pad %.0f, video_pad %.0f, vision_start %.0f, vision_end %.0f, "
+               "eos",
+               N(tk, "image_pad"), N(tk, "video_pad"), N(tk, "vision_start"),
+               N(tk, "vision_end"));
+        const cJSON *e;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItem(tk, "eos")) printf(" %.0f", e->valuedouble);
+        printf("\nfiles      ");
+        cJSON_ArrayForEach(e, cJSON_GetObjectItem(j, "files"))
+            printf(" %s", cJSON_GetStringValue(cJSON_GetObjectItem(e, "name")));
+        printf("\n");
+#undef N
+        cJSON_Delete(j);
+    }
+    qvl_free(js);
+    qvl_model_free(m);
+    return 0;
+}
+
+/* ---- tokenize / detokenize ---------------------------------------------------------------- */
+static int cmd_tokenize(opts *o) {
+    qvl_model *m = NULL;
+    if (o->n_pos != 1)
+        return die(2, "usage: qvl tokenize -m DIR [--json] TEXT");
+    int rc = load_model(o->model, &m);
+    if (rc)
+        return rc;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qvl_status s = qvl_tokenize(m, o->positional[0], strlen(o->positional[0]), &ids, &n);
+    if (s != QVL_OK) {
+        qvl_model_free(m);
+        return die(1, "tokenize: %s", qvl_status_str(s));
+    }
+    printf("[");
+    for (size_t i = 0; i < n; i++)
+        printf("%s%d", i ? ", " : "", ids[i]);
+    printf("]\n");
+    qvl_free(ids);
+    qvl_model_free(m);
+    return 0;
+}
+
+static int cmd_detokenize(opts *o) {
+    qvl_model *m = NULL;
+    if (o->n_pos < 1)
+        return die(2, "usage: qvl detokenize -m DIR ID... (or a JSON array)");
+    int32_t ids[4096];
+    size_t n = 0;
+    for (int i = 0; i < o->n_pos; i++) {
+        const char *p = o->positional[i];
+        while (*p) {
+            while (*p == '[' || *p == ']' || *p == ',' || *p == ' ')
+                p++;
+            if (!*p)
+                break;
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || errno || v < 0 || v > INT32_MAX)
+                return die(2, "detokenize: '%s' is not a list of token ids", o->positional[i]);
+            if (n == 4096)
+                return die(2, "detokenize: at most 4096 ids");
+            ids[n++] = (int32_t)v;
+            p = end;
+        }
+    }
+    int rc = load_model(o->model, &m);
+    if (rc)
+        return rc;
+    char *text = NULL;
+    qvl_status s = qvl_detokenize(m, ids, n, 0, &text);
+    if (s != QVL_OK) {
+        qvl_model_free(m);
+        return die(1, "detokenize: %s (ids must be below the vocabulary size)",
+                   qvl_status_str(s));
+    }
+    printf("%s\n", text);
+    qvl_free(text);
+    qvl_model_free(m);
+    return 0;
+}
+
+/* ---- generation ---------------------------------------------------------------------------- */
+typedef struct stream_state {
+    bool json;
+} stream_state;
+
+static int on_text(const char *text, size_t len, int32_t token, void *user) {
+    (void)token;
+    stream_state *st = user;
+    if (!st->json) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static void json_add_ids(cJSON *o, const char *key, const int32_t *ids, size_t n) {
+    cJSON *a = cJSON_AddArrayToObject(o, key);
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+}
+
+static char *demo_model_dir(char *err, size_t err_len);
+
+static int cmd_run(opts *o) {
+    char err[1024] = "";
+    bool demo = false;
+    char *demo_dir = NULL;
+    if (!o->model) {
+        char *hub = NULL;
+        if (qvl_model_resolve("Qwen/Qwen3-VL-2B-Instruct", &hub, err, sizeof err) == QVL_OK &&
+            hub) {
+            o->model = hub; /* leaked at exit on purpose: lives for the whole command */
+        } else {
+            qvl_free(hub);
+            demo_dir = demo_model_dir(err, sizeof err);
+            if (!demo_dir)
+                return die(1, "no model given and no demo model: %s", err);
+            o->model = demo_dir;
+            demo = true;
+            fprintf(stderr,
+                    "qvl: no -m given and Qwen/Qwen3-VL-2B-Instruct is not in the Hugging Face "
+                    "cache:\nqvl: running a RANDOM-WEIGHT demo model (%s); its output is "
+                    "meaningless.\n",
+                    demo_dir);
+        }
+    }
+    double t0 = 0;
+    qvl_model *m = NULL;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t0 = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+    }
+    int rc = load_model(o->model, &m);
+    if (rc)
+        return rc;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double load_ms = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6 - t0;
+
+    qvl_image *imgs[MAX_IMAGES] = {0};
+    int n_img = 0;
+    qvl_ctx *c = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    qvl_gen_result res = {0};
+    rc = 1;
+    for (int i = 0; i < o->n_images; i++) {
+        qvl_status s = qvl_image_load_file(o->images[i], 0, &imgs[n_img], err, sizeof err);
+        if (s != QVL_OK) {
+            die(1, "image %s: %s", o->images[i], err);
+            goto out;
+        }
+        n_img++;
+    }
+    if (demo && n_img == 0) { /* the demo describes a generated gradient picture */
+        static uint8_t rgb[96 * 64 * 3];
+        for (int y = 0; y < 64; y++)
+            for (int x = 0; x < 96; x++) {
+                uint8_t *p = rgb + (y * 96 + x) * 3;
+                p[0] = (uint8_t)(x * 255 / 95);
+                p[1] = (uint8_t)(y * 255 / 63);
+                p[2] = (uint8_t)((x + y) & 0xff);
+            }
+        if (qvl_image_from_rgb(rgb, 96, 64, &imgs[0], err, sizeof err) != QVL_OK) {
+            die(1, "demo image: %s", err);
+            goto out;
+        }
+        n_img = 1;
+    }
+    const char *prompt = o->prompt ? o->prompt : (n_img ? "Describe this image." : "Hello!");
+    qvl_message msgs[2];
+    int nm = 0;
+    if (o->system)
+        msgs[nm++] = (qvl_message){"system", o->system, 0};
+    msgs[nm++] = (qvl_message){"user", prompt, n_img};
+    qvl_ctx_params cp = qvl_ctx_default_params();
+    cp.n_ctx = (int)o->n_ctx;
+    cp.n_threads = (int)o->threads;
+    cp.image.min_pixels = o->min_pixels;
+    cp.image.max_pixels = o->max_pixels;
+    qvl_status s = qvl_prompt_build(m, msgs, (size_t)nm, 1, imgs, (size_t)n_img, &cp.image, &ids,
+                                    &n_ids, err, sizeof err);
+    if (s != QVL_OK) {
+        die(1, "prompt: %s", err);
+        goto out;
+    }
+    if (cp.n_ctx == 0) { /* default: the prompt plus the generation budget, at least 4096 */
+        long need = (long)n_ids + (o->max_new ? o->max_new : 4096) + 16;
+        cp.n_ctx = (int)(need > 4096 ? need : 4096);
+    }
+    s = qvl_ctx_create(m, &cp, &c, err, sizeof err);
+    if (s != QVL_OK) {
+        die(1, "context: %s", err);
+        goto out;
+    }
+    s = qvl_ctx_eval(c, ids, n_ids, imgs, (size_t)n_img);
+    if (s != QVL_OK) {
+        die(1, "prompt evaluation: %s", qvl_ctx_errmsg(c));
+        goto out;
+    }
+    cJSON *top = NULL;
+    if (o->top_logits > 0) {
+        int nv = 0;
+        const float *lg = qvl_ctx_logits(c, &nv);
+        top = cJSON_CreateArray();
+        long k = o->top_logits < nv ? o->top_logits : nv;
+        int32_t *best = calloc((size_t)k, sizeof *best);
+        for (long r = 0; best && r < k; r++) {
+            int32_t bi = -1;
+            for (int v = 0; v < nv; v++) {
+                bool used = false;
+                for (long q = 0; q < r; q++)
+                    used |= best[q] == v;
+                if (!used && (bi < 0 || lg[v] > lg[bi]))
+                    bi = v;
+            }
+            best[r] = bi;
+            cJSON *pair = cJSON_CreateArray();
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(bi));
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(lg[bi]));
+            cJSON_AddItemToArray(top, pair);
+        }
+        free(best);
+    }
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.max_new_tokens = (int)o->max_new;
+    gp.temperature = (float)o->temp;
+    gp.top_k = (int)o->top_k;
+    gp.top_p = (float)o->top_p;
+    gp.min_p = (float)o->min_p;
+    gp.repetition_penalty = (float)o->rep;
+    gp.presence_penalty = (float)o->presence;
+    gp.frequency_penalty = (float)o->frequency;
+    gp.seed = (uint64_t)o->seed;
+    gp.ignore_eos = o->ignore_eos;
+    gp.stop = o->stops;
+    gp.n_stop = o->n_stops;
+    stream_state ss = {o->json};
+    s = qvl_ctx_generate(c, &gp, on_text, &ss, &res);
+    if (s != QVL_OK && s != QVL_E_CANCELLED) {
+        cJSON_Delete(top);
+        die(1, "generation: %s", qvl_ctx_errmsg(c));
+        goto out;
+    }
+    double vision_ms = 0, prefill_ms = res.prefill_ms;
+    if (o->json) {
+        cJSON *j = cJSON_CreateObject();
+        json_add_ids(j, "prompt_ids", ids, n_ids);
+        cJSON *ia = cJSON_AddArrayToObject(j, "images");
+        for (int i = 0; i < n_img; i++) {
+            qvl_image_plan pl;
+            if (qvl_image_plan_get(m, imgs[i], &cp.image, &pl, err, sizeof err) != QVL_OK)
+                continue;
+            cJSON *e = cJSON_CreateObject();
+            cJSON *g = cJSON_AddArrayToObject(e, "grid_thw");
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_t));
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_h));
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_w));
+            cJSON_AddNumberToObject(e, "tokens", (double)pl.n_tokens);
+            cJSON_AddItemToArray(ia, e);
+        }
+        json_add_ids(j, "generated_ids", res.tokens, res.n_tokens);
+        cJSON_AddStringToObject(j, "text", res.text);
+        cJSON_AddStringToObject(j, "finish_reason",
+                                res.finish == QVL_FINISH_LENGTH ? "length" : "stop");
+        if (top)
+            cJSON_AddItemToObject(j, "prompt_top_logits", top);
+        top = NULL;
+        cJSON *t = cJSON_AddObjectToObject(j, "timings");
+        cJSON_AddNumberToObject(t, "load_ms", load_ms);
+        cJSON_AddNumberToObject(t, "vision_ms", vision_ms);
+        cJSON_AddNumberToObject(t, "prefill_ms", prefill_ms);
+        cJSON_AddNumberToObject(t, "decode_ms", res.decode_ms);
+        cJSON_AddNumberToObject(t, "prompt_tokens", (double)n_ids);
+        cJSON_AddNumberToObject(t, "generated_tokens", (double)res.n_tokens);
+        char *txt = cJSON_PrintUnformatted(j);
+        printf("%s\n", txt);
+        free(txt);
+        cJSON_Delete(j);
+    } else {
+        printf("\n");
+        if (!quiet)
+            fprintf(stderr,
+                    "qvl: load %.0f ms, prompt %zu tokens in %.0f ms (%.1f tok/s), generated %zu "
+                    "tokens in %.0f ms (%.2f tok/s), finish: %s\n",
+                    load_ms, n_ids, prefill_ms, prefill_ms > 0 ? n_ids / prefill_ms * 1e3 : 0,
+                    res.n_tokens, res.decode_ms,
+                    res.decode_ms > 0 ? res.n_tokens / res.decode_ms * 1e3 : 0,
+                    res.finish == QVL_FINISH_LENGTH ? "length" : "stop");
+    }
+    cJSON_Delete(top);
+    rc = 0;
+out:
+    qvl_gen_result_free(&res);
+    qvl_free(ids);
+    qvl_ctx_free(c);
+    for (int i = 0; i < n_img; i++)
+        qvl_image_free(imgs[i]);
+    qvl_model_free(m);
+    qvl_free(demo_dir);
+    return rc;
+}
+
+/* ---- preprocess ------------------------------------------------------------------------------ */
+static int cmd_preprocess(opts *o) {
+    if (o->n_pos < 1)
+        return die(2, "usage: qvl preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] "
+                      "IMAGE...");
+    qvl_model *m = NULL;
+    if (o->model) {
+        int rc = load_model(o->model, &m);
+        if (rc)
+            return rc;
+    }
+    int rc = 0;
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; i < o->n_pos; i++) {
+        char err[1024] = "";
+        qvl_image *img = NULL;
+        qvl_image_plan pl;
+        qvl_image_opts io = {o->min_pixels, o->max_pixels};
+        qvl_status s = qvl_image_load_file(o->positional[i], 0, &img, err, sizeof err);
+        if (s == QVL_OK)
+            s = qvl_image_plan_get(m, img, &io, &pl, err, sizeof err);
+        if (s != QVL_OK) {
+            fprintf(stderr, "qvl: %s: %s\n", o->positional[i], err);
+            qvl_image_free(img);
+            rc = 1;
+            continue;
+        }
+        int w, h;
+        qvl_image_size(img, &w, &h);
+        if (o->json) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "path", o->positional[i]);
+            cJSON_AddNumberToObject(e, "width", w);
+            cJSON_AddNumberToObject(e, "height", h);
+            cJSON_AddNumberToObject(e, "resized_width", pl.resized_width);
+            cJSON_AddNumberToObject(e, "resized_height", pl.resized_height);
+            cJSON *g = cJSON_AddArrayToObject(e, "grid_thw");
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_t));
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_h));
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_w));
+            cJSON_AddNumberToObject(e, "tokens", (double)pl.n_tokens);
+            cJSON_AddItemToArray(arr, e);
+        } else {
+            printf("%s: %dx%d -> %dx%d, grid (%d, %d, %d), %lld tokens\n", o->positional[i], w,
+                   h, pl.resized_width, pl.resized_height, pl.grid_t, pl.grid_h, pl.grid_w,
+                   (long long)pl.n_tokens);
+        }
+        qvl_image_free(img);
+    }
+    if (o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddItemToObject(j, "images", arr);
+        char *txt = cJSON_PrintUnformatted(j);
+        printf("%s\n", txt);
+        free(txt);
+        cJSON_Delete(j);
+    } else {
+        cJSON_Delete(arr);
+    }
+    qvl_model_free(m);
+    return rc;
+}
+
+/* ---- encode ---------------------------------------------------------------------------------- */
+static int cmd_encode(opts *o) {
+    if (o->n_pos < 1 || !o->out)
+        return die(2, "usage: qvl encode -m DIR IMAGE... --out FILE");
+    qvl_model *m = NULL;
+    int rc = load_model(o->model, &m);
+    if (rc)
+        return rc;
+    FILE *f = fopen(o->out, "wb");
+    if (!f) {
+        qvl_model_free(m);
+        return die(1, "cannot write %s: %s", o->out, strerror(errno));
+    }
+    /* File: one JSON header line, then raw little-endian float32 tensors in the order listed. */
+    qvl_features *feats = calloc((size_t)o->n_pos, sizeof *feats);
+    cJSON *j = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(j, "images");
+    rc = 0;
+    for (int i = 0; i < o->n_pos && feats; i++) {
+        char err[1024] = "";
+        qvl_image *img = NULL;
+        qvl_image_opts io = {o->min_pixels, o->max_pixels};
+        qvl_status s = qvl_image_load_file(o->positional[i], 0, &img, err, sizeof err);
+        if (s == QVL_OK)
+            s = qvl_vision_encode(m, img, &io, (int)o->threads, &feats[i], err, sizeof err);
+        qvl_image_free(img);
+        if (s != QVL_OK) {
+            rc = die(1, "%s: %s", o->positional[i], err);
+            break;
+        }
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "path", o->positional[i]);
+        cJSON *g = cJSON_AddArrayToObject(e, "grid_thw");
+        cJSON_AddItemToArray(g, cJSON_CreateNumber(feats[i].grid_t));
+        cJSON_AddItemToArray(g, cJSON_CreateNumber(feats[i].grid_h));
+        cJSON_AddItemToArray(g, cJSON_CreateNumber(feats[i].grid_w));
+        cJSON_AddNumberToObject(e, "tokens", (double)feats[i].n_tokens);
+        cJSON *sh = cJSON_AddArrayToObject(e, "embd_shape");
+        cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)feats[i].n_tokens));
+        cJSON_AddItemToArray(sh, cJSON_CreateNumber(feats[i].dim));
+        cJSON *dsh = cJSON_AddArrayToObject(e, "deepstack_shape");
+        cJSON_AddItemToArray(dsh, cJSON_CreateNumber(feats[i].n_deepstack));
+        cJSON_AddItemToArray(dsh, cJSON_CreateNumber((double)feats[i].n_tokens));
+        cJSON_AddItemToArray(dsh, cJSON_CreateNumber(feats[i].dim));
+        cJSON_AddItemToArray(arr, e);
+    }
+    if (!feats)
+        rc = die(1, "out of memory");
+    if (rc == 0) {
+        cJSON_AddStringToObject(j, "format", "qvl-features-1");
+        cJSON_AddStringToObject(j, "dtype", "f32le");
+        cJSON_AddStringToObject(j, "layout",
+                                "per image: embd [tokens, dim] then deepstack [n, tokens, dim]");
+        char *txt = cJSON_PrintUnformatted(j);
+        fprintf(f, "%s\n", txt);
+        free(txt);
+        for (int i = 0; i < o->n_pos; i++) {
+            size_t ne = (size_t)feats[i].n_tokens * (size_t)feats[i].dim;
+            fwrite(feats[i].embd, sizeof(float), ne, f);
+            fwrite(feats[i].deepstack, sizeof(float), ne * (size_t)feats[i].n_deepstack, f);
+        }
+    }
+    if (fclose(f) != 0 && rc == 0)
+        rc = die(1, "writing %s failed", o->out);
+    for (int i = 0; feats && i < o->n_pos; i++)
+        qvl_features_free(&feats[i]);
+    free(feats);
+    cJSON_Delete(j);
+    qvl_model_free(m);
+    return rc;
+}
+
+/* ---- chat ------------------------------------------------------------------------------------ */
+static int cmd_chat(opts *o) {
+    qvl_model *m = NULL;
+    int rc = load_model(o->model, &m);
+    if (rc)
+        return rc;
+    char err[1024] = "";
+    qvl_ctx_params cp = qvl_ctx_default_params();
+    cp.n_ctx = o->n_ctx ? (int)o->n_ctx : 8192;
+    cp.n_threads = (int)o->threads;
+    cp.image.min_pixels = o->min_pixels;
+    cp.image.max_pixels = o->max_pixels;
+    qvl_ctx *c = NULL;
+    if (qvl_ctx_create(m, &cp, &c, err, sizeof err) != QVL_OK) {
+        qvl_model_free(m);
+        return die(1, "context: %s", err);
+    }
+    qvl_image *pending[MAX_IMAGES];
+    int n_pending = 0;
+    char line[65536];
+    bool first = true, interactive = isatty(0);
+    if (interactive)
+        fprintf(stderr, "qvl chat: type a message; '/image PATH' attaches an image to the next "
+                        "turn; '/reset' starts over; Ctrl-D quits.\n");
+    for (;;) {
+        if (interactive)
+            fprintf(stderr, "> ");
+        if (!fgets(line, sizeof line, stdin))
+            break;
+        size_t L = strlen(line);
+        while (L && (line[L - 1] == '\n' || line[L - 1] == '\r'))
+            line[--L] = 0;
+        if (!L)
+            continue;
+        if (!strncmp(line, "/image ", 7)) {
+            if (n_pending == MAX_IMAGES) {
+                fprintf(stderr, "qvl: too many images for one turn\n");
+                continue;
+            }
+            if (qvl_image_load_file(line + 7, 0, &pending[n_pending], err, sizeof err) != QVL_OK)
+                fprintf(stderr, "qvl: %s\n", err);
+            else
+                n_pending++;
+            continue;
+        }
+        if (!strcmp(line, "/reset")) {
+            qvl_ctx_reset(c);
+            first = true;
+            continue;
+        }
+        /* render this turn alone; later turns first close the previous assistant turn */
+        qvl_message msgs[2];
+        int nm = 0;
+        if (first && o->system)
+            msgs[nm++] = (qvl_message){"system", o->system, 0};
+        msgs[nm++] = (qvl_message){"user", line, n_pending};
+        int32_t *ids = NULL, *all = NULL;
+        size_t n_ids = 0;
+        qvl_status s = qvl_prompt_build(m, msgs, (size_t)nm, 1, pending, (size_t)n_pending,
+                                        &cp.image, &ids, &n_ids, err, sizeof err);
+        if (s == QVL_OK && !first) {
+            /* the generated answer ended without its <|im_end|>\n: add them */
+            int32_t *close_ids = NULL;
+            size_t n_close = 0;
+            s = qvl_tokenize(m, "<|im_end|>\n", 11, &close_ids, &n_close);
+            all = s == QVL_OK ? malloc((n_close + n_ids) * sizeof *all) : NULL;
+            if (all) {
+                memcpy(all, close_ids, n_close * sizeof *all);
+                memcpy(all + n_close, ids, n_ids * sizeof *all);
+                qvl_free(ids);
+                ids = all;
+                all = NULL;
+                n_ids += n_close;
+            } else if (s == QVL_OK) {
+                s = QVL_E_NOMEM;
+            }
+            qvl_free(close_ids);
+        }
+        if (s == QVL_OK)
+            s = qvl_ctx_eval(c, ids, n_ids, pending, (size_t)n_pending);
+        for (int i = 0; i < n_pending; i++)
+            qvl_image_free(pending[i]);
+        n_pending = 0;
+        if (ids != all)
+            qvl_free(ids);
+        if (s != QVL_OK) {
+            fprintf(stderr, "qvl: %s\n", err[0] ? err : qvl_ctx_errmsg(c));
+            err[0] = 0;
+            continue;
+        }
+        first = false;
+        qvl_gen_params gp = qvl_gen_default_params();
+        gp.max_new_tokens = (int)o->max_new;
+        gp.temperature = (float)o->temp;
+        gp.seed = (uint64_t)o->seed;
+        qvl_gen_result res = {0};
+        stream_state ss = {false};
+        s = qvl_ctx_generate(c, &gp, on_text, &ss, &res);
+        printf("\n");
+        fflush(stdout);
+        if (s != QVL_OK)
+            fprintf(stderr, "qvl: %s\n", qvl_ctx_errmsg(c));
+        qvl_gen_result_free(&res);
+    }
+    for (int i = 0; i < n_pending; i++)
+        qvl_image_free(pending[i]);
+    qvl_ctx_free(c);
+    qvl_model_free(m);
+    return 0;
+}
+
+/* ---- demo model ------------------------------------------------------------------------------ */
+static char *demo_model_dir(char *err, size_t err_len) {
+    const char *base = getenv("XDG_CACHE_HOME");
+    char dir[PATH_MAX];
+    if (base && *base)
+        snprintf(dir, sizeof dir, "%s/qvl/demo-tiny", base);
+    else if (getenv("HOME"))
+        snprintf(dir, sizeof dir, "%s/.cache/qvl/demo-tiny", getenv("HOME"));
+    else
+        snprintf(dir, sizeof dir, "/tmp/qvl-demo-tiny");
+    char cfg[PATH_MAX + 32];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    struct stat st;
+    if (stat(cfg, &st) == 0)
+        return strdup(dir);
+    fprintf(stderr, "qvl: generating the demo model in %s (once)\n", dir);
+    if (qvl_demo_model_write(dir, err, err_len) != QVL_OK)
+        return NULL;
+    return strdup(dir);
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: qvl <command> [options]\n"
+            "commands:\n"
+            "  run        -m DIR [-i IMAGE]... [-p PROMPT] [-s SYSTEM] [-n MAX_NEW] [--temp T]\n"
+            "             [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
+            "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
+            "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
+            "             [--json] [--top-logits K] [-q]\n"
+            "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
+            "             random-weight demo model\n"
+            "  chat       -m DIR [-s SYSTEM]   interactive; '/image PATH' attaches an image\n"
+            "  info       -m DIR [--json]      architecture, parameters, files, token ids\n"
+            "  tokenize   -m DIR TEXT          ids as a JSON array\n"
+            "  detokenize -m DIR ID...         text\n"
+            "  preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] IMAGE...\n"
+            "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
+            "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n");
+}
 
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        fprintf(stderr, "usage: qvl <command> [options]\n");
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        usage();
         return argc < 2 ? 2 : 0;
     }
-    fprintf(stderr, "qvl: unknown command '%s'\n", argv[1]);
-    return 2;
+    const char *cmd = argv[1];
+    opts o;
+    opts_init(&o);
+    int rc = parse_opts(argc - 2, argv + 2, &o);
+    if (rc)
+        return rc;
+    if (!strcmp(cmd, "run"))
+        return cmd_run(&o);
+    if (!strcmp(cmd, "chat"))
+        return cmd_chat(&o);
+    if (!strcmp(cmd, "info"))
+        return cmd_info(&o);
+    if (!strcmp(cmd, "tokenize"))
+        return cmd_tokenize(&o);
+    if (!strcmp(cmd, "detokenize"))
+        return cmd_detokenize(&o);
+    if (!strcmp(cmd, "preprocess"))
+        return cmd_preprocess(&o);
+    if (!strcmp(cmd, "encode"))
+        return cmd_encode(&o);
+    usage();
+    return die(2, "unknown command '%s'", cmd);
 }

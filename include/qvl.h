@@ -77,6 +77,10 @@ QVL_API char *qvl_model_info_json(const qvl_model *m);
  * $HF_HOME/hub or ~/.cache/huggingface/hub (newest snapshot). *out is a heap string. */
 QVL_API qvl_status qvl_model_resolve(const char *arg, char **out, char *err, size_t err_len);
 
+/* Write a small random-weight demo model (tiny dimensions, a byte-level tokenizer with the real
+ * special tokens) into dir, for trying qvl without a download. Its output is meaningless. */
+QVL_API qvl_status qvl_demo_model_write(const char *dir, char *err, size_t err_len);
+
 /* ---- tokenizer -------------------------------------------------------- */
 /* Tokenize UTF-8 text (special tokens in the text are recognised). *ids is a heap array of *n
  * ids to release with qvl_free(). */
@@ -86,6 +90,159 @@ QVL_API qvl_status qvl_tokenize(const qvl_model *m, const char *text, size_t len
  * added tokens. *text is a heap string to release with qvl_free(). */
 QVL_API qvl_status qvl_detokenize(const qvl_model *m, const int32_t *ids, size_t n,
                                   int skip_special, char **text);
+
+
+/* ---- images ----------------------------------------------------------- */
+typedef struct qvl_image qvl_image; /* decoded 8-bit RGB picture */
+
+/* Decode a JPEG, PNG or WebP file / buffer (format from the magic bytes). Images larger than
+ * max_pixels (0: 64 Mpx) or with an aspect ratio over 200 are refused before decoding. */
+QVL_API qvl_status qvl_image_load_file(const char *path, uint64_t max_pixels, qvl_image **out,
+                                       char *err, size_t err_len);
+QVL_API qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max_pixels,
+                                      qvl_image **out, char *err, size_t err_len);
+/* Copy a raw RGB buffer (rows of width*3 bytes). */
+QVL_API qvl_status qvl_image_from_rgb(const uint8_t *rgb, int width, int height, qvl_image **out,
+                                      char *err, size_t err_len);
+QVL_API void qvl_image_size(const qvl_image *img, int *width, int *height);
+QVL_API void qvl_image_free(qvl_image *img);
+
+/* Per-call image budget: 0 means "from preprocessor_config.json". */
+typedef struct qvl_image_opts {
+    int64_t min_pixels;
+    int64_t max_pixels;
+} qvl_image_opts;
+
+/* Where an image lands: resized size, grid (t, h, w) in patches and its number of tokens. */
+typedef struct qvl_image_plan {
+    int resized_width, resized_height;
+    int grid_t, grid_h, grid_w;
+    int64_t n_tokens;
+} qvl_image_plan;
+/* m may be NULL: the released preprocessor defaults are used. */
+QVL_API qvl_status qvl_image_plan_get(const qvl_model *m, const qvl_image *img,
+                                      const qvl_image_opts *o, qvl_image_plan *plan, char *err,
+                                      size_t err_len);
+
+/* Vision encoding of one image: features [n_tokens, hidden] and DeepStack features
+ * [n_deepstack, n_tokens, hidden], heap arrays released with qvl_free(). */
+typedef struct qvl_features {
+    int64_t n_tokens;
+    int dim;
+    int n_deepstack;
+    int grid_t, grid_h, grid_w;
+    float *embd; /* [n_tokens, dim] */
+    float *deepstack; /* [n_deepstack, n_tokens, dim] */
+} qvl_features;
+QVL_API qvl_status qvl_vision_encode(const qvl_model *m, const qvl_image *img,
+                                     const qvl_image_opts *o, int n_threads, qvl_features *out,
+                                     char *err, size_t err_len);
+QVL_API void qvl_features_free(qvl_features *f);
+
+/* ---- context (one conversation) --------------------------------------- */
+typedef struct qvl_ctx qvl_ctx; /* KV cache, scratch, RNG, thread pool; one thread at a time */
+
+typedef struct qvl_ctx_params {
+    int n_ctx;     /* KV cache length in tokens; 0: min(max_position_embeddings, 8192) */
+    int n_threads; /* 0: number of online CPUs */
+    int n_batch;   /* prefill chunk; 0: 512 */
+    qvl_image_opts image; /* default image budget for this context */
+} qvl_ctx_params;
+
+QVL_API qvl_ctx_params qvl_ctx_default_params(void);
+QVL_API qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx **out,
+                                  char *err, size_t err_len);
+QVL_API void qvl_ctx_free(qvl_ctx *c);
+/* Last error message of a call on c (valid until the next call on c). */
+QVL_API const char *qvl_ctx_errmsg(const qvl_ctx *c);
+/* Forget the conversation (empty KV cache). */
+QVL_API void qvl_ctx_reset(qvl_ctx *c);
+/* Tokens in the KV cache, and the cache capacity. */
+QVL_API int64_t qvl_ctx_n_past(const qvl_ctx *c);
+QVL_API int64_t qvl_ctx_n_ctx(const qvl_ctx *c);
+
+/* Append token ids. Each run of image_token_id placeholders must match the next image of
+ * `images` (its n_tokens), in order; the images are encoded and injected with DeepStack.
+ * On error the context is left as it was before the call. */
+QVL_API qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n, qvl_image *const *images,
+                                size_t n_images);
+
+/* Append caller-supplied embeddings: embd [n, hidden]. pos: 3 x n position ids (t row, then h,
+ * then w), or NULL for text positions continuing the conversation. deepstack: n_deepstack
+ * arrays of [n_visual, hidden] added after decoder layers 0..n_deepstack-1 at the rows whose
+ * visual_mask[i] is non-zero (in row order), or NULL. next_pos: the text position after this
+ * chunk (0: max(pos) + 1). */
+typedef struct qvl_embd_batch {
+    size_t n;
+    int dim;
+    const float *embd;
+    const int32_t *pos;
+    const uint8_t *visual_mask;
+    int n_deepstack;
+    const float *const *deepstack;
+    int64_t next_pos;
+} qvl_embd_batch;
+QVL_API qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b);
+
+/* Logits at the last evaluated position [n_vocab] (valid until the next call on c). */
+QVL_API const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab);
+
+/* ---- generation ------------------------------------------------------- */
+typedef struct qvl_gen_params {
+    int max_new_tokens; /* 0: until EOS or the context is full */
+    float temperature;  /* < 0: from generation_config.json; 0: greedy */
+    int top_k;          /* < 0: from generation_config.json; 0: off */
+    float top_p;        /* < 0: from generation_config.json; 1: off */
+    float min_p;        /* 0: off */
+    float repetition_penalty; /* < 0: from generation_config.json; 1: off */
+    float presence_penalty;
+    float frequency_penalty;
+    uint64_t seed;
+    int ignore_eos;
+    const char *const *stop; /* stop strings (not emitted) */
+    int n_stop;
+} qvl_gen_params;
+
+typedef enum qvl_finish {
+    QVL_FINISH_NONE = 0,
+    QVL_FINISH_STOP,   /* EOS token or stop string */
+    QVL_FINISH_LENGTH, /* max_new_tokens or context full */
+    QVL_FINISH_CANCELLED,
+} qvl_finish;
+
+/* Called with each new piece of valid UTF-8 text (never a partial character) and the token that
+ * completed it; return non-zero to stop (the context stays usable). */
+typedef int (*qvl_text_cb)(const char *text, size_t len, int32_t token, void *user);
+
+typedef struct qvl_gen_result {
+    int32_t *tokens; /* generated ids (heap, qvl_free) */
+    size_t n_tokens;
+    char *text; /* generated text without the stop string (heap, qvl_free) */
+    qvl_finish finish;
+    double prefill_ms, decode_ms;
+} qvl_gen_result;
+
+QVL_API qvl_gen_params qvl_gen_default_params(void);
+/* Generate after the evaluated prompt. The generated tokens stay in the KV cache (the last one,
+ * which was never evaluated, is not), so a next turn can be appended. */
+QVL_API qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
+                                    void *user, qvl_gen_result *res);
+QVL_API void qvl_gen_result_free(qvl_gen_result *r);
+
+/* ---- prompts ---------------------------------------------------------- */
+/* One chat message: role "system", "user", "assistant"; text, and images placed before the
+ * text (n_images placeholders), as the CLI does. */
+typedef struct qvl_message {
+    const char *role;
+    const char *text;
+    int n_images;
+} qvl_message;
+/* Render the chat template and tokenize; each image placeholder is expanded into the number of
+ * tokens of the matching image in `images` (all images of all messages, in order). */
+QVL_API qvl_status qvl_prompt_build(const qvl_model *m, const qvl_message *msgs, size_t n_msgs,
+                                    int add_generation_prompt, qvl_image *const *images,
+                                    size_t n_images, const qvl_image_opts *o, int32_t **ids,
+                                    size_t *n_ids, char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

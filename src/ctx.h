@@ -1,0 +1,41 @@
+/* ctx.h - the context object shared by llm.c (decoder, eval), gen.c (generation) and api.c. */
+#ifndef QVL_CTX_H
+#define QVL_CTX_H
+
+#include "model.h"
+#include "pool.h"
+
+struct qvl_ctx {
+    const qvl_model *m;
+    qvl_pool *pool;
+    int64_t n_ctx;
+    int64_t n_batch;
+    int64_t n_past;   /* rows in the KV cache */
+    int64_t next_pos; /* text position of the next token (max position so far + 1) */
+    qvl_image_opts image;
+    float *k_cache, *v_cache; /* [n_layers][n_ctx][n_kv_heads * head_dim] */
+    float *logits;            /* [vocab] of the last evaluated row */
+    bool has_logits;
+    int32_t *tokens; /* [n_ctx] ids in the cache, -1 for embedding rows */
+    float *scratch;  /* per-chunk activations */
+    float *inv_freq; /* [head_dim / 2] */
+    float *decode_x; /* [hidden] */
+    double vision_ms, prefill_ms;
+    char err[512];
+};
+
+void qvl_ctx_setf(qvl_ctx *c, const char *fmt, ...) QVL_PRINTF(2, 3);
+/* Feed one token at the next position and compute its logits. */
+qvl_status qvl_ctx_decode_one(qvl_ctx *c, int32_t id);
+
+/* struct qvl_image: decoded RGB (api.c) */
+struct qvl_image {
+    int w, h;
+    uint8_t *rgb;
+};
+/* Preprocess an image with the model's processor config and the given budget (0 fields: the
+ * context defaults, then the config). */
+qvl_status qvl_image_pixels(const qvl_model *m, const qvl_image *img, const qvl_image_opts *o,
+                            qvl_pixels *out, char *err, size_t err_len);
+
+#endif

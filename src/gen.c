@@ -1,0 +1,197 @@
+/* gen.c - the generation loop: sampling, EOS and stop strings, streaming of valid UTF-8 text,
+ * max-token and context limits, cancellation from the callback. */
+#include "ctx.h"
+#include "sample.h"
+#include "tok.h"
+
+#include <string.h>
+
+qvl_gen_params qvl_gen_default_params(void) {
+    qvl_gen_params p;
+    memset(&p, 0, sizeof p);
+    p.temperature = -1;
+    p.top_k = -1;
+    p.top_p = -1;
+    p.repetition_penalty = -1;
+    return p;
+}
+
+void qvl_gen_result_free(qvl_gen_result *r) {
+    if (!r)
+        return;
+    qvl_free(r->tokens);
+    qvl_free(r->text);
+    memset(r, 0, sizeof *r);
+}
+
+typedef struct textbuf {
+    char *s;
+    size_t n, cap;
+} textbuf;
+
+static bool tb_add(textbuf *t, const char *s, size_t n) {
+    if (t->n + n + 1 > t->cap) {
+        size_t cap = (t->cap ? t->cap * 2 : 256) + n;
+        char *ns = qvl_realloc(t->s, cap);
+        if (!ns)
+            return false;
+        t->s = ns;
+        t->cap = cap;
+    }
+    memcpy(t->s + t->n, s, n);
+    t->n += n;
+    t->s[t->n] = 0;
+    return true;
+}
+
+/* Emit text to the result and the callback; returns non-zero when the callback asks to stop. */
+static int emit(textbuf *tb, const char *s, size_t n, int32_t id, qvl_text_cb cb, void *user,
+                bool *oom) {
+    if (n == 0)
+        return 0;
+    if (!tb_add(tb, s, n))
+        *oom = true;
+    return cb ? cb(s, n, id, user) : 0;
+}
+
+qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb, void *user,
+                            qvl_gen_result *res) {
+    if (!c || !res)
+        return QVL_E_INVAL;
+    memset(res, 0, sizeof *res);
+    c->err[0] = 0;
+    const qvl_model *m = c->m;
+    const int32_t V = m->cfg.text.vocab_size;
+    qvl_gen_params dp = qvl_gen_default_params();
+    if (!p)
+        p = &dp;
+    if (!c->has_logits) {
+        qvl_ctx_setf(c, "generate: evaluate a prompt first");
+        return QVL_E_INVAL;
+    }
+    const qvl_gen_config *g = &m->gen;
+    qvl_sampling sp = qvl_sampling_default();
+    sp.temperature = p->temperature >= 0 ? p->temperature : (g->do_sample ? g->temperature : 0);
+    sp.top_k = p->top_k >= 0 ? p->top_k : g->top_k;
+    sp.top_p = p->top_p >= 0 ? p->top_p : g->top_p;
+    sp.min_p = p->min_p;
+    sp.repetition_penalty = p->repetition_penalty > 0 ? p->repetition_penalty
+                                                      : g->repetition_penalty;
+    sp.presence_penalty = p->presence_penalty;
+    sp.frequency_penalty = p->frequency_penalty;
+    sp.seed = p->seed;
+    if (p->max_new_tokens < 0 || p->n_stop < 0 || (p->n_stop > 0 && !p->stop)) {
+        qvl_ctx_setf(c, "generate: negative max_new_tokens or bad stop list");
+        return QVL_E_INVAL;
+    }
+    qvl_sampler *smp = NULL;
+    qvl_stop *stop = NULL;
+    float *lg = NULL;
+    textbuf tb = {0};
+    int32_t *toks = NULL;
+    qvl_status s = qvl_sampler_create(&sp, V, &smp);
+    if (s != QVL_OK) {
+        qvl_ctx_setf(c, "generate: bad sampling parameters (temperature %g, top_p %g, min_p %g, "
+                        "repetition penalty %g)",
+                     sp.temperature, sp.top_p, sp.min_p, sp.repetition_penalty);
+        return s;
+    }
+    s = qvl_stop_create(p->stop, (size_t)p->n_stop, &stop, c->err, sizeof c->err);
+    if (s != QVL_OK)
+        goto done;
+    int64_t max_new = p->max_new_tokens > 0 ? p->max_new_tokens : c->n_ctx;
+    lg = qvl_malloc((size_t)V * sizeof(float));
+    toks = qvl_malloc((size_t)(max_new < c->n_ctx ? max_new : c->n_ctx) * sizeof(int32_t) + 4);
+    if (!lg || !toks) {
+        s = QVL_E_NOMEM;
+        goto done;
+    }
+    for (int64_t i = 0; i < c->n_past; i++)
+        if (c->tokens[i] >= 0)
+            qvl_sampler_accept_prompt(smp, &c->tokens[i], 1);
+
+    qvl_tok_stream ts;
+    qvl_tok_stream_init(&ts, true);
+    size_t piece_cap = qvl_tok_max_token_bytes(m->tok) + 16;
+    char *piece = qvl_malloc(piece_cap);
+    if (!piece) {
+        s = QVL_E_NOMEM;
+        goto done;
+    }
+    double t0 = qvl_time_ms();
+    qvl_finish fin = QVL_FINISH_NONE;
+    bool oom = false;
+    size_t n_gen = 0;
+    for (;;) {
+        memcpy(lg, c->logits, (size_t)V * sizeof(float));
+        int32_t id = -1;
+        s = qvl_sampler_sample(smp, lg, &id);
+        if (s != QVL_OK) {
+            qvl_ctx_setf(c, "generate: no token can be sampled (all logits are -inf or NaN)");
+            break;
+        }
+        bool is_eos = false;
+        for (int e = 0; e < g->n_eos; e++)
+            is_eos |= id == g->eos[e];
+        if (is_eos && !p->ignore_eos) {
+            fin = QVL_FINISH_STOP;
+            break;
+        }
+        toks[n_gen++] = id;
+        qvl_sampler_accept(smp, id);
+        size_t np = 0;
+        qvl_tok_stream_push(&ts, m->tok, id, piece, piece_cap, &np);
+        const char *out;
+        size_t nout = 0;
+        bool stopped = false;
+        qvl_stop_feed(stop, piece, np, &out, &nout, &stopped);
+        if (emit(&tb, out, nout, id, cb, user, &oom)) {
+            fin = QVL_FINISH_CANCELLED;
+            break;
+        }
+        if (stopped) {
+            fin = QVL_FINISH_STOP;
+            break;
+        }
+        if ((int64_t)n_gen >= max_new || c->n_past >= c->n_ctx) {
+            fin = QVL_FINISH_LENGTH;
+            break;
+        }
+        s = qvl_ctx_decode_one(c, id);
+        if (s != QVL_OK)
+            break;
+    }
+    if (fin != QVL_FINISH_CANCELLED && !qvl_stop_matched(stop) && s == QVL_OK) {
+        /* release held-back text: incomplete characters become U+FFFD, then the matcher */
+        size_t np = qvl_tok_stream_flush(&ts, piece, piece_cap);
+        const char *out;
+        size_t nout = 0;
+        bool stopped = false;
+        qvl_stop_feed(stop, piece, np, &out, &nout, &stopped);
+        emit(&tb, out, nout, -1, cb, user, &oom);
+        nout = qvl_stop_flush(stop, &out);
+        emit(&tb, out, nout, -1, cb, user, &oom);
+    }
+    qvl_free(piece);
+    res->decode_ms = qvl_time_ms() - t0;
+    res->prefill_ms = c->prefill_ms;
+    res->finish = fin;
+    if (oom && s == QVL_OK)
+        s = QVL_E_NOMEM;
+    if (s == QVL_OK && fin == QVL_FINISH_CANCELLED)
+        s = QVL_E_CANCELLED;
+    res->tokens = toks;
+    res->n_tokens = n_gen;
+    toks = NULL;
+    res->text = tb.s ? tb.s : qvl_strdup("");
+    tb.s = NULL;
+done:
+    if (s == QVL_E_NOMEM && !c->err[0])
+        qvl_ctx_setf(c, "generate: out of memory");
+    qvl_free(tb.s);
+    qvl_free(toks);
+    qvl_free(lg);
+    qvl_stop_free(stop);
+    qvl_sampler_free(smp);
+    return s;
+}

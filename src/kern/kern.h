@@ -1,0 +1,73 @@
+/* kern.h - the kernel table: math on raw pointers, no model knowledge.
+ *
+ * Every kernel exists in ref.c (scalar reference, always built). SIMD variants (avx2.c, avx512.c)
+ * fill the same table; qvl_kern_init() picks the best one the CPU supports once, and the
+ * environment variable QVL_CPU=ref|avx2|avx512 forces a path (for tests and benchmarks).
+ *
+ * Threading: kernels take a slice of output columns/rows [j0, j1) so callers split work across
+ * threads by output, never along a reduction axis; results therefore do not depend on the
+ * thread count.
+ */
+#ifndef QVL_KERN_H
+#define QVL_KERN_H
+
+#include "dtype.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct qvl_kern {
+    const char *name; /* "ref", "avx2", "avx512" */
+
+    /* Dense layer on a slice of output features:
+     *   y[i*ldy + j] = sum_p x[i*ldx + p] * W[j][p] (+ b[j] if b)   for i < m, j in [j0, j1)
+     * W is row-major [n, k] in dtype wt (F32, F16, BF16, Q8_0, Q4_0), row j at
+     * w + j*qvl_dtype_row_bytes(wt, k). x, y, b are float32. Accumulation in float32.
+     * Returns false if this implementation does not take wt (the caller falls back to ref). */
+    bool (*matmul)(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
+                   const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1);
+
+    /* One attention head with online softmax (no score matrix is materialised):
+     *   o[i] = sum_j softmax_j(scale * q[i].k[j]) v[j]
+     * q: [nq, hd] with row stride ldq; k, v: [nk, hd] with strides ldk, ldv; o: [nq, hd], ldo.
+     * If causal, query i sees keys j <= q_pos0 + i (keys are positions 0..nk-1); else all nk. */
+    void (*attn)(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const float *k,
+                 int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd, float scale,
+                 bool causal, int64_t q_pos0);
+
+    /* dot product of two float vectors */
+    float (*dot)(const float *a, const float *b, int64_t n);
+} qvl_kern;
+
+/* The active table (after qvl_kern_init; initialises on first use). */
+const qvl_kern *qvl_kern_get(void);
+/* The table for a named path ("ref", "avx2", "avx512"), or NULL if this CPU/build lacks it. */
+const qvl_kern *qvl_kern_by_name(const char *name);
+/* Pick the table once: best supported, or QVL_CPU if set and supported. Thread-safe. */
+void qvl_kern_init(void);
+
+/* Scalar reference table and per-ISA tables (NULL getters when not compiled in). */
+const qvl_kern *qvl_kern_ref(void);
+const qvl_kern *qvl_kern_avx2(void);
+const qvl_kern *qvl_kern_avx512(void);
+
+/* ---- element-wise helpers (scalar; cheap next to the matmuls) ---------------------------- */
+
+/* y = x / sqrt(mean(x^2) + eps) * w, over n elements; y may alias x. */
+void qvl_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
+/* y = (x - mean) / sqrt(var + eps) * w + b (biased variance); y may alias x. */
+void qvl_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
+/* in place activations */
+void qvl_gelu_tanh(float *x, int64_t n);
+void qvl_gelu_erf(float *x, int64_t n);
+/* g[i] = silu(g[i]) * u[i] */
+void qvl_silu_mul(float *g, const float *u, int64_t n);
+/* x += y */
+void qvl_add(float *x, const float *y, int64_t n);
+
+/* Quantise one row of k floats (k a multiple of 32) into Q8_0 or Q4_0 blocks. */
+void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k);
+/* Widen one row of k elements of dtype t to float. */
+void qvl_row_to_f32(qvl_dtype t, const void *row, float *out, int64_t k);
+
+#endif /* QVL_KERN_H */

@@ -1,0 +1,271 @@
+/* ref.c - scalar reference kernels: the definition every SIMD path is tested against, and the
+ * element-wise helpers used by the model code. Plain C, float32 accumulation. */
+#include "kern.h"
+
+#include <math.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t h) {
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ffu;
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    if (exp == 0) {
+        float f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    if (exp == 31)
+        v.u = sign | 0x7f800000u | (man << 13);
+    else
+        v.u = sign | ((exp + 112) << 23) | (man << 13);
+    return v.f;
+}
+
+static uint16_t f32_to_f16_scale(float f) {
+    /* scales are positive finite and well inside the f16 range after clamping */
+    if (!(f > 0))
+        return 0;
+    if (f > 65504.0f)
+        f = 65504.0f;
+    if (f < 6.1035156e-05f) { /* subnormal f16 */
+        float q = f * 16777216.0f;
+        return (uint16_t)lrintf(q);
+    }
+    union {
+        uint32_t u;
+        float f;
+    } v = {.f = f};
+    uint32_t r = v.u - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(r >> 13);
+}
+
+void qvl_row_to_f32(qvl_dtype t, const void *row, float *out, int64_t k) {
+    switch (t) {
+    case QVL_DT_F32: memcpy(out, row, (size_t)k * sizeof(float)); break;
+    case QVL_DT_BF16: {
+        const uint16_t *r = row;
+        for (int64_t i = 0; i < k; i++)
+            out[i] = bf16_to_f32(r[i]);
+        break;
+    }
+    case QVL_DT_F16: {
+        const uint16_t *r = row;
+        for (int64_t i = 0; i < k; i++)
+            out[i] = f16_to_f32(r[i]);
+        break;
+    }
+    case QVL_DT_Q8_0: {
+        const uint8_t *b = row;
+        for (int64_t i = 0; i < k; i += QVL_QBLOCK, b += 34) {
+            uint16_t d16;
+            memcpy(&d16, b, 2);
+            float d = f16_to_f32(d16);
+            const int8_t *q = (const int8_t *)(b + 2);
+            for (int e = 0; e < QVL_QBLOCK; e++)
+                out[i + e] = d * (float)q[e];
+        }
+        break;
+    }
+    case QVL_DT_Q4_0: {
+        const uint8_t *b = row;
+        for (int64_t i = 0; i < k; i += QVL_QBLOCK, b += 18) {
+            uint16_t d16;
+            memcpy(&d16, b, 2);
+            float d = f16_to_f32(d16);
+            const uint8_t *q = b + 2;
+            for (int e = 0; e < 16; e++) {
+                out[i + e] = d * (float)((int)(q[e] & 15) - 8);
+                out[i + e + 16] = d * (float)((int)(q[e] >> 4) - 8);
+            }
+        }
+        break;
+    }
+    default: memset(out, 0, (size_t)k * sizeof(float)); break;
+    }
+}
+
+void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
+    uint8_t *b = out;
+    for (int64_t i = 0; i < k; i += QVL_QBLOCK) {
+        float amax = 0, vmax = 0;
+        for (int e = 0; e < QVL_QBLOCK; e++) {
+            float a = fabsf(x[i + e]);
+            if (a > amax) {
+                amax = a;
+                vmax = x[i + e];
+            }
+        }
+        if (t == QVL_DT_Q8_0) {
+            uint16_t d16 = f32_to_f16_scale(amax / 127.0f);
+            float d = f16_to_f32(d16);
+            float id = d > 0 ? 1.0f / d : 0.0f;
+            memcpy(b, &d16, 2);
+            int8_t *q = (int8_t *)(b + 2);
+            for (int e = 0; e < QVL_QBLOCK; e++) {
+                long v = lrintf(x[i + e] * id);
+                q[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+            }
+            b += 34;
+        } else { /* Q4_0: signed scale so the largest magnitude maps to -8 */
+            float dsigned = vmax / -8.0f;
+            uint16_t d16 = f32_to_f16_scale(fabsf(dsigned));
+            float d = f16_to_f32(d16);
+            if (dsigned < 0) {
+                d = -d;
+                d16 |= 0x8000u;
+            }
+            float id = d != 0 ? 1.0f / d : 0.0f;
+            memcpy(b, &d16, 2);
+            uint8_t *q = b + 2;
+            for (int e = 0; e < 16; e++) {
+                long v0 = lrintf(x[i + e] * id) + 8;
+                long v1 = lrintf(x[i + e + 16] * id) + 8;
+                v0 = v0 < 0 ? 0 : v0 > 15 ? 15 : v0;
+                v1 = v1 < 0 ? 0 : v1 > 15 ? 15 : v1;
+                q[e] = (uint8_t)(v0 | (v1 << 4));
+            }
+            b += 18;
+        }
+    }
+}
+
+static bool ref_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
+                       const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
+    size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
+    float buf[512];
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)j * rb;
+        float bias = b ? b[j] : 0.0f;
+        for (int64_t i = 0; i < m; i++)
+            y[i * ldy + j] = 0.0f;
+        /* widen the weight row in chunks (multiples of the quant block) and accumulate */
+        for (int64_t p0 = 0; p0 < k; p0 += 512) {
+            int64_t n = k - p0 < 512 ? k - p0 : 512;
+            size_t off = qvl_dtype_row_bytes(wt, (size_t)p0);
+            qvl_row_to_f32(wt, row + off, buf, n);
+            for (int64_t i = 0; i < m; i++) {
+                const float *xi = x + i * ldx + p0;
+                float s = 0.0f;
+                for (int64_t p = 0; p < n; p++)
+                    s += xi[p] * buf[p];
+                y[i * ldy + j] += s;
+            }
+        }
+        for (int64_t i = 0; i < m; i++)
+            y[i * ldy + j] += bias;
+    }
+    return true;
+}
+
+static float ref_dot(const float *a, const float *b, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const float *k,
+                     int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd, float scale,
+                     bool causal, int64_t q_pos0) {
+    for (int64_t i = 0; i < nq; i++) {
+        const float *qi = q + i * ldq;
+        float *oi = o + i * ldo;
+        int64_t end = causal ? q_pos0 + i + 1 : nk;
+        if (end > nk)
+            end = nk;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int d = 0; d < hd; d++)
+            oi[d] = 0.0f;
+        for (int64_t j = 0; j < end; j++) {
+            float s = ref_dot(qi, k + j * ldk, hd) * scale;
+            const float *vj = v + j * ldv;
+            if (s > mx) {
+                float c = expf(mx - s); /* rescale what was accumulated so far */
+                sum *= c;
+                for (int d = 0; d < hd; d++)
+                    oi[d] *= c;
+                mx = s;
+            }
+            float p = expf(s - mx);
+            sum += p;
+            for (int d = 0; d < hd; d++)
+                oi[d] += p * vj[d];
+        }
+        float inv = sum > 0 ? 1.0f / sum : 0.0f;
+        for (int d = 0; d < hd; d++)
+            oi[d] *= inv;
+    }
+}
+
+static const qvl_kern k_ref = {
+    .name = "ref",
+    .matmul = ref_matmul,
+    .attn = ref_attn,
+    .dot = ref_dot,
+};
+
+const qvl_kern *qvl_kern_ref(void) {
+    return &k_ref;
+}
+
+/* ---- element-wise -------------------------------------------------------------------------- */
+void qvl_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] * r * w[i];
+}
+
+void qvl_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        mean += x[i];
+    mean /= (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= (double)n;
+    float r = (float)(1.0 / sqrt(var + eps));
+    float mf = (float)mean;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (x[i] - mf) * r * w[i] + (b ? b[i] : 0.0f);
+}
+
+void qvl_gelu_tanh(float *x, int64_t n) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+}
+
+void qvl_gelu_erf(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+void qvl_silu_mul(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void qvl_add(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        x[i] += y[i];
+}

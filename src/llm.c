@@ -1,0 +1,471 @@
+/* llm.c - the Qwen3 text decoder over embeddings with a KV cache: RMSNorm, GQA attention with
+ * per-head q/k RMSNorm and interleaved M-RoPE, SwiGLU MLP, DeepStack adds after the first layers,
+ * final norm and lm_head (spec sections 5-8). Also the context object and its eval entry points:
+ * token ids with images (vision encode + injection + get_rope_index), and caller-supplied
+ * embeddings. */
+#include "ctx.h"
+#include "kern/kern.h"
+#include "rope.h"
+#include "tok.h"
+#include "vit.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+void qvl_ctx_setf(qvl_ctx *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+}
+
+qvl_ctx_params qvl_ctx_default_params(void) {
+    qvl_ctx_params p;
+    memset(&p, 0, sizeof p);
+    return p;
+}
+
+const char *qvl_ctx_errmsg(const qvl_ctx *c) {
+    return c ? c->err : "no context";
+}
+
+int64_t qvl_ctx_n_past(const qvl_ctx *c) {
+    return c->n_past;
+}
+
+int64_t qvl_ctx_n_ctx(const qvl_ctx *c) {
+    return c->n_ctx;
+}
+
+void qvl_ctx_reset(qvl_ctx *c) {
+    c->n_past = 0;
+    c->next_pos = 0;
+    c->has_logits = false;
+    c->err[0] = 0;
+}
+
+const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab) {
+    if (n_vocab)
+        *n_vocab = c->m->cfg.text.vocab_size;
+    return c->has_logits ? c->logits : NULL;
+}
+
+qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx **out, char *err,
+                          size_t err_len) {
+    if (!out)
+        return QVL_E_INVAL;
+    *out = NULL;
+    if (!m) {
+        qvl_errf(err, err_len, "no model");
+        return QVL_E_INVAL;
+    }
+    qvl_ctx_params dp = qvl_ctx_default_params();
+    if (!p)
+        p = &dp;
+    const qvl_text_cfg *tc = &m->cfg.text;
+    int64_t n_ctx = p->n_ctx > 0 ? p->n_ctx : (tc->max_pos < 8192 ? tc->max_pos : 8192);
+    if (n_ctx > tc->max_pos) {
+        qvl_errf(err, err_len, "n_ctx %lld is larger than max_position_embeddings %lld",
+                 (long long)n_ctx, (long long)tc->max_pos);
+        return QVL_E_LIMIT;
+    }
+    if (p->n_ctx < 0 || p->n_threads < 0 || p->n_batch < 0 || p->n_threads > 256) {
+        qvl_errf(err, err_len, "negative or too large context parameters");
+        return QVL_E_INVAL;
+    }
+    int n_threads = p->n_threads;
+    if (n_threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)(n < 64 ? n : 64) : 1;
+    }
+    int n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    qvl_ctx *c = qvl_calloc(1, sizeof *c);
+    if (!c) {
+        qvl_errf(err, err_len, "out of memory");
+        return QVL_E_NOMEM;
+    }
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
+    c->image = p->image;
+    const int64_t H = tc->hidden, hd = tc->head_dim, L = tc->n_layers;
+    const int64_t nq = (int64_t)tc->n_heads * hd, nkv = (int64_t)tc->n_kv_heads * hd;
+    const int64_t I = tc->intermediate, B = n_batch;
+    size_t kv_floats, kv_bytes;
+    if (!qvl_size_mul((size_t)L * (size_t)n_ctx, (size_t)nkv, &kv_floats) ||
+        !qvl_size_mul(kv_floats, sizeof(float), &kv_bytes)) {
+        qvl_errf(err, err_len, "KV cache size overflows");
+        qvl_free(c);
+        return QVL_E_LIMIT;
+    }
+    c->k_cache = qvl_malloc(kv_bytes);
+    c->v_cache = qvl_malloc(kv_bytes);
+    c->logits = qvl_malloc((size_t)tc->vocab_size * sizeof(float));
+    c->tokens = qvl_malloc((size_t)n_ctx * sizeof(int32_t));
+    size_t scratch = (size_t)(B * (2 * H + 2 * nq + 2 * nkv + 2 * I) + hd * 2 * B);
+    c->scratch = qvl_malloc(scratch * sizeof(float));
+    c->inv_freq = qvl_malloc((size_t)hd / 2 * sizeof(float));
+    c->decode_x = qvl_malloc((size_t)H * sizeof(float));
+    qvl_status s = QVL_OK;
+    if (!c->k_cache || !c->v_cache || !c->logits || !c->tokens || !c->scratch || !c->inv_freq ||
+        !c->decode_x) {
+        qvl_errf(err, err_len, "out of memory for a context of %lld tokens (KV cache %zu MB)",
+                 (long long)n_ctx, 2 * kv_bytes >> 20);
+        s = QVL_E_NOMEM;
+        goto fail;
+    }
+    qvl_rope_inv_freq(tc->rope_theta, (int)hd, c->inv_freq);
+    s = qvl_pool_create(n_threads, &c->pool);
+    if (s != QVL_OK) {
+        qvl_errf(err, err_len, "cannot start %d threads", n_threads);
+        goto fail;
+    }
+    *out = c;
+    return QVL_OK;
+fail:
+    qvl_ctx_free(c);
+    return s;
+}
+
+void qvl_ctx_free(qvl_ctx *c) {
+    if (!c)
+        return;
+    qvl_pool_free(c->pool);
+    qvl_free(c->k_cache);
+    qvl_free(c->v_cache);
+    qvl_free(c->logits);
+    qvl_free(c->tokens);
+    qvl_free(c->scratch);
+    qvl_free(c->inv_freq);
+    qvl_free(c->decode_x);
+    qvl_free(c);
+}
+
+/* One chunk of n <= n_batch rows through every layer. x: [n, H] (modified: residual stream).
+ * pos: 3 x n (stride n). DeepStack: for l < n_ds, ds[l] rows are added in order at the rows
+ * with vis[i] != 0; ds_off is the index of this chunk's first visual row. Writes K/V at
+ * [n_past, n_past + n) and, if want_logits, the logits of the last row. */
+static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, int64_t pos_stride,
+                          const uint8_t *vis, int n_ds, const float *const *ds, int64_t ds_off,
+                          bool want_logits) {
+    const qvl_model *m = c->m;
+    const qvl_text_cfg *tc = &m->cfg.text;
+    const int64_t H = tc->hidden, hd = tc->head_dim, half = hd / 2, I = tc->intermediate;
+    const int64_t nh = tc->n_heads, nkvh = tc->n_kv_heads, nq = nh * hd, nkv = nkvh * hd;
+    const int64_t B = c->n_batch;
+    float *a = c->scratch, *att = a + B * H, *q = att + B * H, *o = q + B * nq;
+    float *k = o + B * nq, *v = k + B * nkv, *g = v + B * nkv, *u = g + B * I;
+    float *cs = u + B * I, *sn = cs + B * half;
+    (void)o;
+    for (int64_t i = 0; i < n; i++)
+        qvl_mrope_angles(c->inv_freq, (int)half, tc->mrope_section, pos[i],
+                         pos[pos_stride + i], pos[2 * pos_stride + i], cs + i * half,
+                         sn + i * half);
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int l = 0; l < tc->n_layers; l++) {
+        const qvl_llm_layer *Y = &m->layers[l];
+        for (int64_t i = 0; i < n; i++)
+            qvl_rmsnorm(a + i * H, x + i * H, Y->in_norm, H, tc->rms_eps);
+        qvl_op_matmul(c->pool, q, a, n, &Y->q, NULL);
+        qvl_op_matmul(c->pool, k, a, n, &Y->k, NULL);
+        qvl_op_matmul(c->pool, v, a, n, &Y->v, NULL);
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t h = 0; h < nh; h++) {
+                float *qh = q + i * nq + h * hd;
+                qvl_rmsnorm(qh, qh, Y->q_norm, hd, tc->rms_eps);
+                qvl_rope_rotate(qh, cs + i * half, sn + i * half, (int)half);
+            }
+            for (int64_t h = 0; h < nkvh; h++) {
+                float *kh = k + i * nkv + h * hd;
+                qvl_rmsnorm(kh, kh, Y->k_norm, hd, tc->rms_eps);
+                qvl_rope_rotate(kh, cs + i * half, sn + i * half, (int)half);
+            }
+        }
+        float *kc = c->k_cache + ((int64_t)l * c->n_ctx) * nkv;
+        float *vc = c->v_cache + ((int64_t)l * c->n_ctx) * nkv;
+        memcpy(kc + c->n_past * nkv, k, (size_t)(n * nkv) * sizeof(float));
+        memcpy(vc + c->n_past * nkv, v, (size_t)(n * nkv) * sizeof(float));
+        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, nkv, vc, nkv, c->n_past + n, (int)nh,
+                    (int)nkvh, (int)hd, scale, true, c->n_past);
+        qvl_op_matmul(c->pool, a, att, n, &Y->o, NULL);
+        qvl_add(x, a, n * H);
+        for (int64_t i = 0; i < n; i++)
+            qvl_rmsnorm(a + i * H, x + i * H, Y->post_norm, H, tc->rms_eps);
+        qvl_op_matmul(c->pool, g, a, n, &Y->gate, NULL);
+        qvl_op_matmul(c->pool, u, a, n, &Y->up, NULL);
+        qvl_silu_mul(g, u, n * I);
+        qvl_op_matmul(c->pool, a, g, n, &Y->down, NULL);
+        qvl_add(x, a, n * H);
+        if (l < n_ds && ds && vis) {
+            int64_t r = ds_off;
+            for (int64_t i = 0; i < n; i++)
+                if (vis[i])
+                    qvl_add(x + i * H, ds[l] + (r++) * H, H);
+        }
+    }
+    c->n_past += n;
+    if (want_logits) {
+        float *last = a;
+        qvl_rmsnorm(last, x + (n - 1) * H, m->norm, H, tc->rms_eps);
+        qvl_op_matmul(c->pool, c->logits, last, 1, &m->lm_head, NULL);
+        c->has_logits = true;
+    }
+}
+
+/* Run n rows of embeddings (consumed: used as the residual stream) in chunks of n_batch. */
+static void forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, const uint8_t *vis,
+                    int n_ds, const float *const *ds) {
+    const int64_t H = c->m->cfg.text.hidden;
+    int64_t ds_off = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += c->n_batch) {
+        int64_t nb = n - i0 < c->n_batch ? n - i0 : c->n_batch;
+        forward_chunk(c, embd + i0 * H, nb, pos + i0, n, vis ? vis + i0 : NULL, n_ds, ds, ds_off,
+                      i0 + nb == n);
+        if (vis)
+            for (int64_t i = 0; i < nb; i++)
+                ds_off += vis[i0 + i] != 0;
+    }
+}
+
+qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
+    if (!c)
+        return QVL_E_INVAL;
+    c->err[0] = 0;
+    const qvl_model *m = c->m;
+    const int64_t H = m->cfg.text.hidden;
+    if (!b || !b->embd || b->n == 0) {
+        qvl_ctx_setf(c, "eval_embd: empty batch");
+        return QVL_E_INVAL;
+    }
+    if (b->dim != H) {
+        qvl_ctx_setf(c, "eval_embd: embeddings have width %d, the model's hidden size is %lld",
+                     b->dim, (long long)H);
+        return QVL_E_INVAL;
+    }
+    if ((int64_t)b->n > c->n_ctx - c->n_past) {
+        qvl_ctx_setf(c, "eval_embd: %zu rows do not fit: %lld of %lld context tokens are used",
+                     b->n, (long long)c->n_past, (long long)c->n_ctx);
+        return QVL_E_LIMIT;
+    }
+    if (b->n_deepstack < 0 || b->n_deepstack > m->cfg.vision.n_deepstack ||
+        (b->n_deepstack > 0 && (!b->deepstack || !b->visual_mask))) {
+        qvl_ctx_setf(c, "eval_embd: %d DeepStack arrays given (model has %d) or mask missing",
+                     b->n_deepstack, m->cfg.vision.n_deepstack);
+        return QVL_E_INVAL;
+    }
+    for (int k = 0; k < b->n_deepstack; k++)
+        if (!b->deepstack[k]) {
+            qvl_ctx_setf(c, "eval_embd: DeepStack array %d is NULL", k);
+            return QVL_E_INVAL;
+        }
+    int64_t n = (int64_t)b->n;
+    float *x = qvl_malloc((size_t)(n * H) * sizeof(float));
+    int32_t *pos = qvl_malloc((size_t)(3 * n) * sizeof(int32_t));
+    if (!x || !pos) {
+        qvl_free(x);
+        qvl_free(pos);
+        qvl_ctx_setf(c, "eval_embd: out of memory");
+        return QVL_E_NOMEM;
+    }
+    memcpy(x, b->embd, (size_t)(n * H) * sizeof(float));
+    int64_t next = c->next_pos;
+    if (b->pos) {
+        int64_t mx = -1;
+        for (int64_t i = 0; i < 3 * n; i++) {
+            pos[i] = b->pos[i];
+            if (pos[i] > mx)
+                mx = pos[i];
+        }
+        next = b->next_pos > 0 ? b->next_pos : mx + 1;
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            pos[i] = pos[n + i] = pos[2 * n + i] = (int32_t)(next + i);
+        next += n;
+    }
+    forward(c, x, n, pos, b->visual_mask, b->n_deepstack, b->deepstack);
+    for (int64_t i = 0; i < n; i++)
+        c->tokens[c->n_past - n + i] = -1;
+    c->next_pos = next;
+    qvl_free(x);
+    qvl_free(pos);
+    return QVL_OK;
+}
+
+qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n_ids, qvl_image *const *images,
+                        size_t n_images) {
+    if (!c)
+        return QVL_E_INVAL;
+    c->err[0] = 0;
+    const qvl_model *m = c->m;
+    const qvl_config *cfg = &m->cfg;
+    const int64_t H = cfg->text.hidden, n = (int64_t)n_ids;
+    if (!ids || n_ids == 0) {
+        qvl_ctx_setf(c, "eval: no tokens");
+        return QVL_E_INVAL;
+    }
+    if (n > c->n_ctx - c->n_past) {
+        qvl_ctx_setf(c,
+                     "the prompt has %lld tokens but only %lld of the context's %lld remain "
+                     "(use a larger n_ctx)",
+                     (long long)n, (long long)(c->n_ctx - c->n_past), (long long)c->n_ctx);
+        return QVL_E_LIMIT;
+    }
+    int64_t n_pad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= cfg->text.vocab_size) {
+            qvl_ctx_setf(c, "token id %d at position %lld is outside the vocabulary (0..%d)",
+                         ids[i], (long long)i, cfg->text.vocab_size - 1);
+            return QVL_E_INVAL;
+        }
+        if (ids[i] == cfg->video_token_id) {
+            qvl_ctx_setf(c, "video placeholder tokens need video input, which this call lacks");
+            return QVL_E_UNSUPPORTED;
+        }
+        n_pad += ids[i] == cfg->image_token_id;
+    }
+    if (n_images > 0 && !images) {
+        qvl_ctx_setf(c, "eval: images is NULL");
+        return QVL_E_INVAL;
+    }
+    /* plan every image first: the pad count must match before any heavy work */
+    qvl_status s = QVL_OK;
+    qvl_grid *grids = qvl_calloc(n_images + 1, sizeof *grids);
+    qvl_pixels *px = qvl_calloc(n_images + 1, sizeof *px);
+    float *x = NULL, **ds = NULL;
+    int32_t *pos = NULL;
+    uint8_t *vis = NULL;
+    if (!grids || !px) {
+        s = QVL_E_NOMEM;
+        goto done;
+    }
+    int64_t n_feat = 0;
+    for (size_t i = 0; i < n_images; i++) {
+        s = qvl_image_pixels(m, images[i], &c->image, &px[i], c->err, sizeof c->err);
+        if (s != QVL_OK)
+            goto done;
+        grids[i].t = px[i].grid_t;
+        grids[i].h = px[i].grid_h;
+        grids[i].w = px[i].grid_w;
+        n_feat += px[i].n_tokens;
+    }
+    if (n_feat != n_pad) {
+        qvl_ctx_setf(c, "image features and image tokens do not match: tokens: %lld, features %lld",
+                     (long long)n_pad, (long long)n_feat);
+        s = QVL_E_INVAL;
+        goto done;
+    }
+    pos = qvl_malloc((size_t)(3 * n) * sizeof(int32_t));
+    x = qvl_malloc((size_t)(n * H) * sizeof(float));
+    vis = qvl_calloc((size_t)n, 1);
+    if (!pos || !x || !vis) {
+        s = QVL_E_NOMEM;
+        goto done;
+    }
+    int64_t next = 0;
+    s = qvl_rope_index(ids, n, cfg->image_token_id, cfg->video_token_id, grids, (int)n_images,
+                       NULL, 0, cfg->vision.merge, c->next_pos, pos, &next, c->err,
+                       sizeof c->err);
+    if (s != QVL_OK)
+        goto done;
+    /* text embeddings */
+    for (int64_t i = 0; i < n; i++) {
+        const qvl_mat *E = &m->embed;
+        const uint8_t *row =
+            (const uint8_t *)E->data + (size_t)ids[i] * qvl_dtype_row_bytes(E->dt, (size_t)H);
+        qvl_row_to_f32(E->dt, row, x + i * H, H);
+        vis[i] = ids[i] == cfg->image_token_id;
+    }
+    /* vision: encode each image and scatter its rows into the pad positions in order */
+    int n_ds = n_feat > 0 ? cfg->vision.n_deepstack : 0;
+    if (n_feat > 0) {
+        ds = qvl_calloc((size_t)n_ds + 1, sizeof *ds);
+        float *feat = qvl_malloc((size_t)(n_feat * H) * sizeof(float));
+        if (!ds || !feat) {
+            qvl_free(feat);
+            s = QVL_E_NOMEM;
+            goto done;
+        }
+        for (int k = 0; k < n_ds; k++) {
+            ds[k] = qvl_malloc((size_t)(n_feat * H) * sizeof(float));
+            if (!ds[k]) {
+                qvl_free(feat);
+                s = QVL_E_NOMEM;
+                goto done;
+            }
+        }
+        int64_t off = 0;
+        double t0 = qvl_time_ms();
+        for (size_t i = 0; i < n_images && s == QVL_OK; i++) {
+            /* the tower writes [n_ds][n_i][H]; gather per tap into the joint arrays */
+            int64_t ni = px[i].n_tokens;
+            float *dsi = qvl_malloc((size_t)(n_ds * ni * H + 1) * sizeof(float));
+            if (!dsi) {
+                s = QVL_E_NOMEM;
+                break;
+            }
+            s = qvl_vit_encode(m, c->pool, px[i].data, px[i].grid_t, px[i].grid_h, px[i].grid_w,
+                               feat + off * H, dsi, c->err, sizeof c->err);
+            for (int k = 0; k < n_ds && s == QVL_OK; k++)
+                memcpy(ds[k] + off * H, dsi + (int64_t)k * ni * H, (size_t)(ni * H) * sizeof(float));
+            qvl_free(dsi);
+            off += ni;
+        }
+        c->vision_ms += qvl_time_ms() - t0;
+        if (s == QVL_OK) {
+            int64_t r = 0;
+            for (int64_t i = 0; i < n; i++)
+                if (vis[i])
+                    memcpy(x + i * H, feat + (r++) * H, (size_t)H * sizeof(float));
+        }
+        qvl_free(feat);
+        if (s != QVL_OK)
+            goto done;
+    }
+    double t1 = qvl_time_ms();
+    forward(c, x, n, pos, n_feat > 0 ? vis : NULL, n_ds, (const float *const *)ds);
+    c->prefill_ms += qvl_time_ms() - t1;
+    memcpy(c->tokens + c->n_past - n, ids, (size_t)n * sizeof(int32_t));
+    c->next_pos = next;
+done:
+    if (s == QVL_E_NOMEM && !c->err[0])
+        qvl_ctx_setf(c, "out of memory evaluating %lld tokens", (long long)n);
+    if (ds)
+        for (int k = 0; k < cfg->vision.n_deepstack; k++)
+            qvl_free(ds[k]);
+    qvl_free(ds);
+    for (size_t i = 0; px && i < n_images; i++)
+        qvl_pixels_free(&px[i]);
+    qvl_free(px);
+    qvl_free(grids);
+    qvl_free(pos);
+    qvl_free(x);
+    qvl_free(vis);
+    return s;
+}
+
+/* Feed one token at the next position (used by generation). */
+qvl_status qvl_ctx_decode_one(qvl_ctx *c, int32_t id) {
+    const qvl_model *m = c->m;
+    const int64_t H = m->cfg.text.hidden;
+    if (c->n_past >= c->n_ctx) {
+        qvl_ctx_setf(c, "the context is full (%lld tokens)", (long long)c->n_ctx);
+        return QVL_E_LIMIT;
+    }
+    if (id < 0 || id >= m->cfg.text.vocab_size) {
+        qvl_ctx_setf(c, "token id %d is outside the vocabulary", id);
+        return QVL_E_INVAL;
+    }
+    float *xb = c->decode_x;
+    const qvl_mat *E = &m->embed;
+    qvl_row_to_f32(E->dt,
+                   (const uint8_t *)E->data + (size_t)id * qvl_dtype_row_bytes(E->dt, (size_t)H),
+                   xb, H);
+    int32_t pos[3] = {(int32_t)c->next_pos, (int32_t)c->next_pos, (int32_t)c->next_pos};
+    forward_chunk(c, xb, 1, pos, 1, NULL, 0, NULL, 0, true);
+    c->tokens[c->n_past - 1] = id;
+    c->next_pos++;
+    return QVL_OK;
+}

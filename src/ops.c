@@ -1,0 +1,81 @@
+/* ops.c - split dense layers and attention across the thread pool. */
+#include "ops.h"
+
+typedef struct {
+    float *y;
+    const float *x;
+    int64_t m;
+    const qvl_mat *W;
+    const float *bias;
+} mm_job;
+
+static void mm_task(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    int64_t n = j->W->rows;
+    /* contiguous slices of output features, rounded to 16 so SIMD tails stay at the end */
+    int64_t per = (n + nth - 1) / nth;
+    per = (per + 15) & ~(int64_t)15;
+    int64_t j0 = per * ith, j1 = j0 + per;
+    if (j1 > n)
+        j1 = n;
+    if (j0 >= j1)
+        return;
+    const qvl_kern *k = qvl_kern_get();
+    if (!k->matmul(j->y, n, j->x, j->W->cols, j->m, j->W->cols, j->W->data, j->W->dt, j->bias, j0,
+                   j1))
+        qvl_kern_ref()->matmul(j->y, n, j->x, j->W->cols, j->m, j->W->cols, j->W->data, j->W->dt,
+                               j->bias, j0, j1);
+}
+
+void qvl_op_matmul(qvl_pool *pool, float *y, const float *x, int64_t m, const qvl_mat *W,
+                   const float *bias) {
+    mm_job j = {y, x, m, W, bias};
+    if (m * W->rows * W->cols < 65536)
+        mm_task(&j, 0, 1);
+    else
+        qvl_pool_run(pool, mm_task, &j);
+}
+
+typedef struct {
+    float *o;
+    int64_t ldo;
+    const float *q;
+    int64_t ldq, nq;
+    const float *k;
+    int64_t ldk;
+    const float *v;
+    int64_t ldv, nk;
+    int n_head, n_kv, hd;
+    float scale;
+    bool causal;
+    int64_t q_pos0;
+} attn_job;
+
+static void attn_task(void *arg, int ith, int nth) {
+    attn_job *a = arg;
+    const qvl_kern *k = qvl_kern_get();
+    int rep = a->n_head / a->n_kv;
+    /* split heads; with fewer heads than threads split each head's queries too */
+    int64_t units_q = a->n_head >= nth ? 1 : (nth + a->n_head - 1) / a->n_head;
+    int64_t n_units = (int64_t)a->n_head * units_q;
+    for (int64_t u = ith; u < n_units; u += nth) {
+        int h = (int)(u / units_q);
+        int64_t part = u % units_q;
+        int64_t per = (a->nq + units_q - 1) / units_q;
+        int64_t i0 = part * per, i1 = i0 + per > a->nq ? a->nq : i0 + per;
+        if (i0 >= i1)
+            continue;
+        int kvh = h / rep;
+        k->attn(a->o + i0 * a->ldo + (int64_t)h * a->hd, a->ldo,
+                a->q + i0 * a->ldq + (int64_t)h * a->hd, a->ldq, i1 - i0,
+                a->k + (int64_t)kvh * a->hd, a->ldk, a->v + (int64_t)kvh * a->hd, a->ldv, a->nk,
+                a->hd, a->scale, a->causal, a->q_pos0 + i0);
+    }
+}
+
+void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
+                 const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t nk, int n_head,
+                 int n_kv, int hd, float scale, bool causal, int64_t q_pos0) {
+    attn_job a = {o, ldo, q, ldq, nq, k, ldk, v, ldv, nk, n_head, n_kv, hd, scale, causal, q_pos0};
+    qvl_pool_run(pool, attn_task, &a);
+}

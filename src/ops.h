@@ -1,0 +1,28 @@
+/* ops.h - threaded building blocks over the kernel table: dense layers and attention split
+ * across the pool by output features / heads (so results do not depend on the thread count). */
+#ifndef QVL_OPS_H
+#define QVL_OPS_H
+
+#include "dtype.h"
+#include "kern/kern.h"
+#include "pool.h"
+
+/* A weight matrix [rows, cols] in dtype dt; row r at data + r * row_bytes(dt, cols). */
+typedef struct qvl_mat {
+    const void *data;
+    qvl_dtype dt;
+    int64_t rows, cols;
+} qvl_mat;
+
+/* y[m, W.rows] = x[m, W.cols] . W^T (+ bias). y must not alias x. */
+void qvl_op_matmul(qvl_pool *pool, float *y, const float *x, int64_t m, const qvl_mat *W,
+                   const float *bias);
+
+/* Multi-head attention over one sequence segment.
+ * q: [nq, n_head * hd] (row stride ldq); k, v: [nk, n_kv * hd] (row strides ldk, ldv);
+ * o: [nq, n_head * hd] (row stride ldo). Head h uses kv head h / (n_head / n_kv). */
+void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
+                 const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t nk, int n_head,
+                 int n_kv, int hd, float scale, bool causal, int64_t q_pos0);
+
+#endif

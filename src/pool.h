@@ -1,0 +1,17 @@
+/* pool.h - a small thread pool owned by a context. The caller thread is worker 0. */
+#ifndef QVL_POOL_H
+#define QVL_POOL_H
+
+#include "qvl.h"
+
+typedef struct qvl_pool qvl_pool;
+/* fn is called once on every worker with (arg, ith, nth) and run() returns when all finished. */
+typedef void (*qvl_pool_fn)(void *arg, int ith, int nth);
+
+qvl_status qvl_pool_create(int n_threads, qvl_pool **out);
+void qvl_pool_free(qvl_pool *p);
+int qvl_pool_size(const qvl_pool *p);
+/* Run fn on all n threads (NULL pool: run inline with nth = 1). Not reentrant. */
+void qvl_pool_run(qvl_pool *p, qvl_pool_fn fn, void *arg);
+
+#endif
