@@ -21,6 +21,7 @@ struct qvl_ctx {
     float *inv_freq; /* [head_dim / 2] */
     float *decode_x; /* [hidden] */
     double vision_ms, prefill_ms;
+    float *dbg_layers; /* tests: if set, [n_layers][hidden] gets the last row after each layer */
     char err[512];
 };
 

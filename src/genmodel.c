@@ -1240,12 +1240,11 @@ done:
 
 /* ---- tokenizer -------------------------------------------------------------------------- */
 
+/* 1 when dir holds tokenizer.json and tokenizer_config.json, 0 when not, -1 out of memory. */
 static int tokenizer_dir_ok(const char *dir) {
-    int ok = 0;
     char *a = qvl_path_join(dir, "tokenizer.json");
     char *b = qvl_path_join(dir, "tokenizer_config.json");
-    if (a && b)
-        ok = qvl_file_exists(a) && qvl_file_exists(b);
+    int ok = a && b ? qvl_file_exists(a) && qvl_file_exists(b) : -1;
     qvl_free(a);
     qvl_free(b);
     return ok;
@@ -1255,38 +1254,41 @@ static int tokenizer_dir_ok(const char *dir) {
  * $QVL_TOKENIZER_DIR and QVL_DEFAULT_TOKENIZER_DIR; NULL with QVL_E_IO otherwise. */
 static qvl_status find_tokenizer(const qvl_genmodel_params *p, const char **dir, char *err,
                                  size_t err_len) {
+    const char *env = getenv("QVL_TOKENIZER_DIR");
+    const char *cand[3] = {NULL, NULL, NULL};
     *dir = NULL;
     if (p->tokenizer_dir) {
-        if (tokenizer_dir_ok(p->tokenizer_dir)) {
-            *dir = p->tokenizer_dir;
+        cand[0] = p->tokenizer_dir; /* an explicit directory must do */
+    } else {
+        cand[0] = env && *env ? env : NULL;
+#ifdef QVL_DEFAULT_TOKENIZER_DIR
+        cand[1] = QVL_DEFAULT_TOKENIZER_DIR;
+#endif
+    }
+    for (int i = 0; i < 3; i++) {
+        if (!cand[i])
+            continue;
+        int ok = tokenizer_dir_ok(cand[i]);
+        if (ok < 0) {
+            qvl_errf(err, err_len, "genmodel: out of memory");
+            return QVL_E_NOMEM;
+        }
+        if (ok) {
+            *dir = cand[i];
             return QVL_OK;
         }
-        qvl_errf(err, err_len, "genmodel: tokenizer directory %s lacks tokenizer.json or "
-                 "tokenizer_config.json", p->tokenizer_dir);
-        return QVL_E_IO;
     }
-    const char *env = getenv("QVL_TOKENIZER_DIR");
-    if (env && *env && tokenizer_dir_ok(env)) {
-        *dir = env;
-        return QVL_OK;
-    }
-#ifdef QVL_DEFAULT_TOKENIZER_DIR
-    if (tokenizer_dir_ok(QVL_DEFAULT_TOKENIZER_DIR)) {
-        *dir = QVL_DEFAULT_TOKENIZER_DIR;
-        return QVL_OK;
-    }
-#endif
-    qvl_errf(err, err_len,
-             "genmodel: a model needs the Qwen3 tokenizer (tokenizer.json and "
-             "tokenizer_config.json): pass a tokenizer directory or set QVL_TOKENIZER_DIR%s%s",
-             env && *env ? " (not found in " : "", env && *env ? env : "");
-    if (env && *env) { /* close the parenthesis in the message */
-        size_t l = err ? strlen(err) : 0;
-        if (err && l + 1 < err_len) {
-            err[l] = ')';
-            err[l + 1] = '\0';
-        }
-    }
+    if (p->tokenizer_dir)
+        qvl_errf(err, err_len,
+                 "genmodel: tokenizer directory %s lacks tokenizer.json or "
+                 "tokenizer_config.json",
+                 p->tokenizer_dir);
+    else
+        qvl_errf(err, err_len,
+                 "genmodel: a model needs the Qwen3 tokenizer (tokenizer.json and "
+                 "tokenizer_config.json): pass a tokenizer directory or set "
+                 "QVL_TOKENIZER_DIR%s%s%s",
+                 cand[0] ? " (not found in " : "", cand[0] ? cand[0] : "", cand[0] ? ")" : "");
     return QVL_E_IO;
 }
 

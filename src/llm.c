@@ -205,6 +205,8 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
                 if (vis[i])
                     qvl_add(x + i * H, ds[l] + (r++) * H, H);
         }
+        if (want_logits && c->dbg_layers)
+            memcpy(c->dbg_layers + (int64_t)l * H, x + (n - 1) * H, (size_t)H * sizeof(float));
     }
     c->n_past += n;
     if (want_logits) {

@@ -6,6 +6,12 @@
 #include <math.h>
 #include <string.h>
 
+/* Weights must not depend on FMA contraction (GCC in ISO C mode does not contract; clang does
+ * by default), so that the same logits and seed give the same token on every build. */
+#if defined(__clang__)
+#    pragma STDC FP_CONTRACT OFF
+#endif
+
 /* ---- PRNG: xoshiro256** seeded through splitmix64 ---------------------------------------- */
 
 uint64_t qvl_splitmix64(uint64_t *state) {

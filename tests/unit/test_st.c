@@ -528,6 +528,7 @@ static void test_bad_files(void) {
     p = pjoin(dir, "nonobject.safetensors");
     write_raw(p, "{\"t.x\":[1,2,3]}", 0, 8);
     expect_bad_file(p, "t.x", __LINE__);
+    CHECK(strstr(g_err, "object") != NULL);
 
     p = pjoin(dir, "malformed.safetensors");
     write_raw(p, "{\"t.x\":{\"dtype\":\"U8\",", 0, 8);
@@ -655,10 +656,16 @@ static void test_bad_dirs(void) {
                    "\"visual.a\":\"s1.safetensors\"}}");
     expect_bad_dir(dir, "model.safetensors.index.json", "visual.a", __LINE__);
 
-    /* shard names escaping the directory */
-    write_text(ip, "{\"weight_map\":{\"model.visual.a\":\"../s1.safetensors\"}}");
-    expect_bad_dir(dir, "model.safetensors.index.json", "../s1.safetensors", __LINE__);
-    CHECK(strstr(g_err, "model.visual.a") != NULL);
+    /* shard names escaping the directory (the target exists: dir/sub/../s1.safetensors) */
+    {
+        const char *sub = pjoin(dir, "sub");
+        CHECK(mkdir(sub, 0700) == 0);
+        write_text(pjoin(sub, "model.safetensors.index.json"),
+                   "{\"weight_map\":{\"model.visual.a\":\"../s1.safetensors\"}}");
+        CHECK(expect_bad_dir(sub, "model.safetensors.index.json", "../s1.safetensors",
+                             __LINE__) == QVL_E_FORMAT);
+        CHECK(strstr(g_err, "model.visual.a") != NULL);
+    }
     write_text(ip, "{\"weight_map\":{\"model.visual.a\":\"sub/s1.safetensors\"}}");
     expect_bad_dir(dir, "model.safetensors.index.json", "sub/s1.safetensors", __LINE__);
     write_text(ip, "{\"weight_map\":{\"model.visual.a\":\"..\"}}");

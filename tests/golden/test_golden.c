@@ -1,0 +1,406 @@
+/* test_golden.c - end-to-end golden tests on the tiny fixture model: prompt ids, grids, M-RoPE
+ * positions, vision tensors, injected embeddings, per-layer statistics, prompt-end logits and
+ * the greedy continuation of every image/text case; KV cache vs recomputation; multi-turn;
+ * the embeddings API; bad input leaving the context usable. */
+#include "check.h"
+#include "ctx.h"
+#include "rope.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+
+static qvl_model *M;
+
+static cJSON *load_json(const char *rel) {
+    char *buf = NULL;
+    size_t len = 0;
+    if (qvl_read_file(shared_path(rel), 0, &buf, &len, NULL, 0) != QVL_OK)
+        return NULL;
+    cJSON *j = cJSON_ParseWithLength(buf, len);
+    qvl_free(buf);
+    return j;
+}
+
+static float *load_f32(const char *rel, size_t n) {
+    char *buf = NULL;
+    size_t len = 0;
+    if (qvl_read_file(shared_path(rel), 0, &buf, &len, NULL, 0) != QVL_OK || len != n * 4) {
+        qvl_free(buf);
+        return NULL;
+    }
+    return (float *)buf;
+}
+
+static int32_t *json_ids(const cJSON *a, size_t *n) {
+    *n = (size_t)cJSON_GetArraySize(a);
+    int32_t *ids = malloc(*n * sizeof *ids + 4);
+    for (size_t i = 0; i < *n; i++)
+        ids[i] = (int32_t)cJSON_GetArrayItem(a, (int)i)->valuedouble;
+    return ids;
+}
+
+static double max_rel(const float *a, const float *b, size_t n) {
+    double scale = 0, d = 0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(b[i]));
+        d = fmax(d, fabs((double)a[i] - b[i]));
+    }
+    return d / (scale > 0 ? scale : 1);
+}
+
+/* statistics object {mean, std, l2, first[]} against a float vector */
+static void check_stats(const char *what, const cJSON *st, const float *x, size_t n) {
+    double mean = 0, l2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        mean += x[i];
+        l2 += (double)x[i] * x[i];
+    }
+    mean /= (double)n;
+    l2 = sqrt(l2);
+    double gl2 = cJSON_GetObjectItem(st, "l2")->valuedouble;
+    double gmean = cJSON_GetObjectItem(st, "mean")->valuedouble;
+    CHECKF(fabs(l2 - gl2) <= 1e-4 * gl2, "%s: l2 %.8g vs golden %.8g", what, l2, gl2);
+    CHECKF(fabs(mean - gmean) <= 1e-4 * (fabs(gmean) + l2 / sqrt((double)n)),
+           "%s: mean %.8g vs golden %.8g", what, mean, gmean);
+    const cJSON *first = cJSON_GetObjectItem(st, "first");
+    double worst = 0;
+    for (int i = 0; i < cJSON_GetArraySize(first) && (size_t)i < n; i++)
+        worst = fmax(worst, fabs(x[i] - cJSON_GetArrayItem(first, i)->valuedouble));
+    CHECKF(worst <= 1e-4 * (1 + l2 / sqrt((double)n)), "%s: first values differ by %g", what,
+           worst);
+}
+
+static qvl_ctx *new_ctx(int n_ctx) {
+    qvl_ctx_params p = qvl_ctx_default_params();
+    p.n_ctx = n_ctx;
+    p.n_threads = 2;
+    qvl_ctx *c = NULL;
+    char err[512];
+    qvl_status s = qvl_ctx_create(M, &p, &c, err, sizeof err);
+    CHECKF(s == QVL_OK, "ctx: %s", err);
+    return c;
+}
+
+/* greedy generation of n tokens */
+static size_t greedy(qvl_ctx *c, int n, int32_t *out) {
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.max_new_tokens = n;
+    qvl_gen_result r;
+    qvl_status s = qvl_ctx_generate(c, &gp, NULL, NULL, &r);
+    CHECKF(s == QVL_OK, "generate: %s", qvl_ctx_errmsg(c));
+    size_t k = r.n_tokens;
+    memcpy(out, r.tokens, k * sizeof *out);
+    qvl_gen_result_free(&r);
+    return k;
+}
+
+static void run_case(const char *name) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "fixtures/tiny-qwen3vl/golden/%s.json", name);
+    cJSON *g = load_json(rel);
+    CHECKF(g != NULL, "%s: golden file", name);
+    if (!g)
+        return;
+    const cJSON *inp = cJSON_GetObjectItem(g, "inputs");
+    const cJSON *ims = cJSON_GetObjectItem(inp, "images");
+    int n_img = cJSON_GetArraySize(ims);
+    qvl_image *imgs[8] = {0};
+    char err[512];
+    for (int i = 0; i < n_img; i++) {
+        snprintf(rel, sizeof rel, "fixtures/tiny-qwen3vl/%s",
+                 cJSON_GetArrayItem(ims, i)->valuestring);
+        CHECKF(qvl_image_load_file(shared_path(rel), 0, &imgs[i], err, sizeof err) == QVL_OK,
+               "%s: %s", name, err);
+    }
+    const cJSON *sys = cJSON_GetObjectItem(inp, "system");
+    qvl_message msgs[2];
+    int nm = 0;
+    if (cJSON_IsString(sys))
+        msgs[nm++] = (qvl_message){"system", sys->valuestring, 0};
+    msgs[nm++] = (qvl_message){"user", cJSON_GetObjectItem(inp, "prompt")->valuestring, n_img};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qvl_status s = qvl_prompt_build(M, msgs, (size_t)nm, 1, imgs, (size_t)n_img, NULL, &ids, &n,
+                                    err, sizeof err);
+    CHECKF(s == QVL_OK, "%s: prompt: %s", name, err);
+    size_t gn = 0;
+    int32_t *gids = json_ids(cJSON_GetObjectItem(g, "input_ids"), &gn);
+    CHECKF(n == gn && !memcmp(ids, gids, n * sizeof *ids), "%s: prompt ids differ", name);
+
+    /* grids and positions */
+    const cJSON *gg = cJSON_GetObjectItem(g, "image_grid_thw");
+    qvl_grid grids[8];
+    for (int i = 0; i < n_img; i++) {
+        qvl_image_plan pl;
+        CHECK(qvl_image_plan_get(M, imgs[i], NULL, &pl, err, sizeof err) == QVL_OK);
+        const cJSON *row = cJSON_GetArrayItem(gg, i);
+        CHECKF(pl.grid_t == cJSON_GetArrayItem(row, 0)->valueint &&
+                   pl.grid_h == cJSON_GetArrayItem(row, 1)->valueint &&
+                   pl.grid_w == cJSON_GetArrayItem(row, 2)->valueint,
+               "%s: grid of image %d", name, i);
+        grids[i] = (qvl_grid){pl.grid_t, pl.grid_h, pl.grid_w};
+    }
+    int32_t *pos = malloc(3 * n * sizeof *pos);
+    int64_t next = 0;
+    CHECK(qvl_rope_index(ids, (int64_t)n, M->cfg.image_token_id, M->cfg.video_token_id, grids,
+                         n_img, NULL, 0, 2, 0, pos, &next, err, sizeof err) == QVL_OK);
+    const cJSON *gp = cJSON_GetObjectItem(g, "position_ids");
+    bool pos_ok = true;
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; i < n; i++)
+            pos_ok &= pos[a * n + i] == cJSON_GetArrayItem(cJSON_GetArrayItem(gp, a), (int)i)
+                                            ->valueint;
+    CHECKF(pos_ok, "%s: position ids differ", name);
+    CHECKF(next - (int64_t)n == cJSON_GetObjectItem(g, "rope_delta")->valueint,
+           "%s: rope_delta %lld", name, (long long)(next - (int64_t)n));
+
+    /* prefill: logits and per-layer statistics */
+    qvl_ctx *c = new_ctx(512);
+    const int L = M->cfg.text.n_layers, H = M->cfg.text.hidden;
+    float *layers = calloc((size_t)L * H, sizeof(float));
+    c->dbg_layers = layers;
+    s = qvl_ctx_eval(c, ids, n, imgs, (size_t)n_img);
+    CHECKF(s == QVL_OK, "%s: eval: %s", name, qvl_ctx_errmsg(c));
+    c->dbg_layers = NULL;
+    const cJSON *dl = cJSON_GetObjectItem(g, "decoder_layer_outputs_last_token");
+    for (int l = 0; l < L; l++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s layer %d", name, l);
+        check_stats(what, cJSON_GetArrayItem(dl, l), layers + (size_t)l * H, (size_t)H);
+    }
+    int nv = 0;
+    const float *lg = qvl_ctx_logits(c, &nv);
+    const cJSON *top = cJSON_GetObjectItem(cJSON_GetObjectItem(g, "prompt_end_logits"), "top");
+    double worst = 0;
+    bool top_ok = true;
+    for (int i = 0; i < cJSON_GetArraySize(top); i++) {
+        const cJSON *pair = cJSON_GetArrayItem(top, i);
+        int id = cJSON_GetArrayItem(pair, 0)->valueint;
+        double v = cJSON_GetArrayItem(pair, 1)->valuedouble;
+        worst = fmax(worst, fabs(lg[id] - v) / fabs(v));
+        /* the id must be the i-th largest */
+        int rank = 0;
+        for (int k = 0; k < nv; k++)
+            rank += lg[k] > lg[id];
+        top_ok &= rank == i;
+    }
+    CHECKF(worst <= 1e-4, "%s: top-20 logits differ by %g relative", name, worst);
+    CHECKF(top_ok, "%s: top-20 order differs", name);
+    check_stats("prompt-end logits",
+                cJSON_GetObjectItem(cJSON_GetObjectItem(g, "prompt_end_logits"), "stats"), lg,
+                (size_t)nv);
+
+    /* greedy continuation */
+    size_t ng = 0;
+    int32_t *gen_ref = json_ids(cJSON_GetObjectItem(g, "generated_ids"), &ng);
+    int32_t out[64];
+    size_t k = greedy(c, (int)ng, out);
+    CHECKF(k == ng && !memcmp(out, gen_ref, ng * sizeof *out), "%s: greedy tokens differ", name);
+
+    /* KV-cache decoding equals recomputation: prompt + generated[0..k-1) in one pass gives the
+     * logits of the last step */
+    if (k > 1) {
+        qvl_ctx *c2 = new_ctx(512);
+        int32_t *all = malloc((n + k) * sizeof *all);
+        memcpy(all, ids, n * sizeof *all);
+        memcpy(all + n, out, (k - 1) * sizeof *all);
+        CHECK(qvl_ctx_eval(c2, all, n + k - 1, imgs, (size_t)n_img) == QVL_OK);
+        const float *l2 = qvl_ctx_logits(c2, NULL);
+        /* the incremental context's logits are those after generated[k-2] was fed */
+        double d = max_rel(l2, qvl_ctx_logits(c, NULL), (size_t)nv);
+        CHECKF(d < 1e-5, "%s: KV cache vs recomputation differ by %g", name, d);
+        free(all);
+        qvl_ctx_free(c2);
+    }
+    free(gen_ref);
+    free(layers);
+    qvl_ctx_free(c);
+    free(pos);
+    free(gids);
+    qvl_free(ids);
+    for (int i = 0; i < n_img; i++)
+        qvl_image_free(imgs[i]);
+    cJSON_Delete(g);
+}
+
+/* the full tensors of the first case: vision outputs, injected embeddings, logits */
+static void full_tensors(void) {
+    const char *G = "fixtures/tiny-qwen3vl/golden/";
+    char rel[256], err[512];
+    qvl_image *img = NULL;
+    CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
+                              err, sizeof err) == QVL_OK);
+    qvl_features f;
+    CHECKF(qvl_vision_encode(M, img, NULL, 2, &f, err, sizeof err) == QVL_OK, "%s", err);
+    CHECK(f.n_tokens == 64 && f.dim == 64 && f.n_deepstack == 2);
+    snprintf(rel, sizeof rel, "%stiny_1img_png.vision_pooler_output.f32", G);
+    float *pool = load_f32(rel, 64 * 64);
+    CHECK(pool != NULL);
+    if (pool)
+        CHECKF(max_rel(f.embd, pool, 64 * 64) < 1e-4, "pooler output differs: %g",
+               max_rel(f.embd, pool, 64 * 64));
+    float *ds[2] = {0};
+    for (int k = 0; k < 2; k++) {
+        snprintf(rel, sizeof rel, "%stiny_1img_png.vision_deepstack_%d.f32", G, k);
+        ds[k] = load_f32(rel, 64 * 64);
+        CHECK(ds[k] != NULL);
+        if (ds[k])
+            CHECKF(max_rel(f.deepstack + k * 64 * 64, ds[k], 64 * 64) < 1e-4,
+                   "deepstack %d differs: %g", k, max_rel(f.deepstack + k * 64 * 64, ds[k], 4096));
+    }
+
+    /* embeddings API: the golden injected embeddings + golden DeepStack features, with the
+     * golden positions, must give the golden prompt-end logits and the image path's tokens */
+    cJSON *g = load_json("fixtures/tiny-qwen3vl/golden/tiny_1img_png.json");
+    size_t n = 0;
+    int32_t *ids = json_ids(cJSON_GetObjectItem(g, "input_ids"), &n);
+    snprintf(rel, sizeof rel, "%stiny_1img_png.inputs_embeds.f32", G);
+    float *embd = load_f32(rel, n * 64);
+    snprintf(rel, sizeof rel, "%stiny_1img_png.prompt_end_logits.f32", G);
+    float *glog = load_f32(rel, 151936);
+    CHECK(embd && glog);
+    int32_t *pos = malloc(3 * n * sizeof *pos);
+    const cJSON *gp = cJSON_GetObjectItem(g, "position_ids");
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; i < n; i++)
+            pos[a * n + i] = cJSON_GetArrayItem(cJSON_GetArrayItem(gp, a), (int)i)->valueint;
+    uint8_t *mask = calloc(n, 1);
+    for (size_t i = 0; i < n; i++)
+        mask[i] = ids[i] == M->cfg.image_token_id;
+    qvl_ctx *c = new_ctx(256);
+    const float *dsp[2] = {ds[0], ds[1]};
+    qvl_embd_batch b = {n, 64, embd, pos, mask, 2, dsp, 0};
+    qvl_status s = qvl_ctx_eval_embd(c, &b);
+    CHECKF(s == QVL_OK, "eval_embd: %s", qvl_ctx_errmsg(c));
+    CHECKF(max_rel(qvl_ctx_logits(c, NULL), glog, 151936) < 1e-4,
+           "embeddings API logits differ from golden: %g",
+           max_rel(qvl_ctx_logits(c, NULL), glog, 151936));
+    size_t ng = 0;
+    int32_t *gen_ref = json_ids(cJSON_GetObjectItem(g, "generated_ids"), &ng);
+    int32_t out[64];
+    size_t k = greedy(c, (int)ng, out);
+    CHECKF(k == ng && !memcmp(out, gen_ref, ng * sizeof *out),
+           "embeddings API: greedy tokens differ from the image path");
+
+    /* bad embeddings: wrong width, too many rows, DeepStack without a mask */
+    qvl_embd_batch bad = b;
+    bad.dim = 63;
+    CHECK(qvl_ctx_eval_embd(c, &bad) == QVL_E_INVAL);
+    CHECK(strstr(qvl_ctx_errmsg(c), "width") != NULL);
+    bad = b;
+    bad.n = 100000;
+    CHECK(qvl_ctx_eval_embd(c, &bad) == QVL_E_LIMIT);
+    bad = b;
+    bad.visual_mask = NULL;
+    CHECK(qvl_ctx_eval_embd(c, &bad) == QVL_E_INVAL);
+
+    free(gen_ref);
+    qvl_ctx_free(c);
+    free(mask);
+    free(pos);
+    qvl_free(embd);
+    qvl_free(glog);
+    free(ids);
+    cJSON_Delete(g);
+    qvl_free(pool);
+    qvl_free(ds[0]);
+    qvl_free(ds[1]);
+    qvl_features_free(&f);
+    qvl_image_free(img);
+}
+
+/* a two-turn conversation evaluated incrementally equals the whole conversation at once */
+static void multi_turn(void) {
+    char err[512];
+    qvl_image *img = NULL;
+    CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
+                              err, sizeof err) == QVL_OK);
+    qvl_ctx *c = new_ctx(1024);
+    qvl_message t1[1] = {{"user", "Describe this image.", 1}};
+    int32_t *ids1 = NULL;
+    size_t n1 = 0;
+    CHECK(qvl_prompt_build(M, t1, 1, 1, &img, 1, NULL, &ids1, &n1, err, sizeof err) == QVL_OK);
+    CHECK(qvl_ctx_eval(c, ids1, n1, &img, 1) == QVL_OK);
+    int32_t ans[8];
+    size_t na = greedy(c, 5, ans); /* the 5th token was sampled but not fed */
+    char *answer = NULL;
+    CHECK(qvl_detokenize(M, ans, na, 0, &answer) == QVL_OK);
+    /* turn 2 appended: the last answer token, <|im_end|>\n, then the next user turn (an image) */
+    qvl_message t2[1] = {{"user", "And now?", 1}};
+    int32_t *ids2 = NULL;
+    size_t n2 = 0;
+    CHECK(qvl_prompt_build(M, t2, 1, 1, &img, 1, NULL, &ids2, &n2, err, sizeof err) == QVL_OK);
+    int32_t *app = malloc((n2 + 3) * sizeof *app);
+    app[0] = ans[na - 1];
+    app[1] = 151645;
+    app[2] = 198;
+    memcpy(app + 3, ids2, n2 * sizeof *app);
+    qvl_image *two[2] = {img, img};
+    CHECK(qvl_ctx_eval(c, app, n2 + 3, &img, 1) == QVL_OK);
+    int32_t next1[4];
+    size_t k1 = greedy(c, 3, next1);
+
+    /* all at once: user, assistant(answer text), user, generation prompt */
+    qvl_ctx *c2 = new_ctx(1024);
+    int32_t *all = malloc((n1 + na + 3 + n2) * sizeof *all);
+    memcpy(all, ids1, n1 * sizeof *all);
+    memcpy(all + n1, ans, na * sizeof *all);
+    all[n1 + na] = 151645;
+    all[n1 + na + 1] = 198;
+    memcpy(all + n1 + na + 2, ids2, n2 * sizeof *all);
+    CHECK(qvl_ctx_eval(c2, all, n1 + na + 2 + n2, two, 2) == QVL_OK);
+    int32_t next2[4];
+    size_t k2 = greedy(c2, 3, next2);
+    CHECKF(k1 == k2 && !memcmp(next1, next2, k1 * sizeof *next1),
+           "two turns incrementally differ from the whole conversation");
+    CHECKF(max_rel(qvl_ctx_logits(c, NULL), qvl_ctx_logits(c2, NULL), 151936) < 1e-5,
+           "multi-turn logits differ");
+
+    /* bad input: the context stays usable afterwards */
+    int64_t before = qvl_ctx_n_past(c);
+    float *lg_before = malloc(151936 * sizeof(float));
+    memcpy(lg_before, qvl_ctx_logits(c, NULL), 151936 * sizeof(float));
+    int32_t bad_ids[3] = {1, 151936, 2};
+    CHECK(qvl_ctx_eval(c, bad_ids, 3, NULL, 0) == QVL_E_INVAL);
+    CHECK(strstr(qvl_ctx_errmsg(c), "vocabulary") != NULL);
+    int32_t pads[5] = {151652, 151655, 151655, 151655, 151653}; /* 3 pads, image needs 64 */
+    CHECK(qvl_ctx_eval(c, pads, 5, &img, 1) == QVL_E_INVAL);
+    CHECK(strstr(qvl_ctx_errmsg(c), "tokens: 3, features 64") != NULL);
+    CHECK(qvl_ctx_eval(c, pads, 5, NULL, 0) == QVL_E_INVAL); /* pads without images */
+    CHECK(qvl_ctx_eval(c, ids1, n1, two, 2) == QVL_E_INVAL); /* too few pads */
+    int32_t *huge = calloc(2000, sizeof *huge);
+    CHECK(qvl_ctx_eval(c, huge, 2000, NULL, 0) == QVL_E_LIMIT);
+    CHECK(qvl_ctx_n_past(c) == before);
+    CHECK(qvl_ctx_logits(c, NULL) &&
+          !memcmp(lg_before, qvl_ctx_logits(c, NULL), 151936 * sizeof(float)));
+    int32_t next3[4];
+    CHECK(greedy(c, 2, next3) == 2); /* still usable */
+    free(lg_before);
+    free(huge);
+    free(all);
+    free(app);
+    qvl_free(answer);
+    qvl_free(ids1);
+    qvl_free(ids2);
+    qvl_ctx_free(c);
+    qvl_ctx_free(c2);
+    qvl_image_free(img);
+}
+
+int main(void) {
+    char err[1024];
+    qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
+                                  sizeof err);
+    CHECKF(s == QVL_OK, "load: %s", err);
+    if (s != QVL_OK)
+        CHECK_DONE();
+    run_case("tiny_1img_png");
+    run_case("tiny_2img");
+    run_case("tiny_system_jpeg");
+    run_case("tiny_text_only");
+    full_tensors();
+    multi_turn();
+    qvl_model_free(M);
+    CHECK_DONE();
+}
