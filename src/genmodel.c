@@ -9,6 +9,7 @@
  * byte for byte where they do not depend on the dimensions; config.json and tokenizer_config.json
  * are printed like Python's json.dumps(indent=2). */
 #include "genmodel.h"
+#include "st.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -20,7 +21,6 @@
 #include <unistd.h>
 
 #define GEN_MAX_DEEPSTACK 16
-#define GEN_MAX_DIMS      8
 #define GEN_CHUNK_BYTES   (1u << 20)
 #define GEN_DIM_MAX       (1 << 20) /* sanity cap on any overridden dimension */
 #define GEN_VOCAB_MAX     (1 << 22)
@@ -381,7 +381,7 @@ static qvl_status dims_resolve(const qvl_genmodel_params *p, gen_dims *d, char *
 typedef struct gen_tensor {
     char *name;
     int n_dims;
-    int64_t shape[GEN_MAX_DIMS];
+    int64_t shape[QVL_ST_MAX_DIMS];
     float mean;
     float std;
     uint64_t seed;
@@ -962,146 +962,6 @@ done:
     return st;
 }
 
-/* ---- safetensors writing (fallback until st.c provides qvl_st_writer_*) ----------------- */
-
-typedef struct gen_writer {
-    FILE *f;
-    char *path;
-    uint64_t expect;
-    uint64_t written;
-    qvl_status failed;
-} gen_writer;
-
-/* Same contract as qvl_st_writer_open (st.h). */
-static qvl_status gw_open(const char *path, size_t n_tensors, const char *const *names,
-                          const qvl_dtype *dtypes, const int *n_dims,
-                          const int64_t (*shapes)[GEN_MAX_DIMS], const char *metadata_format,
-                          gen_writer **out, char *err, size_t err_len) {
-    *out = NULL;
-    gen_buf b = {0};
-    char tmp[64];
-    uint64_t off = 0;
-    buf_puts(&b, "{");
-    if (metadata_format) {
-        buf_puts(&b, "\"__metadata__\":{\"format\":");
-        json_put_string(&b, metadata_format);
-        buf_puts(&b, "}");
-    }
-    for (size_t i = 0; i < n_tensors; i++) {
-        uint64_t n = 1;
-        if (i || metadata_format)
-            buf_puts(&b, ",");
-        json_put_string(&b, names[i]);
-        buf_puts(&b, ":{\"dtype\":\"");
-        buf_puts(&b, qvl_dtype_name(dtypes[i]));
-        buf_puts(&b, "\",\"shape\":[");
-        for (int k = 0; k < n_dims[i]; k++) {
-            snprintf(tmp, sizeof tmp, "%s%lld", k ? "," : "", (long long)shapes[i][k]);
-            buf_puts(&b, tmp);
-            n *= (uint64_t)shapes[i][k];
-        }
-        uint64_t nb = n * qvl_dtype_row_bytes(dtypes[i], 1);
-        snprintf(tmp, sizeof tmp, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                 (unsigned long long)(off + nb));
-        buf_puts(&b, tmp);
-        off += nb;
-    }
-    buf_puts(&b, "}");
-    while (!b.oom && b.n % 8 != 0)
-        buf_puts(&b, " ");
-    gen_writer *w = qvl_calloc(1, sizeof *w);
-    char *p = qvl_strdup(path);
-    if (b.oom || !w || !p) {
-        qvl_free(b.p);
-        qvl_free(w);
-        qvl_free(p);
-        qvl_errf(err, err_len, "genmodel: out of memory writing the header of %s", path);
-        return QVL_E_NOMEM;
-    }
-    w->path = p;
-    w->expect = off;
-    w->f = fopen(path, "wb");
-    if (!w->f) {
-        qvl_errf(err, err_len, "genmodel: cannot create %s: %s", path, strerror(errno));
-        qvl_free(b.p);
-        qvl_free(w->path);
-        qvl_free(w);
-        return QVL_E_IO;
-    }
-    unsigned char len8[8];
-    uint64_t hl = b.n;
-    for (int i = 0; i < 8; i++)
-        len8[i] = (unsigned char)(hl >> (8 * i));
-    if (fwrite(len8, 1, 8, w->f) != 8 || fwrite(b.p, 1, b.n, w->f) != b.n)
-        w->failed = QVL_E_IO;
-    qvl_free(b.p);
-    *out = w;
-    return QVL_OK;
-}
-
-static qvl_status gw_write(gen_writer *w, const void *data, size_t nbytes) {
-    if (w->failed)
-        return w->failed;
-    if (nbytes > w->expect - w->written)
-        return w->failed = QVL_E_INVAL;
-    if (fwrite(data, 1, nbytes, w->f) != nbytes)
-        return w->failed = QVL_E_IO;
-    w->written += nbytes;
-    return QVL_OK;
-}
-
-static qvl_status gw_close(gen_writer *w, char *err, size_t err_len) {
-    if (!w)
-        return QVL_OK;
-    qvl_status st = w->failed;
-    if (fclose(w->f) != 0 && st == QVL_OK)
-        st = QVL_E_IO;
-    if (st == QVL_OK && w->written != w->expect)
-        st = QVL_E_FORMAT;
-    if (st != QVL_OK)
-        qvl_errf(err, err_len, "genmodel: writing %s failed (%s)", w->path, qvl_status_str(st));
-    qvl_free(w->path);
-    qvl_free(w);
-    return st;
-}
-
-/* Same contract as qvl_st_write_index (st.h); names must already be sorted. */
-static qvl_status gw_index(const char *path, size_t n, const char *const *names,
-                           const char *const *files, uint64_t total_size, char *err,
-                           size_t err_len) {
-    gen_buf b = {0};
-    char tmp[64];
-    snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)total_size);
-    buf_puts(&b, "{\n  \"metadata\": {\n    \"total_size\": ");
-    buf_puts(&b, tmp);
-    buf_puts(&b, "\n  },\n  \"weight_map\": {\n");
-    for (size_t i = 0; i < n; i++) {
-        buf_puts(&b, "    ");
-        json_put_string(&b, names[i]);
-        buf_puts(&b, ": ");
-        json_put_string(&b, files[i]);
-        buf_puts(&b, i + 1 < n ? ",\n" : "\n");
-    }
-    buf_puts(&b, "  }\n}\n");
-    if (b.oom) {
-        qvl_free(b.p);
-        qvl_errf(err, err_len, "genmodel: out of memory writing %s", path);
-        return QVL_E_NOMEM;
-    }
-    qvl_status st = QVL_OK;
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b.p, 1, b.n, f) != b.n) {
-        qvl_errf(err, err_len, "genmodel: cannot write %s: %s", path, strerror(errno));
-        st = QVL_E_IO;
-    }
-    if (f && fclose(f) != 0 && st == QVL_OK) {
-        qvl_errf(err, err_len, "genmodel: cannot write %s: %s", path, strerror(errno));
-        st = QVL_E_IO;
-    }
-    qvl_free(b.p);
-    return st;
-}
-
 /* ---- weights ---------------------------------------------------------------------------- */
 
 static void shard_name(char *buf, size_t len, const gen_plan *pl, int shard) {
@@ -1118,10 +978,10 @@ static qvl_status write_shard(const char *dir, const char *fname, const gen_plan
     const char **names = qvl_calloc(n, sizeof *names);
     qvl_dtype *dtypes = qvl_calloc(n, sizeof *dtypes);
     int *n_dims = qvl_calloc(n, sizeof *n_dims);
-    int64_t(*shapes)[GEN_MAX_DIMS] = qvl_calloc(n, sizeof *shapes);
+    int64_t(*shapes)[QVL_ST_MAX_DIMS] = qvl_calloc(n, sizeof *shapes);
     char *path = qvl_path_join(dir, fname);
     char *tmp = path ? qvl_malloc(strlen(path) + 5) : NULL;
-    gen_writer *w = NULL;
+    qvl_st_writer *w = NULL;
     qvl_status st = QVL_OK;
     if (!names || !dtypes || !n_dims || !shapes || !tmp) {
         qvl_errf(err, err_len, "genmodel: out of memory");
@@ -1136,8 +996,8 @@ static qvl_status write_shard(const char *dir, const char *fname, const gen_plan
         n_dims[i] = t->n_dims;
         memcpy(shapes[i], t->shape, sizeof shapes[i]);
     }
-    st = gw_open(tmp, n, names, dtypes, n_dims, (const int64_t(*)[GEN_MAX_DIMS])shapes, "pt", &w,
-                 err, err_len);
+    st = qvl_st_writer_open(tmp, n, names, dtypes, n_dims,
+                            (const int64_t(*)[QVL_ST_MAX_DIMS])shapes, "pt", &w, err, err_len);
     if (st != QVL_OK)
         goto done;
     size_t esz = qvl_dtype_row_bytes(pl->d.dtype, 1);
@@ -1149,11 +1009,11 @@ static qvl_status write_shard(const char *dir, const char *fname, const gen_plan
         for (uint64_t done = 0; done < t->n_elem && st == QVL_OK;) {
             size_t k = t->n_elem - done < chunk_elems ? (size_t)(t->n_elem - done) : chunk_elems;
             fill_values(&r, t->mean, t->std, pl->d.dtype, chunk, k);
-            st = gw_write(w, chunk, k * esz);
+            st = qvl_st_writer_write(w, chunk, k * esz);
             done += k;
         }
     }
-    qvl_status cst = gw_close(w, err, err_len); /* reports the first write error */
+    qvl_status cst = qvl_st_writer_close(w, err, err_len); /* reports the first write error */
     if (st == QVL_OK)
         st = cst;
     if (st != QVL_OK) {
@@ -1222,7 +1082,7 @@ static qvl_status write_weights(const char *dir, const gen_plan *pl, char *err, 
         names[i] = pl->t[i].name;
         tfiles[i] = files[pl->t[i].shard];
     }
-    st = gw_index(index, pl->n, names, tfiles, pl->total_bytes, err, err_len);
+    st = qvl_st_write_index(index, pl->n, names, tfiles, pl->total_bytes, err, err_len);
     qvl_free(tfiles);
 nomem:
     if (st == QVL_E_NOMEM)

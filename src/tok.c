@@ -1,6 +1,6 @@
 /* tok.c - Qwen3 byte-level BPE tokenizer (Hugging Face tokenizer.json, spec section 10).
  *
- * Load: cJSON parse, then copy into flat tables: per-id decode bytes, an open-addressing hash of
+ * Load: parse JSON (a compact in-file reader), then copy into flat tables: per-id decode bytes, an open-addressing hash of
  * vocab byte strings -> id, and a hash of (left id, right id) -> (merge rank, merged id). The
  * pre-tokenizer regex is read from the file and compiled with PCRE2 (UTF | UCP, JIT when
  * available); Oniguruma's \s also matches U+0085, so \s / \S are widened to match it.
@@ -12,8 +12,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tok.h"
 
-#include <cjson/cJSON.h>
 #include <pcre2.h>
+#include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
 
@@ -230,6 +230,360 @@ static bool bytelevel_to_bytes(const qvl_tok *t, const char *s, size_t n, char *
     return true;
 }
 
+/* ---- a compact JSON reader ----------------------------------------------
+ * tokenizer.json is 11 MB with ~600k values; a general DOM with one heap block per value
+ * (cJSON) spends most of the load time in malloc and page faults. This reader decodes strings
+ * in place in a private copy of the text and bump-allocates 32-byte nodes from large blocks. */
+
+enum { JT_NULL, JT_FALSE, JT_TRUE, JT_NUM, JT_STR, JT_ARR, JT_OBJ };
+
+typedef struct jv {
+    const char *key; /* member name (NUL-terminated) when inside an object */
+    union {
+        const char *s;    /* JT_STR, NUL-terminated */
+        struct jv *child; /* JT_ARR / JT_OBJ: first element */
+        double num;       /* JT_NUM */
+    } u;
+    struct jv *next;
+    uint32_t type;
+    uint32_t n; /* string bytes or number of children */
+} jv;
+
+typedef struct jblock {
+    struct jblock *next;
+    size_t used, cap;
+    jv nodes[];
+} jblock;
+
+typedef struct {
+    char *p, *end; /* cursor in the private copy (NUL at end) */
+    char *base;
+    jblock *blocks;
+    int depth;
+    bool oom;
+    const char *what; /* first error */
+    size_t at;
+} jparser;
+
+#define JSON_MAX_DEPTH 128
+
+static jv *jnode(jparser *J) {
+    jblock *b = J->blocks;
+    if (!b || b->used == b->cap) {
+        size_t cap = b ? 65536 : 1024;
+        jblock *nb = qvl_malloc(sizeof *nb + cap * sizeof(jv));
+        if (!nb) {
+            J->oom = true;
+            return NULL;
+        }
+        nb->next = b;
+        nb->used = 0;
+        nb->cap = cap;
+        J->blocks = b = nb;
+    }
+    jv *v = &b->nodes[b->used++];
+    memset(v, 0, sizeof *v);
+    return v;
+}
+
+static bool jfail(jparser *J, const char *what) {
+    if (!J->what) {
+        J->what = what;
+        J->at = (size_t)(J->p - J->base);
+    }
+    return false;
+}
+
+static void jws(jparser *J) {
+    while (J->p < J->end && (*J->p == ' ' || *J->p == '\n' || *J->p == '\r' || *J->p == '\t'))
+        J->p++;
+}
+
+static int jhex4(const char *s) {
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* String at J->p (after the opening quote), decoded in place; returns its start. */
+static char *jstring(jparser *J, uint32_t *len) {
+    char *start = J->p;
+    char *w = J->p;
+    for (;;) {
+        if (J->p >= J->end)
+            return jfail(J, "unterminated string"), NULL;
+        unsigned char c = (unsigned char)*J->p;
+        if (c == '"')
+            break;
+        if (c < 0x20)
+            return jfail(J, "control character in string"), NULL;
+        if (c != '\\') {
+            *w++ = *J->p++;
+            continue;
+        }
+        if (J->end - J->p < 2)
+            return jfail(J, "bad escape"), NULL;
+        char e = J->p[1];
+        J->p += 2;
+        switch (e) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '/': *w++ = '/'; break;
+        case 'b': *w++ = '\b'; break;
+        case 'f': *w++ = '\f'; break;
+        case 'n': *w++ = '\n'; break;
+        case 'r': *w++ = '\r'; break;
+        case 't': *w++ = '\t'; break;
+        case 'u': {
+            int cp = J->end - J->p >= 4 ? jhex4(J->p) : -1;
+            if (cp < 0)
+                return jfail(J, "bad \\u escape"), NULL;
+            J->p += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF)
+                return jfail(J, "lone low surrogate"), NULL;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                int lo = J->end - J->p >= 6 && J->p[0] == '\\' && J->p[1] == 'u'
+                             ? jhex4(J->p + 2)
+                             : -1;
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    return jfail(J, "lone high surrogate"), NULL;
+                J->p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            /* UTF-8 is never longer than the escape it replaces */
+            if (cp < 0x80) {
+                *w++ = (char)cp;
+            } else if (cp < 0x800) {
+                *w++ = (char)(0xC0 | (cp >> 6));
+                *w++ = (char)(0x80 | (cp & 0x3F));
+            } else if (cp < 0x10000) {
+                *w++ = (char)(0xE0 | (cp >> 12));
+                *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *w++ = (char)(0x80 | (cp & 0x3F));
+            } else {
+                *w++ = (char)(0xF0 | (cp >> 18));
+                *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *w++ = (char)(0x80 | (cp & 0x3F));
+            }
+            break;
+        }
+        default: return jfail(J, "bad escape"), NULL;
+        }
+    }
+    J->p++; /* closing quote; w is at or before it */
+    *w = 0;
+    if ((size_t)(w - start) > UINT32_MAX)
+        return jfail(J, "string too long"), NULL;
+    *len = (uint32_t)(w - start);
+    return start;
+}
+
+static bool jvalue(jparser *J, jv *v);
+
+static bool jnumber(jparser *J, jv *v) {
+    char *s = J->p;
+    char *q = s;
+    if (*q == '-')
+        q++;
+    if (q >= J->end || !(*q >= '0' && *q <= '9'))
+        return jfail(J, "bad number");
+    bool simple = true;
+    if (*q == '0')
+        q++;
+    else
+        while (q < J->end && *q >= '0' && *q <= '9')
+            q++;
+    if (q < J->end && *q == '.') {
+        simple = false;
+        q++;
+        if (q >= J->end || !(*q >= '0' && *q <= '9'))
+            return jfail(J, "bad number");
+        while (q < J->end && *q >= '0' && *q <= '9')
+            q++;
+    }
+    if (q < J->end && (*q == 'e' || *q == 'E')) {
+        simple = false;
+        q++;
+        if (q < J->end && (*q == '+' || *q == '-'))
+            q++;
+        if (q >= J->end || !(*q >= '0' && *q <= '9'))
+            return jfail(J, "bad number");
+        while (q < J->end && *q >= '0' && *q <= '9')
+            q++;
+    }
+    v->type = JT_NUM;
+    if (simple && q - s <= 15) {
+        double x = 0;
+        for (char *d = s + (*s == '-'); d < q; d++)
+            x = x * 10 + (*d - '0');
+        v->u.num = *s == '-' ? -x : x;
+    } else {
+        char save = *q; /* the copy is NUL-terminated; bound strtod to the validated span */
+        *q = 0;
+        v->u.num = strtod(s, NULL);
+        *q = save;
+    }
+    J->p = q;
+    return true;
+}
+
+static bool jlit(jparser *J, const char *lit, uint32_t type, jv *v) {
+    size_t n = strlen(lit);
+    if ((size_t)(J->end - J->p) < n || memcmp(J->p, lit, n) != 0)
+        return jfail(J, "unexpected character");
+    J->p += n;
+    v->type = type;
+    return true;
+}
+
+/* Array or object after its opening bracket. */
+static bool jcontainer(jparser *J, jv *v, bool obj) {
+    if (++J->depth > JSON_MAX_DEPTH)
+        return jfail(J, "nesting too deep");
+    v->type = obj ? JT_OBJ : JT_ARR;
+    jv **tail = &v->u.child;
+    char close = obj ? '}' : ']';
+    jws(J);
+    if (J->p < J->end && *J->p == close) {
+        J->p++;
+        J->depth--;
+        return true;
+    }
+    for (;;) {
+        jv *c = jnode(J);
+        if (!c)
+            return false;
+        jws(J);
+        if (obj) {
+            uint32_t kl;
+            if (J->p >= J->end || *J->p != '"')
+                return jfail(J, "expected a member name");
+            J->p++;
+            c->key = jstring(J, &kl);
+            if (!c->key)
+                return false;
+            jws(J);
+            if (J->p >= J->end || *J->p != ':')
+                return jfail(J, "expected ':'");
+            J->p++;
+        }
+        if (!jvalue(J, c))
+            return false;
+        *tail = c;
+        tail = &c->next;
+        v->n++;
+        jws(J);
+        if (J->p < J->end && *J->p == ',') {
+            J->p++;
+            continue;
+        }
+        if (J->p < J->end && *J->p == close) {
+            J->p++;
+            J->depth--;
+            return true;
+        }
+        return jfail(J, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+}
+
+static bool jvalue(jparser *J, jv *v) {
+    jws(J);
+    if (J->p >= J->end)
+        return jfail(J, "unexpected end of data");
+    switch (*J->p) {
+    case '{': J->p++; return jcontainer(J, v, true);
+    case '[': J->p++; return jcontainer(J, v, false);
+    case '"':
+        J->p++;
+        v->type = JT_STR;
+        v->u.s = jstring(J, &v->n);
+        return v->u.s != NULL;
+    case 't': return jlit(J, "true", JT_TRUE, v);
+    case 'f': return jlit(J, "false", JT_FALSE, v);
+    case 'n': return jlit(J, "null", JT_NULL, v);
+    default: return jnumber(J, v);
+    }
+}
+
+static void jfree(jparser *J) {
+    for (jblock *b = J->blocks; b;) {
+        jblock *nx = b->next;
+        qvl_free(b);
+        b = nx;
+    }
+    J->blocks = NULL;
+    qvl_free(J->base);
+    J->base = NULL;
+}
+
+/* Parse text[0..len) into a tree owned by J (released with jfree). With `owned`, text is a heap
+ * buffer of len + 1 bytes that J takes over and decodes in place (also on failure); otherwise
+ * it is copied. */
+static qvl_status jparse(jparser *J, const char *text, size_t len, bool owned, jv **root) {
+    memset(J, 0, sizeof *J);
+    *root = NULL;
+    if (owned) {
+        J->base = (char *)text;
+    } else {
+        size_t cap;
+        if (!qvl_size_add(len, 1, &cap))
+            return QVL_E_NOMEM;
+        J->base = qvl_malloc(cap);
+        if (!J->base)
+            return QVL_E_NOMEM;
+        memcpy(J->base, text, len);
+    }
+    J->base[len] = 0;
+    J->p = J->base;
+    J->end = J->base + len;
+    jv *r = jnode(J);
+    if (!r)
+        return QVL_E_NOMEM;
+    if (!jvalue(J, r))
+        return J->oom ? QVL_E_NOMEM : QVL_E_FORMAT;
+    jws(J);
+    if (J->p != J->end) {
+        jfail(J, "trailing data");
+        return QVL_E_FORMAT;
+    }
+    *root = r;
+    return QVL_OK;
+}
+
+static bool j_is(const jv *v, uint32_t type) {
+    return v && v->type == type;
+}
+static bool j_is_str(const jv *v) { return j_is(v, JT_STR); }
+static bool j_is_arr(const jv *v) { return j_is(v, JT_ARR); }
+static bool j_is_obj(const jv *v) { return j_is(v, JT_OBJ); }
+static bool j_is_num(const jv *v) { return j_is(v, JT_NUM); }
+static bool j_is_null(const jv *v) { return j_is(v, JT_NULL); }
+static bool j_is_true(const jv *v) { return j_is(v, JT_TRUE); }
+static bool j_is_false(const jv *v) { return j_is(v, JT_FALSE); }
+static bool j_is_bool(const jv *v) { return j_is_true(v) || j_is_false(v); }
+
+/* Member `key` of an object (the last one if repeated, as most JSON readers do); NULL if v is
+ * not an object or has no such member. */
+static const jv *jget(const jv *v, const char *key) {
+    if (!j_is(v, JT_OBJ))
+        return NULL;
+    const jv *found = NULL;
+    for (const jv *c = v->u.child; c; c = c->next)
+        if (strcmp(c->key, key) == 0)
+            found = c;
+    return found;
+}
+
 /* ---- loading ----------------------------------------------------------- */
 
 typedef struct {
@@ -298,10 +652,10 @@ static size_t pow2_at_least(size_t n) {
 }
 
 /* Read a JSON number that must be an integer id in [0, TOK_MAX_ID). */
-static bool json_id(const cJSON *v, int32_t *id) {
-    if (!cJSON_IsNumber(v))
+static bool json_id(const jv *v, int32_t *id) {
+    if (!j_is_num(v))
         return false;
-    double d = v->valuedouble;
+    double d = v->u.num;
     if (!(d >= 0 && d < TOK_MAX_ID) || d != (double)(int32_t)d)
         return false;
     *id = (int32_t)d;
@@ -339,19 +693,19 @@ nomem:
 }
 
 /* model.vocab: object of "byte-level string": id. Fills decode bytes and the vocab hash. */
-static qvl_status load_vocab(loader *L, const cJSON *vocab) {
+static qvl_status load_vocab(loader *L, const jv *vocab) {
     qvl_tok *t = L->t;
-    if (!cJSON_IsObject(vocab)) {
+    if (!j_is_obj(vocab)) {
         qvl_errf(L->err, L->err_len, "%s: model.vocab missing or not an object", L->src);
         return QVL_E_FORMAT;
     }
     size_t n = 0;
     int32_t max_id = -1;
-    for (const cJSON *e = vocab->child; e; e = e->next) {
+    for (const jv *e = vocab->u.child; e; e = e->next) {
         int32_t id;
-        if (!e->string || !json_id(e, &id)) {
+        if (!e->key || !json_id(e, &id)) {
             qvl_errf(L->err, L->err_len, "%s: model.vocab entry \"%.40s\" has no valid id",
-                     L->src, e->string ? e->string : "");
+                     L->src, e->key ? e->key : "");
             return QVL_E_FORMAT;
         }
         if (id > max_id)
@@ -370,27 +724,27 @@ static qvl_status load_vocab(loader *L, const cJSON *vocab) {
     for (size_t i = 0; i <= t->vocab_mask; i++)
         t->vocab[i].id = -1;
     char tmp[1024];
-    for (const cJSON *e = vocab->child; e; e = e->next) {
+    for (const jv *e = vocab->u.child; e; e = e->next) {
         int32_t id = 0;
         json_id(e, &id);
         if (t->flags[id] & F_VOCAB) {
             qvl_errf(L->err, L->err_len, "%s: model.vocab: id %d is used twice", L->src, (int)id);
             return QVL_E_FORMAT;
         }
-        size_t slen = strlen(e->string);
+        size_t slen = strlen(e->key);
         char *buf = slen <= sizeof tmp ? tmp : qvl_malloc(slen);
         if (!buf) {
             qvl_errf(L->err, L->err_len, "%s: out of memory", L->src);
             return QVL_E_NOMEM;
         }
         size_t blen;
-        bool bl = bytelevel_to_bytes(t, e->string, slen, buf, &blen);
+        bool bl = bytelevel_to_bytes(t, e->key, slen, buf, &blen);
         uint32_t off;
         if (bl) {
             st = arena_add(L, buf, blen, &off);
         } else { /* decodes to its own UTF-8, as the ByteLevel decoder does; never encoded */
             blen = slen;
-            st = arena_add(L, e->string, slen, &off);
+            st = arena_add(L, e->key, slen, &off);
         }
         if (buf != tmp)
             qvl_free(buf);
@@ -399,7 +753,7 @@ static qvl_status load_vocab(loader *L, const cJSON *vocab) {
         if (bl) {
             if (vocab_find(t, t->arena + off, blen) >= 0) {
                 qvl_errf(L->err, L->err_len, "%s: model.vocab: duplicate entry \"%.40s\"", L->src,
-                         e->string);
+                         e->key);
                 return QVL_E_FORMAT;
             }
             size_t i = hash_bytes(t->arena + off, blen) & t->vocab_mask;
@@ -420,12 +774,12 @@ static qvl_status load_vocab(loader *L, const cJSON *vocab) {
     return QVL_OK;
 }
 
-/* Split one merge entry into its two byte-level strings (pointers into the cJSON tree or into
+/* Split one merge entry into its two byte-level strings (pointers into the JSON tree or into
  * tmp for the "a b" form). */
-static bool merge_parts(const cJSON *m, char *tmp, size_t tmp_len, const char **a,
+static bool merge_parts(const jv *m, char *tmp, size_t tmp_len, const char **a,
                         const char **b) {
-    if (cJSON_IsString(m)) {
-        const char *s = m->valuestring;
+    if (j_is_str(m)) {
+        const char *s = m->u.s;
         const char *sp = strchr(s, ' ');
         if (!sp || sp == s || !sp[1] || strchr(sp + 1, ' '))
             return false;
@@ -438,10 +792,10 @@ static bool merge_parts(const cJSON *m, char *tmp, size_t tmp_len, const char **
         *b = sp + 1;
         return true;
     }
-    if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
-        cJSON_IsString(m->child->next)) {
-        *a = m->child->valuestring;
-        *b = m->child->next->valuestring;
+    if (j_is_arr(m) && (int)m->n == 2 && j_is_str(m->u.child) &&
+        j_is_str(m->u.child->next)) {
+        *a = m->u.child->u.s;
+        *b = m->u.child->next->u.s;
         return **a && **b;
     }
     return false;
@@ -449,14 +803,14 @@ static bool merge_parts(const cJSON *m, char *tmp, size_t tmp_len, const char **
 
 /* model.merges: list of "a b" strings or [a, b] pairs; rank = index. Both parts and their
  * concatenation must be vocab entries (as Hugging Face tokenizers requires). */
-static qvl_status load_merges(loader *L, const cJSON *merges) {
+static qvl_status load_merges(loader *L, const jv *merges) {
     qvl_tok *t = L->t;
-    if (!cJSON_IsArray(merges)) {
+    if (!j_is_arr(merges)) {
         qvl_errf(L->err, L->err_len, "%s: model.merges missing or not an array", L->src);
         return QVL_E_FORMAT;
     }
     size_t n = 0;
-    for (const cJSON *m = merges->child; m; m = m->next)
+    for (const jv *m = merges->u.child; m; m = m->next)
         n++;
     if (n > (size_t)INT32_MAX) {
         qvl_errf(L->err, L->err_len, "%s: too many merges", L->src);
@@ -474,7 +828,7 @@ static qvl_status load_merges(loader *L, const cJSON *merges) {
     char bytes_a[1024];
     char bytes_b[1024];
     int32_t rank = 0;
-    for (const cJSON *m = merges->child; m; m = m->next, rank++) {
+    for (const jv *m = merges->u.child; m; m = m->next, rank++) {
         const char *a;
         const char *b;
         if (!merge_parts(m, part, sizeof part, &a, &b)) {
@@ -519,15 +873,15 @@ static qvl_status load_merges(loader *L, const cJSON *merges) {
 
 /* added_tokens: [{id, content, special, ...}]. Content matched verbatim (Qwen's are all
  * normalized: false; lstrip/rstrip/single_word are not applied). */
-static qvl_status load_added(loader *L, const cJSON *arr) {
+static qvl_status load_added(loader *L, const jv *arr) {
     qvl_tok *t = L->t;
-    if (!arr || cJSON_IsNull(arr))
+    if (!arr || j_is_null(arr))
         return QVL_OK;
-    if (!cJSON_IsArray(arr)) {
+    if (!j_is_arr(arr)) {
         qvl_errf(L->err, L->err_len, "%s: added_tokens is not an array", L->src);
         return QVL_E_FORMAT;
     }
-    size_t n = (size_t)cJSON_GetArraySize(arr);
+    size_t n = (size_t)(int)arr->n;
     if (n == 0)
         return QVL_OK;
     t->added = qvl_calloc(n, sizeof *t->added);
@@ -536,14 +890,25 @@ static qvl_status load_added(loader *L, const cJSON *arr) {
         return QVL_E_NOMEM;
     }
     t->added_min_len = SIZE_MAX;
-    size_t k = 0;
-    for (const cJSON *e = arr->child; e; e = e->next, k++) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
-        const cJSON *special = cJSON_GetObjectItemCaseSensitive(e, "special");
+    int32_t max_id = -1;
+    for (const jv *e = arr->u.child; e; e = e->next) {
         int32_t iv;
-        if (!cJSON_IsObject(e) || !json_id(id, &iv) || !cJSON_IsString(content) ||
-            !content->valuestring[0] || (special && !cJSON_IsBool(special))) {
+        if (json_id(jget(e, "id"), &iv) && iv > max_id)
+            max_id = iv;
+    }
+    if (max_id >= 0) {
+        qvl_status st = ids_reserve(L, max_id);
+        if (st)
+            return st;
+    }
+    size_t k = 0;
+    for (const jv *e = arr->u.child; e; e = e->next, k++) {
+        const jv *id = jget(e, "id");
+        const jv *content = jget(e, "content");
+        const jv *special = jget(e, "special");
+        int32_t iv;
+        if (!j_is_obj(e) || !json_id(id, &iv) || !j_is_str(content) ||
+            !content->u.s[0] || (special && !j_is_bool(special))) {
             qvl_errf(L->err, L->err_len,
                      "%s: added_tokens[%zu] needs an integer id, a non-empty string content and "
                      "a boolean special",
@@ -557,20 +922,20 @@ static qvl_status load_added(loader *L, const cJSON *arr) {
             qvl_errf(L->err, L->err_len, "%s: added_tokens: id %d is used twice", L->src, (int)iv);
             return QVL_E_FORMAT;
         }
-        size_t len = strlen(content->valuestring);
+        size_t len = strlen(content->u.s);
         uint32_t off;
-        st = arena_add(L, content->valuestring, len, &off);
+        st = arena_add(L, content->u.s, len, &off);
         if (st)
             return st;
         added_tok *a = &t->added[t->n_added++];
         a->off = off;
         a->len = (uint32_t)len;
         a->id = iv;
-        a->special = cJSON_IsTrue(special);
+        a->special = j_is_true(special);
         t->flags[iv] |= F_VALID | F_ADDED | (a->special ? F_SPECIAL : 0);
         t->dec_off[iv] = off;
         t->dec_len[iv] = (uint32_t)len;
-        t->added_first[(uint8_t)content->valuestring[0]] = 1;
+        t->added_first[(uint8_t)content->u.s[0]] = 1;
         if (len < t->added_min_len)
             t->added_min_len = len;
     }
@@ -578,26 +943,26 @@ static qvl_status load_added(loader *L, const cJSON *arr) {
 }
 
 /* normalizer: null, NFC, or a Sequence of NFC. */
-static qvl_status load_normalizer(loader *L, const cJSON *nz) {
-    if (!nz || cJSON_IsNull(nz))
+static qvl_status load_normalizer(loader *L, const jv *nz) {
+    if (!nz || j_is_null(nz))
         return QVL_OK;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(nz, "type");
-    if (!cJSON_IsString(type)) {
+    const jv *type = jget(nz, "type");
+    if (!j_is_str(type)) {
         qvl_errf(L->err, L->err_len, "%s: normalizer has no type", L->src);
         return QVL_E_FORMAT;
     }
-    if (strcmp(type->valuestring, "NFC") == 0) {
+    if (strcmp(type->u.s, "NFC") == 0) {
         L->t->nfc = true;
         return QVL_OK;
     }
-    if (strcmp(type->valuestring, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
-        if (!cJSON_IsArray(list)) {
+    if (strcmp(type->u.s, "Sequence") == 0) {
+        const jv *list = jget(nz, "normalizers");
+        if (!j_is_arr(list)) {
             qvl_errf(L->err, L->err_len, "%s: normalizer Sequence has no normalizers list",
                      L->src);
             return QVL_E_FORMAT;
         }
-        for (const cJSON *e = list->child; e; e = e->next) {
+        for (const jv *e = list->u.child; e; e = e->next) {
             qvl_status st = load_normalizer(L, e);
             if (st)
                 return st;
@@ -605,7 +970,7 @@ static qvl_status load_normalizer(loader *L, const cJSON *nz) {
         return QVL_OK;
     }
     qvl_errf(L->err, L->err_len, "%s: normalizer type \"%.40s\" is not supported", L->src,
-             type->valuestring);
+             type->u.s);
     return QVL_E_UNSUPPORTED;
 }
 
@@ -686,42 +1051,42 @@ static char *widen_space_class(const char *re, bool *unsupported) {
 
 /* pre_tokenizer: Sequence [Split {Regex, Isolated, invert false}, ByteLevel {no prefix space,
  * use_regex false}]. */
-static qvl_status load_pretok(loader *L, const cJSON *pt) {
+static qvl_status load_pretok(loader *L, const jv *pt) {
     qvl_tok *t = L->t;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(pt, "type");
-    const cJSON *list = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
-    if (!cJSON_IsObject(pt) || !cJSON_IsString(type)) {
+    const jv *type = jget(pt, "type");
+    const jv *list = jget(pt, "pretokenizers");
+    if (!j_is_obj(pt) || !j_is_str(type)) {
         qvl_errf(L->err, L->err_len, "%s: pre_tokenizer missing or has no type", L->src);
         return QVL_E_FORMAT;
     }
-    if (strcmp(type->valuestring, "Sequence") != 0 || !cJSON_IsArray(list) ||
-        cJSON_GetArraySize(list) != 2) {
+    if (strcmp(type->u.s, "Sequence") != 0 || !j_is_arr(list) ||
+        (int)list->n != 2) {
         qvl_errf(L->err, L->err_len,
                  "%s: pre_tokenizer must be a Sequence of Split and ByteLevel (got %.40s)", L->src,
-                 type->valuestring);
+                 type->u.s);
         return QVL_E_UNSUPPORTED;
     }
-    const cJSON *split = list->child;
-    const cJSON *bl = split->next;
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(split, "type");
-    const cJSON *pat = cJSON_GetObjectItemCaseSensitive(split, "pattern");
-    const cJSON *regex = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
-    const cJSON *beh = cJSON_GetObjectItemCaseSensitive(split, "behavior");
-    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(split, "invert");
-    if (!cJSON_IsString(st) || strcmp(st->valuestring, "Split") != 0 || !cJSON_IsString(regex) ||
-        !cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated") != 0 ||
-        cJSON_IsTrue(inv)) {
+    const jv *split = list->u.child;
+    const jv *bl = split->next;
+    const jv *st = jget(split, "type");
+    const jv *pat = jget(split, "pattern");
+    const jv *regex = jget(pat, "Regex");
+    const jv *beh = jget(split, "behavior");
+    const jv *inv = jget(split, "invert");
+    if (!j_is_str(st) || strcmp(st->u.s, "Split") != 0 || !j_is_str(regex) ||
+        !j_is_str(beh) || strcmp(beh->u.s, "Isolated") != 0 ||
+        j_is_true(inv)) {
         qvl_errf(L->err, L->err_len,
                  "%s: pre_tokenizer[0] must be a Split with a Regex pattern, behavior Isolated, "
                  "invert false",
                  L->src);
         return QVL_E_UNSUPPORTED;
     }
-    const cJSON *bt = cJSON_GetObjectItemCaseSensitive(bl, "type");
-    const cJSON *aps = cJSON_GetObjectItemCaseSensitive(bl, "add_prefix_space");
-    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(bl, "use_regex");
-    if (!cJSON_IsString(bt) || strcmp(bt->valuestring, "ByteLevel") != 0 || cJSON_IsTrue(aps) ||
-        !cJSON_IsFalse(ur)) {
+    const jv *bt = jget(bl, "type");
+    const jv *aps = jget(bl, "add_prefix_space");
+    const jv *ur = jget(bl, "use_regex");
+    if (!j_is_str(bt) || strcmp(bt->u.s, "ByteLevel") != 0 || j_is_true(aps) ||
+        !j_is_false(ur)) {
         qvl_errf(L->err, L->err_len,
                  "%s: pre_tokenizer[1] must be ByteLevel with add_prefix_space false and "
                  "use_regex false",
@@ -731,7 +1096,7 @@ static qvl_status load_pretok(loader *L, const cJSON *pt) {
     t->gctx = pcre2_general_context_create(pcre_malloc, pcre_free, NULL);
     pcre2_compile_context *cctx = t->gctx ? pcre2_compile_context_create(t->gctx) : NULL;
     bool unsup = false;
-    char *pattern = cctx ? widen_space_class(regex->valuestring, &unsup) : NULL;
+    char *pattern = cctx ? widen_space_class(regex->u.s, &unsup) : NULL;
     if (!pattern) {
         pcre2_compile_context_free(cctx);
         if (unsup) {
@@ -760,76 +1125,75 @@ static qvl_status load_pretok(loader *L, const cJSON *pt) {
     return QVL_OK;
 }
 
-static qvl_status load_model(loader *L, const cJSON *model) {
-    if (!cJSON_IsObject(model)) {
+static qvl_status load_model(loader *L, const jv *model) {
+    if (!j_is_obj(model)) {
         qvl_errf(L->err, L->err_len, "%s: \"model\" missing or not an object", L->src);
         return QVL_E_FORMAT;
     }
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
-    if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "BPE") != 0)) {
+    const jv *type = jget(model, "type");
+    if (type && (!j_is_str(type) || strcmp(type->u.s, "BPE") != 0)) {
         qvl_errf(L->err, L->err_len, "%s: model type %.40s is not supported (BPE only)", L->src,
-                 cJSON_IsString(type) ? type->valuestring : "?");
+                 j_is_str(type) ? type->u.s : "?");
         return QVL_E_UNSUPPORTED;
     }
-    const cJSON *bf = cJSON_GetObjectItemCaseSensitive(model, "byte_fallback");
-    const cJSON *dr = cJSON_GetObjectItemCaseSensitive(model, "dropout");
-    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(model, "continuing_subword_prefix");
-    const cJSON *suf = cJSON_GetObjectItemCaseSensitive(model, "end_of_word_suffix");
-    if (cJSON_IsTrue(bf) || (dr && !cJSON_IsNull(dr)) ||
-        (cJSON_IsString(pre) && pre->valuestring[0]) ||
-        (cJSON_IsString(suf) && suf->valuestring[0])) {
+    const jv *bf = jget(model, "byte_fallback");
+    const jv *dr = jget(model, "dropout");
+    const jv *pre = jget(model, "continuing_subword_prefix");
+    const jv *suf = jget(model, "end_of_word_suffix");
+    if (j_is_true(bf) || (dr && !j_is_null(dr)) ||
+        (j_is_str(pre) && pre->u.s[0]) ||
+        (j_is_str(suf) && suf->u.s[0])) {
         qvl_errf(L->err, L->err_len,
                  "%s: BPE byte_fallback, dropout and subword prefix/suffix are not supported",
                  L->src);
         return QVL_E_UNSUPPORTED;
     }
-    L->t->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
-    qvl_status st = load_vocab(L, cJSON_GetObjectItemCaseSensitive(model, "vocab"));
+    L->t->ignore_merges = j_is_true(jget(model, "ignore_merges"));
+    qvl_status st = load_vocab(L, jget(model, "vocab"));
     if (st)
         return st;
-    return load_merges(L, cJSON_GetObjectItemCaseSensitive(model, "merges"));
+    return load_merges(L, jget(model, "merges"));
 }
 
-qvl_status qvl_tok_load_named(const char *json, size_t len, const char *name, qvl_tok **out,
-                              char *err, size_t err_len) {
-    *out = NULL;
-    if (!json) {
-        qvl_errf(err, err_len, "%s: no data", name);
-        return QVL_E_INVAL;
-    }
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        size_t pos = at && at >= json && at <= json + len ? (size_t)(at - json) : 0;
-        qvl_errf(err, err_len, "%s: malformed JSON near byte %zu", name, pos);
-        return QVL_E_FORMAT;
+/* Shared by the loaders; `owned`: json is a heap buffer of len + 1 bytes that is consumed. */
+static qvl_status load_json(const char *json, size_t len, bool owned, const char *name,
+                            qvl_tok **out, char *err, size_t err_len) {
+    jparser J;
+    jv *root;
+    qvl_status st = jparse(&J, json, len, owned, &root);
+    if (st) {
+        if (st == QVL_E_NOMEM)
+            qvl_errf(err, err_len, "%s: out of memory", name);
+        else
+            qvl_errf(err, err_len, "%s: malformed JSON at byte %zu: %s", name, J.at, J.what);
+        jfree(&J);
+        return st;
     }
     qvl_tok *t = qvl_calloc(1, sizeof *t);
     if (!t) {
-        cJSON_Delete(root);
+        jfree(&J);
         qvl_errf(err, err_len, "%s: out of memory", name);
         return QVL_E_NOMEM;
     }
     init_byte_map(t);
     loader L = {t, name, err, err_len};
-    qvl_status st = QVL_OK;
-    if (!cJSON_IsObject(root)) {
+    if (!j_is_obj(root)) {
         qvl_errf(err, err_len, "%s: top level is not a JSON object", name);
         st = QVL_E_FORMAT;
     }
     if (!st)
-        st = load_model(&L, cJSON_GetObjectItemCaseSensitive(root, "model"));
+        st = load_model(&L, jget(root, "model"));
     if (!st)
-        st = load_added(&L, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"));
+        st = load_added(&L, jget(root, "added_tokens"));
     if (!st)
-        st = load_normalizer(&L, cJSON_GetObjectItemCaseSensitive(root, "normalizer"));
+        st = load_normalizer(&L, jget(root, "normalizer"));
     if (!st)
-        st = load_pretok(&L, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"));
+        st = load_pretok(&L, jget(root, "pre_tokenizer"));
     if (!st && t->n_vocab == 0) {
         qvl_errf(err, err_len, "%s: empty vocabulary", name);
         st = QVL_E_FORMAT;
     }
-    cJSON_Delete(root);
+    jfree(&J);
     if (st) {
         qvl_tok_free(t);
         return st;
@@ -839,6 +1203,16 @@ qvl_status qvl_tok_load_named(const char *json, size_t len, const char *name, qv
             t->max_tok_bytes = t->dec_len[i];
     *out = t;
     return QVL_OK;
+}
+
+qvl_status qvl_tok_load_named(const char *json, size_t len, const char *name, qvl_tok **out,
+                              char *err, size_t err_len) {
+    *out = NULL;
+    if (!json) {
+        qvl_errf(err, err_len, "%s: no data", name);
+        return QVL_E_INVAL;
+    }
+    return load_json(json, len, false, name, out, err, err_len);
 }
 
 qvl_status qvl_tok_load_mem(const char *json, size_t len, qvl_tok **out, char *err,
@@ -853,9 +1227,7 @@ qvl_status qvl_tok_load(const char *path, qvl_tok **out, char *err, size_t err_l
     qvl_status st = qvl_read_file(path, TOK_MAX_FILE, &buf, &len, err, err_len);
     if (st)
         return st;
-    st = qvl_tok_load_named(buf, len, path, out, err, err_len);
-    qvl_free(buf);
-    return st;
+    return load_json(buf, len, true, path, out, err, err_len); /* buf is consumed */
 }
 
 void qvl_tok_free(qvl_tok *t) {

@@ -5,6 +5,7 @@
 #include "check.h"
 #include "config.h"
 #include "genmodel.h"
+#include "st.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -440,6 +441,23 @@ static void test_sharded(const char *dir_one, const char *dir_sh, const char *di
     free(a);
     free(b);
     free(o);
+
+    /* the library's reader agrees (and normalises the old names) */
+    const char *const dirs[] = {dir_one, dir_sh, dir_old};
+    for (int i = 0; i < 3; i++) {
+        qvl_st *s = NULL;
+        qvl_status st = qvl_st_open_dir(dirs[i], &s, err, sizeof err);
+        CHECKF(st == QVL_OK, "%s", err);
+        if (st != QVL_OK)
+            continue;
+        CHECK(qvl_st_count(s) == 105);
+        CHECK(qvl_st_n_files(s) == (i == 1 ? 4u : 1u));
+        const qvl_st_tensor *t = qvl_st_find(s, "model.visual.patch_embed.proj.weight");
+        CHECK(t && t->dtype == QVL_DT_F16 && t->n_dims == 5 && t->shape[0] == 64);
+        CHECK(qvl_st_find(s, "model.language_model.norm.weight") != NULL);
+        CHECK(qvl_st_find(s, "lm_head.weight") != NULL);
+        qvl_st_free(s);
+    }
 
     cJSON *c = load_json(dir_sh, "config.json");
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(c, "text_config");
