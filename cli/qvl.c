@@ -84,7 +84,7 @@ static void opts_init(opts *o) {
 #define NEED_ARG()                                                                          \
     do {                                                                                    \
         if (i + 1 >= argc)                                                                  \
-            return die(2, "option %s needs a value", a), -1;                                \
+            return die(2, "option %s needs a value", a);                              \
     } while (0)
 #define NUM(field, lo, hi)                                                                  \
     do {                                                                                    \
@@ -93,7 +93,7 @@ static void opts_init(opts *o) {
         if (!parse_long(argv[++i], lo, hi, &v_))                                            \
             return die(2, "option %s: '%s' is not an integer in [%ld, %ld]", a, argv[i],    \
                        (long)(lo), (long)(hi)),                                             \
-                   -1;                                                                      \
+                   2;                                                                       \
         o->field = v_;                                                                      \
     } while (0)
 #define FLT(field, lo, hi)                                                                  \
@@ -103,7 +103,7 @@ static void opts_init(opts *o) {
         if (!parse_float(argv[++i], lo, hi, &v_))                                           \
             return die(2, "option %s: '%s' is not a number in [%g, %g]", a, argv[i],        \
                        (double)(lo), (double)(hi)),                                         \
-                   -1;                                                                      \
+                   2;                                                                       \
         o->field = v_;                                                                      \
     } while (0)
 
@@ -479,7 +479,8 @@ static int cmd_run(opts *o) {
         die(1, "generation: %s", qvl_ctx_errmsg(c));
         goto out;
     }
-    double vision_ms = 0, prefill_ms = res.prefill_ms;
+    double vision_ms = 0, prefill_ms = 0;
+    qvl_ctx_timings(c, &vision_ms, &prefill_ms);
     if (o->json) {
         cJSON *j = cJSON_CreateObject();
         json_add_ids(j, "prompt_ids", ids, n_ids);

@@ -81,6 +81,21 @@ QVL_API qvl_status qvl_model_resolve(const char *arg, char **out, char *err, siz
  * special tokens) into dir, for trying qvl without a download. Its output is meaningless. */
 QVL_API qvl_status qvl_demo_model_write(const char *dir, char *err, size_t err_len);
 
+/* Model facts for callers that build embeddings themselves. */
+QVL_API int qvl_model_hidden(const qvl_model *m);      /* text hidden size */
+QVL_API int qvl_model_n_deepstack(const qvl_model *m); /* DeepStack taps */
+QVL_API int qvl_model_n_vocab(const qvl_model *m);
+QVL_API int32_t qvl_model_image_token(const qvl_model *m);
+/* Token embeddings: out [n, hidden] (float32). */
+QVL_API qvl_status qvl_embed_tokens(const qvl_model *m, const int32_t *ids, size_t n, float *out);
+/* Multimodal positions (get_rope_index) of ids[0..n): pos gets 3 x n ids (t row, h row, w row);
+ * each run of image placeholders takes the next grid (t, h, w in patches) in order. start is the
+ * first text position (qvl_ctx_next_pos of the context the ids go to); *next_pos receives the
+ * position after the chunk. */
+QVL_API qvl_status qvl_positions(const qvl_model *m, const int32_t *ids, size_t n,
+                                 const int (*grids)[3], size_t n_grids, int64_t start,
+                                 int32_t *pos, int64_t *next_pos, char *err, size_t err_len);
+
 /* ---- tokenizer -------------------------------------------------------- */
 /* Tokenize UTF-8 text (special tokens in the text are recognised). *ids is a heap array of *n
  * ids to release with qvl_free(). */
@@ -183,6 +198,11 @@ typedef struct qvl_embd_batch {
     int64_t next_pos;
 } qvl_embd_batch;
 QVL_API qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b);
+
+/* Text position the next token will get (max position so far + 1; not the cache index). */
+QVL_API int64_t qvl_ctx_next_pos(const qvl_ctx *c);
+/* Milliseconds spent in the vision tower and in prefill since the context was created. */
+QVL_API void qvl_ctx_timings(const qvl_ctx *c, double *vision_ms, double *prefill_ms);
 
 /* Logits at the last evaluated position [n_vocab] (valid until the next call on c). */
 QVL_API const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab);

@@ -3,6 +3,8 @@
 #include "chat.h"
 #include "ctx.h"
 #include "image.h"
+#include "kern/kern.h"
+#include "rope.h"
 #include "st.h"
 #include "tok.h"
 #include "vit.h"
@@ -347,4 +349,53 @@ char *qvl_model_info_json(const qvl_model *m) {
     char *r = qvl_strdup(js);
     cJSON_free(js);
     return r;
+}
+
+/* ---- model facts and helpers for the embeddings API ------------------------------------- */
+
+int qvl_model_hidden(const qvl_model *m) {
+    return m ? m->cfg.text.hidden : 0;
+}
+
+int qvl_model_n_deepstack(const qvl_model *m) {
+    return m ? m->cfg.vision.n_deepstack : 0;
+}
+
+int qvl_model_n_vocab(const qvl_model *m) {
+    return m ? m->cfg.text.vocab_size : 0;
+}
+
+int32_t qvl_model_image_token(const qvl_model *m) {
+    return m ? m->cfg.image_token_id : -1;
+}
+
+qvl_status qvl_embed_tokens(const qvl_model *m, const int32_t *ids, size_t n, float *out) {
+    if (!m || (!ids && n) || (!out && n))
+        return QVL_E_INVAL;
+    const int64_t H = m->cfg.text.hidden;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= m->cfg.text.vocab_size)
+            return QVL_E_INVAL;
+    const qvl_mat *E = &m->embed;
+    size_t rb = qvl_dtype_row_bytes(E->dt, (size_t)H);
+    for (size_t i = 0; i < n; i++)
+        qvl_row_to_f32(E->dt, (const uint8_t *)E->data + (size_t)ids[i] * rb, out + i * H, H);
+    return QVL_OK;
+}
+
+qvl_status qvl_positions(const qvl_model *m, const int32_t *ids, size_t n,
+                         const int (*grids)[3], size_t n_grids, int64_t start, int32_t *pos,
+                         int64_t *next_pos, char *err, size_t err_len) {
+    if (!m || (!ids && n) || !pos || !next_pos || (!grids && n_grids) || n_grids > 1u << 20)
+        return QVL_E_INVAL;
+    qvl_grid *g = qvl_malloc((n_grids + 1) * sizeof *g);
+    if (!g)
+        return QVL_E_NOMEM;
+    for (size_t i = 0; i < n_grids; i++)
+        g[i] = (qvl_grid){grids[i][0], grids[i][1], grids[i][2]};
+    qvl_status s = qvl_rope_index(ids, (int64_t)n, m->cfg.image_token_id, m->cfg.video_token_id,
+                                  g, (int)n_grids, NULL, 0, m->cfg.vision.merge, start, pos,
+                                  next_pos, err, err_len);
+    qvl_free(g);
+    return s;
 }

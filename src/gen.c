@@ -112,7 +112,7 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
 
     qvl_tok_stream ts;
     qvl_tok_stream_init(&ts, true);
-    size_t piece_cap = qvl_tok_max_token_bytes(m->tok) + 16;
+    size_t piece_cap = QVL_TOK_STREAM_OUT(qvl_tok_max_token_bytes(m->tok));
     char *piece = qvl_malloc(piece_cap);
     if (!piece) {
         s = QVL_E_NOMEM;
@@ -140,7 +140,10 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
         toks[n_gen++] = id;
         qvl_sampler_accept(smp, id);
         size_t np = 0;
-        qvl_tok_stream_push(&ts, m->tok, id, piece, piece_cap, &np);
+        /* ids with embedding rows but no tokenizer entry decode to nothing, as in the
+         * reference's decoder */
+        if (qvl_tok_is_valid(m->tok, id))
+            qvl_tok_stream_push(&ts, m->tok, id, piece, piece_cap, &np);
         const char *out;
         size_t nout = 0;
         bool stopped = false;

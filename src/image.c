@@ -102,13 +102,13 @@ static qvl_status check_dims(const char *fmt, uint64_t w, uint64_t h, const qvl_
         return QVL_E_FORMAT;
     }
     if (w > INT_MAX / 4 || h > INT_MAX / 4 || w * h > SIZE_MAX / 8) {
-        qvl_errf(err, err_len, "%s: image size %llux%llu is too large", fmt,
-                 (unsigned long long)w, (unsigned long long)h);
+        qvl_errf(err, err_len, "%s: image size %llux%llu is too large", fmt, (unsigned long long)w,
+                 (unsigned long long)h);
         return QVL_E_LIMIT;
     }
     if (lim->max_pixels && w * h > lim->max_pixels) {
-        qvl_errf(err, err_len, "%s: image is %llux%llu = %llu pixels, over the limit of %llu",
-                 fmt, (unsigned long long)w, (unsigned long long)h, (unsigned long long)(w * h),
+        qvl_errf(err, err_len, "%s: image is %llux%llu = %llu pixels, over the limit of %llu", fmt,
+                 (unsigned long long)w, (unsigned long long)h, (unsigned long long)(w * h),
                  (unsigned long long)lim->max_pixels);
         return QVL_E_LIMIT;
     }
@@ -118,8 +118,9 @@ static qvl_status check_dims(const char *fmt, uint64_t w, uint64_t h, const qvl_
         char m[40];
         py_float_repr(ratio, r, sizeof r);
         snprintf(m, sizeof m, "%g", lim->max_aspect);
-        qvl_errf(err, err_len, "%s: %llux%llu: absolute aspect ratio must be smaller than %s, got %s",
-                 fmt, (unsigned long long)w, (unsigned long long)h, m, r);
+        qvl_errf(err, err_len,
+                 "%s: %llux%llu: absolute aspect ratio must be smaller than %s, got %s", fmt,
+                 (unsigned long long)w, (unsigned long long)h, m, r);
         return QVL_E_LIMIT;
     }
     return QVL_OK;
@@ -136,6 +137,7 @@ struct jpg_err {
 struct jpg_job {
     struct jpeg_decompress_struct ci;
     struct jpg_err jerr;
+    struct jpeg_progress_mgr progress;
     const uint8_t *buf;
     size_t len;
     const qvl_img_limits *lim;
@@ -167,6 +169,19 @@ static void jpg_output_message(j_common_ptr ci) {
     (void)ci;
 }
 
+/* Progressive JPEGs with thousands of tiny scans take very long to decode: refuse them. */
+#define JPEG_MAX_SCANS 1000
+static void jpg_progress(j_common_ptr ci) {
+    if (!ci->is_decompressor)
+        return;
+    j_decompress_ptr d = (j_decompress_ptr)ci;
+    if (d->input_scan_number > JPEG_MAX_SCANS) {
+        struct jpg_err *e = (struct jpg_err *)ci->err;
+        snprintf(e->msg, sizeof e->msg, "more than %d scans (refused)", JPEG_MAX_SCANS);
+        longjmp(e->jb, 1);
+    }
+}
+
 /* PIL's CMYK->RGB after its "CMYK;I" unpacking: r = nk - muldiv255(c, nk), nk = 255 - k. */
 static inline uint8_t cmyk_chan(unsigned c, unsigned nk) {
     unsigned t = c * nk + 128u;
@@ -183,14 +198,16 @@ static void jpg_run(struct jpg_job *j) {
         return;
     }
     jpeg_create_decompress(&j->ci);
+    j->progress.progress_monitor = jpg_progress;
+    j->ci.progress = &j->progress;
     jpeg_mem_src(&j->ci, j->buf, (unsigned long)j->len);
     if (jpeg_read_header(&j->ci, TRUE) != JPEG_HEADER_OK) {
         j->st = QVL_E_FORMAT;
         snprintf(j->msg, sizeof j->msg, "JPEG: no image in the data (tables only)");
         return;
     }
-    j->st = check_dims("JPEG", j->ci.image_width, j->ci.image_height, j->lim, j->msg,
-                       sizeof j->msg);
+    j->st =
+        check_dims("JPEG", j->ci.image_width, j->ci.image_height, j->lim, j->msg, sizeof j->msg);
     if (j->st != QVL_OK)
         return;
     bool cmyk = false;
@@ -217,7 +234,8 @@ static void jpg_run(struct jpg_job *j) {
     size_t w = j->ci.output_width;
     size_t h = j->ci.output_height;
     int nc = j->ci.output_components;
-    if (w != j->ci.image_width || h != j->ci.image_height || nc != (cmyk ? 4 : j->ci.out_color_space == JCS_RGB ? 3 : 1)) {
+    int want_nc = cmyk ? 4 : j->ci.out_color_space == JCS_RGB ? 3 : 1;
+    if (w != j->ci.image_width || h != j->ci.image_height || nc != want_nc) {
         j->st = QVL_E_INTERNAL;
         snprintf(j->msg, sizeof j->msg, "JPEG: unexpected output layout");
         return;
@@ -242,7 +260,7 @@ static void jpg_run(struct jpg_job *j) {
             /* PIL assumes Adobe (inverted) CMYK for every 4-component JPEG */
             for (size_t x = 0; x < w; x++) {
                 const uint8_t *s = j->row + 4 * x;
-                unsigned nk = s[3];  /* 255 - (255 - s[3]) */
+                unsigned nk = s[3]; /* 255 - (255 - s[3]) */
                 dst[3 * x + 0] = cmyk_chan(255u - s[0], nk);
                 dst[3 * x + 1] = cmyk_chan(255u - s[1], nk);
                 dst[3 * x + 2] = cmyk_chan(255u - s[2], nk);
@@ -333,6 +351,10 @@ static void png_run(struct png_job *j) {
         return;
     }
     png_set_read_fn(j->png, j, png_read_fn);
+    /* sizes are checked by check_dims (LIMIT, not libpng's own 1e6 cap); ancillary chunks
+     * (text, ICC profiles) may not make libpng allocate more than 16 MiB each */
+    png_set_user_limits(j->png, 0x7fffffff, 0x7fffffff);
+    png_set_chunk_malloc_max(j->png, (png_alloc_size_t)16 << 20);
     png_read_info(j->png, j->info);
     png_uint_32 w = 0;
     png_uint_32 h = 0;
@@ -494,8 +516,8 @@ static qvl_status decode_webp(const uint8_t *buf, size_t len, const qvl_img_limi
 
 /* ---- entry points --------------------------------------------------------- */
 
-qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits *lim,
-                              qvl_rgb *out, char *err, size_t err_len) {
+qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits *lim, qvl_rgb *out,
+                              char *err, size_t err_len) {
     if (!out) {
         qvl_errf(err, err_len, "image decode: no output");
         return QVL_E_INVAL;
@@ -536,8 +558,8 @@ qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits 
     return QVL_E_FORMAT;
 }
 
-qvl_status qvl_img_decode_file(const char *path, const qvl_img_limits *lim, qvl_rgb *out,
-                               char *err, size_t err_len) {
+qvl_status qvl_img_decode_file(const char *path, const qvl_img_limits *lim, qvl_rgb *out, char *err,
+                               size_t err_len) {
     if (out) {
         out->w = 0;
         out->h = 0;
@@ -564,16 +586,14 @@ qvl_status qvl_img_decode_file(const char *path, const qvl_img_limits *lim, qvl_
 /* ---- smart_resize --------------------------------------------------------- */
 
 qvl_status qvl_smart_resize(int64_t h, int64_t w, int factor, int64_t min_pixels,
-                            int64_t max_pixels, int *out_h, int *out_w, char *err,
-                            size_t err_len) {
+                            int64_t max_pixels, int *out_h, int *out_w, char *err, size_t err_len) {
     int64_t hw = 0;
     if (h <= 0 || w <= 0 || factor <= 0 || min_pixels < 0 || max_pixels <= 0 ||
         __builtin_mul_overflow(h, w, &hw)) {
         qvl_errf(err, err_len,
                  "smart_resize: invalid arguments (height %lld, width %lld, factor %d, "
                  "min_pixels %lld, max_pixels %lld)",
-                 (long long)h, (long long)w, factor, (long long)min_pixels,
-                 (long long)max_pixels);
+                 (long long)h, (long long)w, factor, (long long)min_pixels, (long long)max_pixels);
         return QVL_E_INVAL;
     }
     double ratio = (h > w) ? (double)h / (double)w : (double)w / (double)h;
@@ -638,8 +658,8 @@ static double cubic(double x) {
 
 typedef struct coeffs {
     int ksize;
-    int *bounds;    /* [out][2]: first input index, tap count */
-    int32_t *kk;    /* [out][ksize] fixed-point weights */
+    int *bounds; /* [out][2]: first input index, tap count */
+    int32_t *kk; /* [out][ksize] fixed-point weights */
 } coeffs;
 
 static void coeffs_free(coeffs *c) {

@@ -54,13 +54,13 @@ qvl_img_format qvl_img_detect(const void *buf, size_t len);
  * data), QVL_E_UNSUPPORTED (GIF/BMP/TIFF, animated WebP, unknown JPEG colour space),
  * QVL_E_LIMIT (too many pixels, aspect ratio, zero size), QVL_E_NOMEM. On failure out->data is
  * NULL and `err` holds a message. The caller releases a decoded image with qvl_rgb_free. */
-qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits *lim,
-                              qvl_rgb *out, char *err, size_t err_len);
+qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits *lim, qvl_rgb *out,
+                              char *err, size_t err_len);
 
 /* As qvl_img_decode_mem on the contents of `path` (messages are prefixed with the path).
  * A missing or unreadable file is QVL_E_IO. */
-qvl_status qvl_img_decode_file(const char *path, const qvl_img_limits *lim, qvl_rgb *out,
-                               char *err, size_t err_len);
+qvl_status qvl_img_decode_file(const char *path, const qvl_img_limits *lim, qvl_rgb *out, char *err,
+                               size_t err_len);
 
 /* Free the pixels and zero the struct. NULL is a no-op. */
 void qvl_rgb_free(qvl_rgb *im);
@@ -71,8 +71,7 @@ void qvl_rgb_free(qvl_rgb *im);
  * (the reference's text), QVL_E_INVAL for non-positive sizes or factor, or when the rule yields
  * a zero side (only possible with min_pixels == 0). */
 qvl_status qvl_smart_resize(int64_t h, int64_t w, int factor, int64_t min_pixels,
-                            int64_t max_pixels, int *out_h, int *out_w, char *err,
-                            size_t err_len);
+                            int64_t max_pixels, int *out_h, int *out_w, char *err, size_t err_len);
 
 /* Image-token budget to a pixel budget: tokens * factor * factor (factor 32 for Qwen3-VL). */
 int64_t qvl_img_tokens_to_pixels(int64_t tokens, int factor);

@@ -40,6 +40,17 @@ int64_t qvl_ctx_n_ctx(const qvl_ctx *c) {
     return c->n_ctx;
 }
 
+int64_t qvl_ctx_next_pos(const qvl_ctx *c) {
+    return c->next_pos;
+}
+
+void qvl_ctx_timings(const qvl_ctx *c, double *vision_ms, double *prefill_ms) {
+    if (vision_ms)
+        *vision_ms = c->vision_ms;
+    if (prefill_ms)
+        *prefill_ms = c->prefill_ms;
+}
+
 void qvl_ctx_reset(qvl_ctx *c) {
     c->n_past = 0;
     c->next_pos = 0;

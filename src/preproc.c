@@ -76,8 +76,8 @@ static qvl_status get_int32(const cJSON *obj, const char *key, const char *name,
     return st;
 }
 
-static qvl_status get_pos_double(const cJSON *obj, const char *key, const char *name,
-                                 double *out, char *err, size_t err_len) {
+static qvl_status get_pos_double(const cJSON *obj, const char *key, const char *name, double *out,
+                                 char *err, size_t err_len) {
     const cJSON *it = get_key(obj, key);
     if (!it)
         return QVL_OK;
@@ -148,15 +148,15 @@ static qvl_status parse_obj(const cJSON *root, const char *name, qvl_pp_config *
         const char *need[2] = {"shortest_edge", "longest_edge"};
         for (int i = 0; i < 2; i++) {
             if (!get_key(size, need[i])) {
-                qvl_errf(err, err_len, "%s: key \"size\": must contain \"shortest_edge\" and "
-                         "\"longest_edge\"", name);
+                qvl_errf(err, err_len,
+                         "%s: key \"size\": must contain \"shortest_edge\" and "
+                         "\"longest_edge\"",
+                         name);
                 return QVL_E_FORMAT;
             }
         }
-        if ((st = get_int(size, "shortest_edge", name, 0, pix_max, &c->min_pixels, err,
-                          err_len)) ||
-            (st = get_int(size, "longest_edge", name, 1, pix_max, &c->max_pixels, err,
-                          err_len)))
+        if ((st = get_int(size, "shortest_edge", name, 0, pix_max, &c->min_pixels, err, err_len)) ||
+            (st = get_int(size, "longest_edge", name, 1, pix_max, &c->max_pixels, err, err_len)))
             return st;
     }
     /* legacy keys override size */
@@ -164,9 +164,10 @@ static qvl_status parse_obj(const cJSON *root, const char *name, qvl_pp_config *
         (st = get_int(root, "max_pixels", name, 1, pix_max, &c->max_pixels, err, err_len)))
         return st;
     if (c->min_pixels > c->max_pixels) {
-        qvl_errf(err, err_len, "%s: min_pixels (size.shortest_edge) %lld is larger than "
-                 "max_pixels (size.longest_edge) %lld", name, (long long)c->min_pixels,
-                 (long long)c->max_pixels);
+        qvl_errf(err, err_len,
+                 "%s: min_pixels (size.shortest_edge) %lld is larger than "
+                 "max_pixels (size.longest_edge) %lld",
+                 name, (long long)c->min_pixels, (long long)c->max_pixels);
         return QVL_E_FORMAT;
     }
     if ((st = get_int32(root, "patch_size", name, 1, 1024, &c->patch, err, err_len)) ||
@@ -260,8 +261,7 @@ qvl_status qvl_pp_config_load(const char *path, qvl_pp_config *c, char *err, siz
     return load_impl(path, false, c, err, err_len);
 }
 
-qvl_status qvl_pp_config_load_video(const char *path, qvl_pp_config *c, char *err,
-                                    size_t err_len) {
+qvl_status qvl_pp_config_load_video(const char *path, qvl_pp_config *c, char *err, size_t err_len) {
     return load_impl(path, true, c, err, err_len);
 }
 
@@ -320,8 +320,8 @@ qvl_status qvl_pp_flatten(const qvl_rgb *frames, int n_frames, const qvl_pp_conf
     const int W = frames[0].w;
     for (int i = 0; i < n_frames; i++) {
         if (!frames[i].data || frames[i].w != W || frames[i].h != H) {
-            qvl_errf(err, err_len, "flatten: frame %d is %dx%d, expected %dx%d", i,
-                     frames[i].w, frames[i].h, W, H);
+            qvl_errf(err, err_len, "flatten: frame %d is %dx%d, expected %dx%d", i, frames[i].w,
+                     frames[i].h, W, H);
             return QVL_E_INVAL;
         }
     }
@@ -371,8 +371,7 @@ qvl_status qvl_pp_flatten(const qvl_rgb *frames, int n_frames, const qvl_pp_conf
                                 const uint8_t *img = frames[fi].data;
                                 for (int ph = 0; ph < P; ph++) {
                                     const uint8_t *src =
-                                        img + ((size_t)(y0 + ph) * (size_t)W + (size_t)x0) * 3 +
-                                        ch;
+                                        img + ((size_t)(y0 + ph) * (size_t)W + (size_t)x0) * 3 + ch;
                                     for (int pw = 0; pw < P; pw++)
                                         *dst++ = lut[ch][src[3 * pw]];
                                 }
@@ -408,8 +407,8 @@ qvl_status qvl_img_preprocess(const qvl_rgb *img, const qvl_pp_config *c, int64_
             qvl_errf(err, err_len, "image preprocess: bad patch/merge sizes");
             return QVL_E_INVAL;
         }
-        qvl_status st = qvl_smart_resize(img->h, img->w, (int)factor, min_pixels, max_pixels,
-                                         &th, &tw, err, err_len);
+        qvl_status st = qvl_smart_resize(img->h, img->w, (int)factor, min_pixels, max_pixels, &th,
+                                         &tw, err, err_len);
         if (st != QVL_OK)
             return st;
     }

@@ -44,8 +44,7 @@ qvl_status qvl_pp_config_parse_named(const char *json, size_t len, const char *n
  * to the defaults). */
 qvl_status qvl_pp_config_load(const char *path, qvl_pp_config *c, char *err, size_t err_len);
 /* Same for video_preprocessor_config.json: missing keys take the video defaults. */
-qvl_status qvl_pp_config_load_video(const char *path, qvl_pp_config *c, char *err,
-                                    size_t err_len);
+qvl_status qvl_pp_config_load_video(const char *path, qvl_pp_config *c, char *err, size_t err_len);
 
 /* pixel_values of one image or video: [n_rows, n_cols] float32 with
  * n_rows = grid_t*grid_h*grid_w, n_cols = 3*temporal_patch*patch*patch. */

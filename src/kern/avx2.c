@@ -135,7 +135,7 @@ ALWAYS_INLINE vf vexp(vf x) {
 #define GM_KB  256      /* k per packed panel (multiple of 32) */
 #define MV_NR  4        /* weight rows per matvec pass */
 #define AT_QB  4        /* queries per attention sub-block */
-#define AT_QC  64       /* queries per chunk sharing one transposed key block */
+#define AT_QC  256      /* queries per chunk sharing one transposed key block */
 #define AT_HDMAX 256    /* larger heads fall back to ref */
 
 static float wscalar(qvl_dtype wt, const uint8_t *row, int64_t p) {

@@ -116,8 +116,8 @@ ALWAYS_INLINE vf vexp(vf x) {
 }
 
 /* tile sizes of the kernel body */
-#define GM_MR  8   /* activation rows per GEMM micro-tile */
-#define AT_KB  32  /* keys per attention block (multiple of VW) */
+#define GM_MR  12  /* activation rows per GEMM micro-tile */
+#define AT_KB  64  /* keys per attention block (multiple of VW) */
 #define AT_PVN 4   /* output vectors per P.V chunk */
 
 /* ==== kernel body (identical in avx2.c) ===================================================== */
@@ -126,7 +126,7 @@ ALWAYS_INLINE vf vexp(vf x) {
 #define GM_KB  256      /* k per packed panel (multiple of 32) */
 #define MV_NR  4        /* weight rows per matvec pass */
 #define AT_QB  4        /* queries per attention sub-block */
-#define AT_QC  64       /* queries per chunk sharing one transposed key block */
+#define AT_QC  256      /* queries per chunk sharing one transposed key block */
 #define AT_HDMAX 256    /* larger heads fall back to ref */
 
 static float wscalar(qvl_dtype wt, const uint8_t *row, int64_t p) {

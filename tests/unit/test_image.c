@@ -24,16 +24,14 @@ typedef struct {
 } sha256_ctx;
 
 static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
@@ -50,8 +48,8 @@ static void sha256_block(sha256_ctx *c, const uint8_t *p) {
     uint32_t a = c->h[0], b = c->h[1], cc = c->h[2], d = c->h[3];
     uint32_t e = c->h[4], f = c->h[5], g = c->h[6], h = c->h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] +
-                      w[i];
+        uint32_t t1 =
+            h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
         uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
         h = g;
         g = f;
@@ -232,8 +230,8 @@ static membuf webp_copy(uint8_t *p, size_t n) {
 }
 
 /* ---- the test picture (palette-expressible, odd size) ----------------------- */
-#define PW 37
-#define PH 23
+#define PW   37
+#define PH   23
 #define NPAL 200
 static png_color g_pal[NPAL];
 static uint8_t g_idx[PH * PW];
@@ -289,8 +287,8 @@ static void test_smart_resize_table(void) {
             int ew = cJSON_GetObjectItemCaseSensitive(r, "resized_width")->valueint;
             const cJSON *g = cJSON_GetObjectItemCaseSensitive(r, "grid_thw");
             int ntok = cJSON_GetObjectItemCaseSensitive(r, "n_image_tokens")->valueint;
-            CHECKF(st == QVL_OK && oh == eh && ow == ew, "%dx%d -> %dx%d, want %dx%d (%s)", h,
-                   w, oh, ow, eh, ew, err);
+            CHECKF(st == QVL_OK && oh == eh && ow == ew, "%dx%d -> %dx%d, want %dx%d (%s)", h, w,
+                   oh, ow, eh, ew, err);
             CHECK(cJSON_GetArrayItem(g, 0)->valueint == 1);
             CHECK(cJSON_GetArrayItem(g, 1)->valueint == oh / 16);
             CHECK(cJSON_GetArrayItem(g, 2)->valueint == ow / 16);
@@ -307,8 +305,8 @@ static void test_smart_resize_table(void) {
     CHECK(qvl_smart_resize(0, 10, 32, 65536, 16777216, &oh, &ow, NULL, 0) == QVL_E_INVAL);
     CHECK(qvl_smart_resize(10, 10, 32, 0, 16777216, &oh, &ow, NULL, 0) == QVL_E_INVAL);
     CHECK(qvl_img_tokens_to_pixels(1280, 32) == 1280 * 1024);
-    CHECK(qvl_smart_resize(3000, 4000, 32, 0, qvl_img_tokens_to_pixels(1280, 32), &oh, &ow,
-                           NULL, 0) == QVL_OK);
+    CHECK(qvl_smart_resize(3000, 4000, 32, 0, qvl_img_tokens_to_pixels(1280, 32), &oh, &ow, NULL,
+                           0) == QVL_OK);
     CHECK((int64_t)oh * ow <= 1280 * 1024 && oh % 32 == 0 && ow % 32 == 0);
 }
 
@@ -362,8 +360,7 @@ static float *golden_case(const char *name, int64_t *n_rows_out) {
         qvl_rgb rs = {0};
         CHECK(qvl_img_resize_bicubic(&rgb, rw, rh, &rs) == QVL_OK);
         if (rs.data)
-            check_hash(src, rs.data, rgb_bytes(&rs), im, "resized_rgb_sha256",
-                       "resized_rgb_sum");
+            check_hash(src, rs.data, rgb_bytes(&rs), im, "resized_rgb_sha256", "resized_rgb_sum");
         qvl_rgb_free(&rs);
         qvl_pixels px = {0};
         st = qvl_img_preprocess(&rgb, &cfg, 0, 0, &px, err, sizeof err);
@@ -385,7 +382,8 @@ static float *golden_case(const char *name, int64_t *n_rows_out) {
     }
     const cJSON *pv = cJSON_GetObjectItemCaseSensitive(j, "pixel_values");
     const cJSON *stats = cJSON_GetObjectItemCaseSensitive(pv, "stats");
-    CHECK(rows == cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(stats, "shape"), 0)->valueint);
+    CHECK(rows ==
+          cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(stats, "shape"), 0)->valueint);
     if (all && rows) {
         char hex[65];
         sha256_of(all, (size_t)rows * 1536 * sizeof(float), hex);
@@ -400,8 +398,7 @@ static float *golden_case(const char *name, int64_t *n_rows_out) {
         double want_mean = cJSON_GetObjectItemCaseSensitive(stats, "mean")->valuedouble;
         double want_as = cJSON_GetObjectItemCaseSensitive(stats, "abs_sum")->valuedouble;
         CHECKF(fabs(mean - want_mean) < 1e-9, "%s mean %.12f want %.12f", name, mean, want_mean);
-        CHECKF(fabs(as - want_as) < 1e-6 * want_as, "%s abs_sum %.6f want %.6f", name, as,
-               want_as);
+        CHECKF(fabs(as - want_as) < 1e-6 * want_as, "%s abs_sum %.6f want %.6f", name, as, want_as);
         const cJSON *first = cJSON_GetObjectItemCaseSensitive(pv, "first_row_first_32");
         for (int i = 0; i < 32; i++)
             CHECK(fabs(all[i] - cJSON_GetArrayItem(first, i)->valuedouble) <= 1e-7);
@@ -418,9 +415,9 @@ static void test_golden(void) {
     char *raw = NULL;
     size_t len = 0;
     char err[256];
-    qvl_status st = qvl_read_file(
-        shared_path("fixtures/tiny-qwen3vl/golden/tiny_1img_png.pixel_values.f32"), 0, &raw,
-        &len, err, sizeof err);
+    qvl_status st =
+        qvl_read_file(shared_path("fixtures/tiny-qwen3vl/golden/tiny_1img_png.pixel_values.f32"), 0,
+                      &raw, &len, err, sizeof err);
     CHECKF(st == QVL_OK, "%s", err);
     if (pv && raw && len == 256 * 1536 * sizeof(float) && rows == 256) {
         const float *g = (const float *)raw;
@@ -454,8 +451,8 @@ static void test_video_flatten(void) {
     char rel[256];
     bool ok = true;
     for (int i = 0; i < 5; i++) {
-        snprintf(rel, sizeof rel, "fixtures/tiny-qwen3vl/videos/tiny_clip_96x64_4fps/frame_%04d.png",
-                 idx[i]);
+        snprintf(rel, sizeof rel,
+                 "fixtures/tiny-qwen3vl/videos/tiny_clip_96x64_4fps/frame_%04d.png", idx[i]);
         if (qvl_img_decode_file(shared_path(rel), NULL, &fr[i], err, sizeof err) != QVL_OK) {
             fprintf(stderr, "%s\n", err);
             ok = false;
@@ -536,7 +533,8 @@ static void test_flatten_layout(void) {
     int bad = 0;
     const int gh = 6, gw = 4;
     for (int r = 0; r < px.n_rows && px.data; r++) {
-        int mw = r % 2, mh = (r / 2) % 2, bw = (r / 4) % (gw / 2), bh = (r / 4 / (gw / 2)) % (gh / 2);
+        int mw = r % 2, mh = (r / 2) % 2, bw = (r / 4) % (gw / 2),
+            bh = (r / 4 / (gw / 2)) % (gh / 2);
         int tt = r / (gh * gw);
         for (int k = 0; k < 1536; k++) {
             int pw = k % 16, ph = (k / 16) % 16, tp = (k / 256) % 2, ch = k / 512;
@@ -619,8 +617,8 @@ static void test_formats_identical(const char *tmpdir) {
     char err[512];
     qvl_rgb im = {0};
     /* 8-bit RGB PNG */
-    membuf m = write_png(PW, PH, PNG_COLOR_TYPE_RGB, 8, PNG_INTERLACE_NONE, g_rgb, PW * 3, NULL,
-                         0, NULL, 0);
+    membuf m = write_png(PW, PH, PNG_COLOR_TYPE_RGB, 8, PNG_INTERLACE_NONE, g_rgb, PW * 3, NULL, 0,
+                         NULL, 0);
     CHECKF(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK, "%s", err);
     CHECK(same_as_picture(&im));
     qvl_rgb_free(&im);
@@ -655,8 +653,8 @@ static void test_formats_identical(const char *tmpdir) {
     qvl_rgb_free(&im);
     free(m.p);
     /* interlaced (Adam7) RGB PNG */
-    m = write_png(PW, PH, PNG_COLOR_TYPE_RGB, 8, PNG_INTERLACE_ADAM7, g_rgb, PW * 3, NULL, 0,
-                  NULL, 0);
+    m = write_png(PW, PH, PNG_COLOR_TYPE_RGB, 8, PNG_INTERLACE_ADAM7, g_rgb, PW * 3, NULL, 0, NULL,
+                  0);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
     CHECK(same_as_picture(&im));
     qvl_rgb_free(&im);
@@ -714,12 +712,13 @@ static void test_gray_alpha(void) {
     for (int i = 0; i < PH * PW; i++)
         g8[i] = (uint8_t)(i * 7);
     /* 8-bit gray: replicated */
-    membuf m = write_png(PW, PH, PNG_COLOR_TYPE_GRAY, 8, PNG_INTERLACE_NONE, g8, PW, NULL, 0,
-                         NULL, 0);
+    membuf m =
+        write_png(PW, PH, PNG_COLOR_TYPE_GRAY, 8, PNG_INTERLACE_NONE, g8, PW, NULL, 0, NULL, 0);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
     int bad = 0;
     for (int i = 0; i < PH * PW && im.data; i++)
-        bad += im.data[3 * i] != g8[i] || im.data[3 * i + 1] != g8[i] || im.data[3 * i + 2] != g8[i];
+        bad +=
+            im.data[3 * i] != g8[i] || im.data[3 * i + 1] != g8[i] || im.data[3 * i + 2] != g8[i];
     CHECK(im.data && bad == 0);
     qvl_rgb_free(&im);
     free(m.p);
@@ -782,16 +781,16 @@ static void test_gray_alpha(void) {
     wn = WebPEncodeRGBA(rgba, 256, 256, 1024, 90, &wp);
     m = webp_copy(wp, wn);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
-    CHECK(im.w == 256 && im.h == 256 && im.data && im.data[0] == 255 && im.data[3 * 255 + 2] == 255);
+    CHECK(im.w == 256 && im.h == 256 && im.data && im.data[0] == 255 &&
+          im.data[3 * 255 + 2] == 255);
     qvl_rgb_free(&im);
     free(m.p);
     /* gray + alpha */
     uint8_t ga[8] = {10, 0, 10, 255, 200, 128, 0, 51};
     m = write_png(4, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 8, PNG_INTERLACE_NONE, ga, 8, NULL, 0, NULL, 0);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
-    CHECK(im.data && im.data[0] == 255 && im.data[3] == 10 &&
-          im.data[6] == white_over(200, 128) && im.data[9] == white_over(0, 51) &&
-          im.data[10] == im.data[9]);
+    CHECK(im.data && im.data[0] == 255 && im.data[3] == 10 && im.data[6] == white_over(200, 128) &&
+          im.data[9] == white_over(0, 51) && im.data[10] == im.data[9]);
     qvl_rgb_free(&im);
     free(m.p);
     /* palette + tRNS */
@@ -893,8 +892,16 @@ static size_t craft_jpeg(uint8_t *b, int w, int h) {
     const uint8_t soi[2] = {0xFF, 0xD8};
     memcpy(b + n, soi, 2);
     n += 2;
-    uint8_t sof[19] = {0xFF, 0xC0, 0, 17, 8, (uint8_t)(h >> 8), (uint8_t)h, (uint8_t)(w >> 8),
-                       (uint8_t)w, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1};
+    uint8_t sof[19] = {0xFF,       0xC0,
+                       0,          17,
+                       8,          (uint8_t)(h >> 8),
+                       (uint8_t)h, (uint8_t)(w >> 8),
+                       (uint8_t)w, 3,
+                       1,          0x22,
+                       0,          2,
+                       0x11,       1,
+                       3,          0x11,
+                       1};
     memcpy(b + n, sof, sizeof sof);
     n += sizeof sof;
     uint8_t sos[14] = {0xFF, 0xDA, 0, 12, 3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0};
@@ -923,9 +930,9 @@ static void test_bad_input(const char *tmpdir) {
         const uint8_t *p;
         size_t n;
     } trunc[] = {
-        {"PNG", png.p, png.n / 2},     {"PNG", png.p, png.n - 20}, {"JPEG", jpg.p, jpg.n / 2},
-        {"JPEG", jpg.p, jpg.n - 10},   {"WebP", webp.p, webp.n / 2}, {"WebP", webpl.p, webpl.n / 2},
-        {"PNG", png.p, 20},            {"JPEG", jpg.p, 30},          {"WebP", webp.p, 14},
+        {"PNG", png.p, png.n / 2},   {"PNG", png.p, png.n - 20},   {"JPEG", jpg.p, jpg.n / 2},
+        {"JPEG", jpg.p, jpg.n - 10}, {"WebP", webp.p, webp.n / 2}, {"WebP", webpl.p, webpl.n / 2},
+        {"PNG", png.p, 20},          {"JPEG", jpg.p, 30},          {"WebP", webp.p, 14},
     };
     for (size_t i = 0; i < sizeof trunc / sizeof trunc[0]; i++) {
         err[0] = 0;
@@ -1071,8 +1078,8 @@ static void test_bad_input(const char *tmpdir) {
 
 /* Every allocation of decode + preprocess failing in turn: NOMEM or OK, never a leak. */
 static void test_alloc_failures(void) {
-    membuf m = write_png(PW, PH, PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, g_idx, PW, g_pal, NPAL,
-                  NULL, 0);
+    membuf m = write_png(PW, PH, PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, g_idx, PW, g_pal,
+                         NPAL, NULL, 0);
     uint8_t *wp = NULL;
     size_t wn = WebPEncodeLosslessRGB(g_rgb, PW, PH, PW * 3, &wp);
     membuf w = webp_copy(wp, wn);
@@ -1100,8 +1107,8 @@ static void test_alloc_failures(void) {
         }
     }
     qvl_alloc_fail_at(-1, 0);
-    CHECKF(other == 0 && nomem > 0 && ok > 0, "alloc failures: ok %d nomem %d other %d", ok,
-           nomem, other);
+    CHECKF(other == 0 && nomem > 0 && ok > 0, "alloc failures: ok %d nomem %d other %d", ok, nomem,
+           other);
     free(m.p);
     free(w.p);
     free(j.p);
@@ -1133,8 +1140,7 @@ static void test_timing(void) {
     /* a downscale through the resampler too (max 1280 tokens) */
     qvl_pixels px2 = {0};
     double t3 = qvl_time_ms();
-    st = qvl_img_preprocess(&im, &cfg, 0, qvl_img_tokens_to_pixels(256, 32), &px2, err,
-                            sizeof err);
+    st = qvl_img_preprocess(&im, &cfg, 0, qvl_img_tokens_to_pixels(256, 32), &px2, err, sizeof err);
     double t4 = qvl_time_ms();
     CHECK(st == QVL_OK && px2.n_tokens <= 256);
     printf("1024x768 JPEG (%zu bytes): decode %.2f ms, preprocess %.2f ms (grid %dx%d); "

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# CLI tests: each command on the tiny fixture model, the encode -> embeddings example round trip,
+# and bad input giving a clear message and a non-zero exit status.
+set -u
+BIN=${QVL_BIN:?}; BUILD=${QVL_BUILD:?}; S=${QVL_SHARED:?}/fixtures/tiny-qwen3vl
+M=$S/model
+pass=0; fail=0
+ok()   { pass=$((pass+1)); }
+bad()  { fail=$((fail+1)); echo "FAIL: $*" >&2; }
+# expect_fail CMD... : non-zero exit and something on stderr
+expect_fail() {
+    local err; err=$("$@" 2>&1 >/dev/null); local rc=$?
+    if [ $rc -ne 0 ] && [ -n "$err" ] && [ $rc -lt 128 ]; then ok; else bad "expected a clean failure (rc=$rc): $* :: $err"; fi
+}
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+
+# info
+out=$("$BIN" info -m "$M" --json) && echo "$out" | grep -q '"deepstack_visual_indexes"' && ok || bad "info --json"
+"$BIN" info -m "$M" | grep -q "tied" && ok || bad "info text"
+# tokenize / detokenize
+[ "$("$BIN" tokenize -m "$M" "Describe this image.")" = "[74785, 419, 2168, 13]" ] && ok || bad tokenize
+[ "$("$BIN" detokenize -m "$M" 74785 419 2168 13)" = "Describe this image." ] && ok || bad detokenize
+# preprocess
+out=$("$BIN" preprocess --json "$S/images/rgb_400x300.png")
+echo "$out" | grep -q '"grid_thw":\[1,18,24\],"tokens":108' && ok || bad "preprocess json: $out"
+# run --json on the golden case
+out=$("$BIN" run -m "$M" -i "$S/images/rgb_64x64.png" -p "Describe this image." -n 20 --temp 0 --json --top-logits 3 -t 2)
+want=$(tr -d ' \n' < "$S/golden/tiny_1img_png.json" | grep -o '"generated_ids":\[[^]]*\]' | head -1 | sed 's/.*\[//; s/\]//')
+got=$(echo "$out" | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+[ "$got" = "$want" ] && ok || bad "run --json generated_ids: $got vs $want"
+echo "$out" | grep -q '"finish_reason":"length"' && ok || bad "finish_reason"
+echo "$out" | grep -q '"prompt_top_logits":\[\[143189,' && ok || bad "prompt_top_logits"
+# encode -> embeddings API example gives the same tokens as run
+"$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --out "$T/f.bin" && ok || bad encode
+ex=$("$BUILD/example_embed_generate" -m "$M" --features "$T/f.bin" -p "What is this?" -n 12 | tr -d ' []')
+rn=$("$BIN" run -m "$M" -i "$S/images/rgb_400x300.png" -p "What is this?" -n 12 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+[ -n "$ex" ] && [ "$ex" = "$rn" ] && ok || bad "embeddings example ($ex) vs run ($rn)"
+# stop string: the stop text is not emitted
+full=$("$BIN" run -m "$S/model" -p "Hi" -n 8 --temp 0 --json | sed 's/.*"text":"\([^"]*\)".*/\1/')
+# streaming text output equals the JSON text
+stream=$("$BIN" run -m "$M" -p "Hi" -n 8 --temp 0 -q)
+[ -n "$stream" ] && ok || bad "streamed text is empty"
+# bad input
+expect_fail "$BIN" info -m "$T"                        # not a model directory
+expect_fail "$BIN" info -m "$T/nope"
+expect_fail "$BIN" info -m no-such-org/no-such-model
+expect_fail "$BIN" run -m "$M" -n abc
+expect_fail "$BIN" run -m "$M" --temp -1
+expect_fail "$BIN" frobnicate
+echo "this is not a png" > "$T/x.png"
+expect_fail "$BIN" run -m "$M" -i "$T/x.png"
+expect_fail "$BIN" preprocess "$T/x.png"
+head -c 100 "$S/images/rgb_400x300_q90.jpg" > "$T/trunc.jpg"
+expect_fail "$BIN" run -m "$M" -i "$T/trunc.jpg"
+expect_fail "$BIN" run -m "$M" -c 16 -p "this prompt is longer than a sixteen token context window for sure, yes"
+expect_fail "$BIN" encode -m "$M" "$S/images/rgb_64x64.png"   # no --out
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
