@@ -236,14 +236,24 @@ static const char k_video_preprocessor_config[] =
 
 typedef struct gen_preset {
     const char *name;
-    int hidden, n_layers, n_heads, n_kv_heads, head_dim, intermediate;
-    int v_depth, v_hidden, v_heads, v_intermediate;
+    int hidden;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int intermediate;
+    int v_depth;
+    int v_hidden;
+    int v_heads;
+    int v_intermediate;
     int n_deepstack;
     int deepstack[3];
     int tie;
 } gen_preset;
 
+/* spec 1.5; tiny = the fixture tiny-qwen3vl */
 static const gen_preset k_presets[] = {
+    /* name, H, L, nh, nkv, hd, I, vision depth, D, heads, Iv, taps, deepstack, tied */
     {"tiny", 64, 3, 4, 2, 32, 192, 4, 64, 4, 128, 2, {1, 2, 0}, 1},
     {"2b", 2048, 28, 16, 8, 128, 6144, 24, 1024, 16, 4096, 3, {5, 11, 17}, 1},
     {"4b", 2560, 36, 32, 8, 128, 9728, 24, 1024, 16, 4096, 3, {5, 11, 17}, 1},
@@ -251,9 +261,18 @@ static const gen_preset k_presets[] = {
 };
 
 typedef struct gen_dims {
-    int hidden, n_layers, n_heads, n_kv_heads, head_dim, intermediate, vocab;
+    int hidden;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int intermediate;
+    int vocab;
     int mrope[3];
-    int v_depth, v_hidden, v_heads, v_intermediate;
+    int v_depth;
+    int v_hidden;
+    int v_heads;
+    int v_intermediate;
     int n_deepstack;
     int deepstack[GEN_MAX_DEEPSTACK];
     int tie;
@@ -913,35 +932,40 @@ static qvl_status write_json(const char *dir, const char *name, const cJSON *roo
     return st;
 }
 
-/* Copy src (a file) to dir/name, streaming. */
+/* Copy src (a file) to dir/name, streaming, through dir/name.tmp renamed into place (so src may
+ * be dir/name itself). */
 static qvl_status copy_file(const char *src, const char *dir, const char *name, char *err,
                             size_t err_len) {
     char *dst = qvl_path_join(dir, name);
+    size_t dlen = dst ? strlen(dst) : 0;
+    char *tmp = dst ? qvl_malloc(dlen + 5) : NULL;
     char *buf = qvl_malloc(GEN_CHUNK_BYTES);
     qvl_status st = QVL_OK;
     FILE *in = NULL;
     FILE *out = NULL;
-    if (!dst || !buf) {
+    if (!tmp || !buf) {
         qvl_errf(err, err_len, "genmodel: out of memory");
         st = QVL_E_NOMEM;
         goto done;
     }
+    memcpy(tmp, dst, dlen);
+    memcpy(tmp + dlen, ".tmp", 5);
     in = fopen(src, "rb");
     if (!in) {
         qvl_errf(err, err_len, "genmodel: cannot open %s: %s", src, strerror(errno));
         st = QVL_E_IO;
         goto done;
     }
-    out = fopen(dst, "wb");
+    out = fopen(tmp, "wb");
     if (!out) {
-        qvl_errf(err, err_len, "genmodel: cannot create %s: %s", dst, strerror(errno));
+        qvl_errf(err, err_len, "genmodel: cannot create %s: %s", tmp, strerror(errno));
         st = QVL_E_IO;
         goto done;
     }
     size_t n;
     while ((n = fread(buf, 1, GEN_CHUNK_BYTES, in)) > 0) {
         if (fwrite(buf, 1, n, out) != n) {
-            qvl_errf(err, err_len, "genmodel: cannot write %s: %s", dst, strerror(errno));
+            qvl_errf(err, err_len, "genmodel: cannot write %s: %s", tmp, strerror(errno));
             st = QVL_E_IO;
             goto done;
         }
@@ -953,11 +977,20 @@ static qvl_status copy_file(const char *src, const char *dir, const char *name, 
 done:
     if (in)
         fclose(in);
-    if (out && fclose(out) != 0 && st == QVL_OK) {
-        qvl_errf(err, err_len, "genmodel: cannot write %s: %s", dst, strerror(errno));
-        st = QVL_E_IO;
+    if (out) {
+        if (fclose(out) != 0 && st == QVL_OK) {
+            qvl_errf(err, err_len, "genmodel: cannot write %s: %s", tmp, strerror(errno));
+            st = QVL_E_IO;
+        }
+        if (st == QVL_OK && rename(tmp, dst) != 0) {
+            qvl_errf(err, err_len, "genmodel: cannot rename %s: %s", tmp, strerror(errno));
+            st = QVL_E_IO;
+        }
+        if (st != QVL_OK)
+            remove(tmp);
     }
     qvl_free(buf);
+    qvl_free(tmp);
     qvl_free(dst);
     return st;
 }

@@ -22,11 +22,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define INDEX_NAME       "model.safetensors.index.json"
-#define SINGLE_NAME      "model.safetensors"
-#define MAX_INDEX_BYTES  (64u << 20)
-#define MAX_JSON_INT     9007199254740992.0 /* 2^53: larger values are not exact in a double */
-#define MEM_NAME         "<memory>"
+#define INDEX_NAME      "model.safetensors.index.json"
+#define SINGLE_NAME     "model.safetensors"
+#define MAX_INDEX_BYTES (64u << 20)
+#define MAX_JSON_INT    9007199254740992.0 /* 2^53: larger values are not exact in a double */
+#define MEM_NAME        "<memory>"
 
 /* ---- dtypes ------------------------------------------------------------------------------ */
 
@@ -37,10 +37,10 @@ typedef struct dt_info {
 } dt_info;
 
 static const dt_info k_dtypes[] = {
-    {"F64", QVL_DT_F64, 8},          {"F32", QVL_DT_F32, 4},         {"F16", QVL_DT_F16, 2},
-    {"BF16", QVL_DT_BF16, 2},        {"I64", QVL_DT_I64, 8},         {"I32", QVL_DT_I32, 4},
-    {"I16", QVL_DT_I16, 2},          {"I8", QVL_DT_I8, 1},           {"U8", QVL_DT_U8, 1},
-    {"BOOL", QVL_DT_BOOL, 1},        {"F8_E4M3", QVL_DT_F8_E4M3, 1}, {"F8_E5M2", QVL_DT_F8_E5M2, 1},
+    {"F64", QVL_DT_F64, 8},   {"F32", QVL_DT_F32, 4},         {"F16", QVL_DT_F16, 2},
+    {"BF16", QVL_DT_BF16, 2}, {"I64", QVL_DT_I64, 8},         {"I32", QVL_DT_I32, 4},
+    {"I16", QVL_DT_I16, 2},   {"I8", QVL_DT_I8, 1},           {"U8", QVL_DT_U8, 1},
+    {"BOOL", QVL_DT_BOOL, 1}, {"F8_E4M3", QVL_DT_F8_E4M3, 1}, {"F8_E5M2", QVL_DT_F8_E5M2, 1},
 };
 #define N_DTYPES (sizeof k_dtypes / sizeof k_dtypes[0])
 
@@ -75,7 +75,7 @@ struct qvl_st {
     char **raw_names;       /* name as written in the file, parallel to tensors */
     size_t n_tensors;
     size_t cap_tensors;
-    size_t *slots; /* hash table: 0 empty, else tensor index + 1 */
+    size_t *slots;  /* hash table: 0 empty, else tensor index + 1 */
     size_t n_slots; /* power of two */
 };
 
@@ -181,8 +181,8 @@ static qvl_status add_tensor(qvl_st *st, const char *raw, const qvl_st_tensor *t
         if (strcmp(st->raw_names[prev], raw) == 0)
             qvl_errf(err, err_len, "%s: duplicate tensor name %s (also in %s)", fname, raw, pfile);
         else
-            qvl_errf(err, err_len, "%s: tensor names %s and %s (in %s) both normalise to %s",
-                     fname, raw, st->raw_names[prev], pfile, canon);
+            qvl_errf(err, err_len, "%s: tensor names %s and %s (in %s) both normalise to %s", fname,
+                     raw, st->raw_names[prev], pfile, canon);
         qvl_free(canon);
         return QVL_E_FORMAT;
     }
@@ -315,8 +315,8 @@ static qvl_status parse_entry(const cJSON *it, const char *fname, hdr_ent *e, ch
     for (const cJSON *v = shape->child; v; v = v->next, d++) {
         uint64_t x;
         if (!json_uint(v, &x) || x > (uint64_t)INT64_MAX) {
-            qvl_errf(err, err_len,
-                     "%s: tensor %s: shape[%d] is not a non-negative integer", fname, name, d);
+            qvl_errf(err, err_len, "%s: tensor %s: shape[%d] is not a non-negative integer", fname,
+                     name, d);
             return QVL_E_FORMAT;
         }
         e->shape[d] = (int64_t)x;
@@ -449,8 +449,8 @@ static qvl_status parse_image(qvl_st *st, int file, char *err, size_t err_len) {
         qsort(ents, n_ent, sizeof *ents, cmp_ent);
     for (size_t i = 1; i < n_ent; i++) {
         if (ents[i].begin < ents[i - 1].end) {
-            qvl_errf(err, err_len, "%s: tensors %s [%llu, %llu) and %s [%llu, %llu) overlap",
-                     fname, ents[i - 1].name, (unsigned long long)ents[i - 1].begin,
+            qvl_errf(err, err_len, "%s: tensors %s [%llu, %llu) and %s [%llu, %llu) overlap", fname,
+                     ents[i - 1].name, (unsigned long long)ents[i - 1].begin,
                      (unsigned long long)ents[i - 1].end, ents[i].name,
                      (unsigned long long)ents[i].begin, (unsigned long long)ents[i].end);
             s = QVL_E_FORMAT;
@@ -478,8 +478,7 @@ out:
 }
 
 /* mmap `path` read-only into st as a new file; *file_out gets its index. */
-static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *err,
-                           size_t err_len) {
+static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *err, size_t err_len) {
     int idx = add_file(st, path);
     if (idx < 0) {
         qvl_errf(err, err_len, "%s: out of memory", path);
@@ -578,10 +577,10 @@ qvl_status qvl_st_parse_header(const uint8_t *buf, size_t len, char *err, size_t
 
 typedef struct st_index {
     cJSON *root;
-    size_t n;             /* weight_map entries */
-    const char **tensor;  /* raw tensor names (into root) */
+    size_t n;              /* weight_map entries */
+    const char **tensor;   /* raw tensor names (into root) */
     const char **shard_of; /* shard name per entry (into root) */
-    const char **shards;  /* unique shard names, sorted */
+    const char **shards;   /* unique shard names, sorted */
     size_t n_shards;
 } st_index;
 
@@ -762,8 +761,8 @@ static qvl_status open_sharded(qvl_st *st, const char *dir, const char *ipath, c
             goto out;
         }
         size_t t = lookup(st, canon);
-        const char **sh = bsearch(&ix.shard_of[k], ix.shards, ix.n_shards, sizeof *ix.shards,
-                                  cmp_str);
+        const char **sh =
+            bsearch(&ix.shard_of[k], ix.shards, ix.n_shards, sizeof *ix.shards, cmp_str);
         /* shard i of the sorted unique names was mapped as file i */
         bool ok = t != (size_t)-1 && sh && st->tensors[t].file == (int)(sh - ix.shards);
         if (!ok) {
@@ -961,9 +960,8 @@ static long bad_name(size_t n, const char *const *names, bool *dup) {
 
 qvl_status qvl_st_writer_open(const char *path, size_t n_tensors, const char *const *names,
                               const qvl_dtype *dtypes, const int *n_dims,
-                              const int64_t (*shapes)[QVL_ST_MAX_DIMS],
-                              const char *metadata_format, qvl_st_writer **out, char *err,
-                              size_t err_len) {
+                              const int64_t (*shapes)[QVL_ST_MAX_DIMS], const char *metadata_format,
+                              qvl_st_writer **out, char *err, size_t err_len) {
     if (out)
         *out = NULL;
     if (!path || !out || (n_tensors && (!names || !dtypes || !n_dims || !shapes))) {
@@ -994,8 +992,8 @@ qvl_status qvl_st_writer_open(const char *path, size_t n_tensors, const char *co
     for (size_t i = 0; i < n_tensors; i++) {
         const dt_info *dt = dtype_by_enum(dtypes[i]);
         if (!dt) {
-            qvl_errf(err, err_len, "%s: tensor %s: dtype %s cannot be stored in safetensors",
-                     path, names[i], qvl_dtype_name(dtypes[i]));
+            qvl_errf(err, err_len, "%s: tensor %s: dtype %s cannot be stored in safetensors", path,
+                     names[i], qvl_dtype_name(dtypes[i]));
             s = QVL_E_INVAL;
             goto fail;
         }
@@ -1150,8 +1148,7 @@ qvl_status qvl_st_write_index(const char *path, size_t n, const char *const *nam
     }
     for (size_t i = 0; i < n; i++) {
         if (!names[i] || !files[i] || !plain_name(files[i])) {
-            qvl_errf(err, err_len, "%s: entry %zu: missing name or non-plain shard name", path,
-                     i);
+            qvl_errf(err, err_len, "%s: entry %zu: missing name or non-plain shard name", path, i);
             return QVL_E_INVAL;
         }
     }

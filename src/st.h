@@ -8,8 +8,8 @@
 #include "common.h"
 #include "dtype.h"
 
-#define QVL_ST_MAX_DIMS     8
-#define QVL_ST_MAX_HEADER   (100u * 1000u * 1000u) /* bytes of header JSON accepted */
+#define QVL_ST_MAX_DIMS   8
+#define QVL_ST_MAX_HEADER (100u * 1000u * 1000u) /* bytes of header JSON accepted */
 
 typedef struct qvl_st_tensor {
     const char *name; /* canonical name (owned by the qvl_st) */
@@ -73,9 +73,8 @@ typedef struct qvl_st_writer qvl_st_writer;
  * dtype, empty or duplicate name), QVL_E_IO, QVL_E_NOMEM. */
 qvl_status qvl_st_writer_open(const char *path, size_t n_tensors, const char *const *names,
                               const qvl_dtype *dtypes, const int *n_dims,
-                              const int64_t (*shapes)[QVL_ST_MAX_DIMS],
-                              const char *metadata_format, qvl_st_writer **out, char *err,
-                              size_t err_len);
+                              const int64_t (*shapes)[QVL_ST_MAX_DIMS], const char *metadata_format,
+                              qvl_st_writer **out, char *err, size_t err_len);
 
 /* Append tensor bytes in order (chunks may span tensor boundaries). Writing more than the
  * header announced is QVL_E_INVAL; a write error is QVL_E_IO. After an error the writer only

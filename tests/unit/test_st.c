@@ -88,8 +88,7 @@ static void expect_bad_file(const char *path, const char *must, int line) {
     CHECKF(st == NULL, "line %d: out not NULL", line);
     CHECKF(strstr(g_err, path) != NULL, "line %d: message lacks file name: %s", line, g_err);
     if (must)
-        CHECKF(strstr(g_err, must) != NULL, "line %d: message lacks \"%s\": %s", line, must,
-               g_err);
+        CHECKF(strstr(g_err, must) != NULL, "line %d: message lacks \"%s\": %s", line, must, g_err);
     if (s == QVL_OK)
         qvl_st_free(st);
 }
@@ -102,11 +101,10 @@ static qvl_status expect_bad_dir(const char *dir, const char *file_part, const c
     qvl_status s = qvl_st_open_dir(dir, &st, g_err, sizeof g_err);
     CHECKF(s != QVL_OK, "line %d: accepted %s", line, dir);
     CHECKF(st == NULL, "line %d: out not NULL", line);
-    CHECKF(strstr(g_err, file_part) != NULL, "line %d: message lacks \"%s\": %s", line,
-           file_part, g_err);
+    CHECKF(strstr(g_err, file_part) != NULL, "line %d: message lacks \"%s\": %s", line, file_part,
+           g_err);
     if (must)
-        CHECKF(strstr(g_err, must) != NULL, "line %d: message lacks \"%s\": %s", line, must,
-               g_err);
+        CHECKF(strstr(g_err, must) != NULL, "line %d: message lacks \"%s\": %s", line, must, g_err);
     if (s == QVL_OK)
         qvl_st_free(st);
     return s;
@@ -117,8 +115,8 @@ static qvl_status write_model(const char *path, size_t n, const char *const *nam
                               const qvl_dtype *dt, const int *nd,
                               const int64_t (*shapes)[QVL_ST_MAX_DIMS]) {
     qvl_st_writer *w = NULL;
-    qvl_status s = qvl_st_writer_open(path, n, names, dt, nd, shapes, "pt", &w, g_err,
-                                      sizeof g_err);
+    qvl_status s =
+        qvl_st_writer_open(path, n, names, dt, nd, shapes, "pt", &w, g_err, sizeof g_err);
     if (s != QVL_OK)
         return s;
     for (size_t i = 0; i < n; i++) {
@@ -159,8 +157,7 @@ static void test_single_file(void) {
     int nd[] = {2, 1, 0, 2, 3};
     int64_t shapes[][QVL_ST_MAX_DIMS] = {{2, 3}, {5}, {0}, {0, 4}, {1, 3, 3}};
     const char *path = pjoin(dir, "model.safetensors");
-    CHECKF(write_model(path, 5, names, dt, nd, (const int64_t(*)[QVL_ST_MAX_DIMS])shapes) ==
-               QVL_OK,
+    CHECKF(write_model(path, 5, names, dt, nd, (const int64_t(*)[QVL_ST_MAX_DIMS])shapes) == QVL_OK,
            "%s", g_err);
 
     /* header length is a multiple of 8 */
@@ -214,8 +211,8 @@ static void test_single_file(void) {
     size_t len = 0;
     CHECK(qvl_read_file(path, 0, &buf, &len, g_err, sizeof g_err) == QVL_OK);
     if (buf) {
-        CHECKF(qvl_st_parse_header((const uint8_t *)buf, len, g_err, sizeof g_err) == QVL_OK,
-               "%s", g_err);
+        CHECKF(qvl_st_parse_header((const uint8_t *)buf, len, g_err, sizeof g_err) == QVL_OK, "%s",
+               g_err);
         /* every truncation fails cleanly (the last tensors need the last bytes) */
         for (size_t k = 0; k < len; k++) {
             qvl_status ts = qvl_st_parse_header((const uint8_t *)buf, k, g_err, sizeof g_err);
@@ -390,8 +387,7 @@ static void test_normalise(void) {
     int nd[] = {1, 1, 1, 2};
     int64_t shapes[][QVL_ST_MAX_DIMS] = {{2}, {3}, {4}, {2, 2}};
     const char *path = pjoin(dir, "old.safetensors");
-    CHECK(write_model(path, 4, names, dt, nd, (const int64_t(*)[QVL_ST_MAX_DIMS])shapes) ==
-          QVL_OK);
+    CHECK(write_model(path, 4, names, dt, nd, (const int64_t(*)[QVL_ST_MAX_DIMS])shapes) == QVL_OK);
     qvl_st *st = NULL;
     qvl_status s = qvl_st_open_file(path, &st, g_err, sizeof g_err);
     CHECKF(s == QVL_OK, "%s", g_err);
@@ -427,8 +423,8 @@ static void test_normalise(void) {
                       (const int64_t(*)[QVL_ST_MAX_DIMS])ss) == QVL_OK);
     const char *iname[] = {"visual.a", "model.b"};
     const char *ifile[] = {"s1.safetensors", "s1.safetensors"};
-    CHECK(qvl_st_write_index(pjoin(d2, "model.safetensors.index.json"), 2, iname, ifile, 3,
-                             g_err, sizeof g_err) == QVL_OK);
+    CHECK(qvl_st_write_index(pjoin(d2, "model.safetensors.index.json"), 2, iname, ifile, 3, g_err,
+                             sizeof g_err) == QVL_OK);
     s = qvl_st_open_dir(d2, &st, g_err, sizeof g_err);
     CHECKF(s == QVL_OK, "%s", g_err);
     if (s == QVL_OK) {
@@ -441,7 +437,7 @@ static void test_normalise(void) {
 
 /* ---- bad single files --------------------------------------------------------------------- */
 
-#define ENT(name, dt, shape, b, e)                                                               \
+#define ENT(name, dt, shape, b, e) \
     "\"" name "\":{\"dtype\":\"" dt "\",\"shape\":" shape ",\"data_offsets\":[" #b "," #e "]}"
 
 static void test_bad_files(void) {
@@ -469,8 +465,7 @@ static void test_bad_files(void) {
     expect_bad_file(p, "t.a", __LINE__);
 
     p = pjoin(dir, "pastend.safetensors");
-    write_raw(p, "{" ENT("t.a", "U8", "[4]", 0, 4) "," ENT("t.b", "U8", "[4]", 100, 104) "}", 0,
-              8);
+    write_raw(p, "{" ENT("t.a", "U8", "[4]", 0, 4) "," ENT("t.b", "U8", "[4]", 100, 104) "}", 0, 8);
     expect_bad_file(p, "t.b", __LINE__);
 
     p = pjoin(dir, "overlap.safetensors");
@@ -516,8 +511,7 @@ static void test_bad_files(void) {
     expect_bad_file(p, "t.d", __LINE__);
 
     p = pjoin(dir, "overflow.safetensors");
-    write_raw(p,
-              "{" ENT("t.o", "F32", "[4294967296,4294967296,4294967296]", 0, 0) "}", 0, 8);
+    write_raw(p, "{" ENT("t.o", "F32", "[4294967296,4294967296,4294967296]", 0, 0) "}", 0, 8);
     expect_bad_file(p, "t.o", __LINE__);
 
     p = pjoin(dir, "offs.safetensors");
@@ -525,8 +519,7 @@ static void test_bad_files(void) {
     expect_bad_file(p, "t.o", __LINE__);
 
     p = pjoin(dir, "offs2.safetensors");
-    write_raw(p, "{\"t.o\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1.0e400]}}", 0,
-              8);
+    write_raw(p, "{\"t.o\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1.0e400]}}", 0, 8);
     expect_bad_file(p, NULL, __LINE__);
 
     p = pjoin(dir, "nonobject.safetensors");
@@ -583,8 +576,9 @@ static void test_bad_files(void) {
     CHECK(qvl_st_count(st) == 0);
     qvl_st_free(st);
     p = pjoin(dir, "ok2.safetensors");
-    write_raw(p, "{" ENT("t.a", "U8", "[4]", 0, 4) "," ENT("t.z", "U8", "[2,0]", 4, 4) "," ENT(
-                     "t.b", "BOOL", "[4]", 4, 8) "}",
+    write_raw(p,
+              "{" ENT("t.a", "U8", "[4]", 0, 4) "," ENT("t.z", "U8", "[2,0]", 4,
+                                                        4) "," ENT("t.b", "BOOL", "[4]", 4, 8) "}",
               0, 8);
     CHECKF(qvl_st_open_file(p, &st, g_err, sizeof g_err) == QVL_OK, "%s", g_err);
     CHECK(qvl_st_count(st) == 3);
@@ -604,11 +598,10 @@ static void test_bad_files(void) {
 /* shard1 holds a, b; shard2 holds c */
 static void make_shards(const char *dir) {
     write_raw(pjoin(dir, "s1.safetensors"),
-              "{" ENT("model.visual.a", "U8", "[4]", 0, 4) "," ENT("model.visual.b", "U8", "[4]",
-                                                                  4, 8) "}",
+              "{" ENT("model.visual.a", "U8", "[4]", 0, 4) "," ENT("model.visual.b", "U8", "[4]", 4,
+                                                                   8) "}",
               0, 8);
-    write_raw(pjoin(dir, "s2.safetensors"), "{" ENT("lm_head.weight", "U8", "[2]", 0, 2) "}", 0,
-              2);
+    write_raw(pjoin(dir, "s2.safetensors"), "{" ENT("lm_head.weight", "U8", "[2]", 0, 2) "}", 0, 2);
 }
 
 static void test_bad_dirs(void) {
@@ -668,8 +661,8 @@ static void test_bad_dirs(void) {
         CHECK(mkdir(sub, 0700) == 0);
         write_text(pjoin(sub, "model.safetensors.index.json"),
                    "{\"weight_map\":{\"model.visual.a\":\"../s1.safetensors\"}}");
-        CHECK(expect_bad_dir(sub, "model.safetensors.index.json", "../s1.safetensors",
-                             __LINE__) == QVL_E_FORMAT);
+        CHECK(expect_bad_dir(sub, "model.safetensors.index.json", "../s1.safetensors", __LINE__) ==
+              QVL_E_FORMAT);
         CHECK(strstr(g_err, "model.visual.a") != NULL);
     }
     write_text(ip, "{\"weight_map\":{\"model.visual.a\":\"sub/s1.safetensors\"}}");
@@ -680,16 +673,14 @@ static void test_bad_dirs(void) {
     expect_bad_dir(dir, "model.safetensors.index.json", NULL, __LINE__);
 
     /* duplicate tensor across shards */
-    write_raw(pjoin(dir, "s3.safetensors"), "{" ENT("model.visual.a", "U8", "[1]", 0, 1) "}", 0,
-              1);
+    write_raw(pjoin(dir, "s3.safetensors"), "{" ENT("model.visual.a", "U8", "[1]", 0, 1) "}", 0, 1);
     write_text(ip, "{\"weight_map\":{\"model.visual.a\":\"s1.safetensors\","
                    "\"model.visual.b\":\"s3.safetensors\"}}");
     expect_bad_dir(dir, "s3.safetensors", "model.visual.a", __LINE__);
     CHECK(strstr(g_err, "s1.safetensors") != NULL);
 
     /* a bad shard: its error names the shard and tensor */
-    write_raw(pjoin(dir, "s4.safetensors"), "{" ENT("model.visual.c", "X9", "[1]", 0, 1) "}", 0,
-              1);
+    write_raw(pjoin(dir, "s4.safetensors"), "{" ENT("model.visual.c", "X9", "[1]", 0, 1) "}", 0, 1);
     write_text(ip, "{\"weight_map\":{\"model.visual.c\":\"s4.safetensors\"}}");
     expect_bad_dir(dir, "s4.safetensors", "model.visual.c", __LINE__);
 
@@ -743,8 +734,7 @@ static void test_writer_errors(void) {
 
     /* bad requests */
     const char *dupn[] = {"a", "a"};
-    CHECK(qvl_st_writer_open(p, 2, dupn, dt, nd, sh, NULL, &w, g_err, sizeof g_err) ==
-          QVL_E_INVAL);
+    CHECK(qvl_st_writer_open(p, 2, dupn, dt, nd, sh, NULL, &w, g_err, sizeof g_err) == QVL_E_INVAL);
     CHECK(w == NULL && strstr(g_err, "duplicate"));
     qvl_dtype qdt[] = {QVL_DT_F32, QVL_DT_Q8_0};
     CHECK(qvl_st_writer_open(p, 2, names, qdt, nd, sh, NULL, &w, g_err, sizeof g_err) ==
@@ -753,10 +743,10 @@ static void test_writer_errors(void) {
     CHECK(qvl_st_writer_open(p, 2, names, dt, bad_nd, sh, NULL, &w, g_err, sizeof g_err) ==
           QVL_E_INVAL);
     int64_t neg[][QVL_ST_MAX_DIMS] = {{2}, {-1}};
-    CHECK(qvl_st_writer_open(p, 2, names, dt, nd, (const int64_t(*)[QVL_ST_MAX_DIMS])neg, NULL,
-                             &w, g_err, sizeof g_err) == QVL_E_INVAL);
-    CHECK(qvl_st_writer_open(pjoin(dir, "no/such/dir.safetensors"), 2, names, dt, nd, sh, NULL,
-                             &w, g_err, sizeof g_err) == QVL_E_IO);
+    CHECK(qvl_st_writer_open(p, 2, names, dt, nd, (const int64_t(*)[QVL_ST_MAX_DIMS])neg, NULL, &w,
+                             g_err, sizeof g_err) == QVL_E_INVAL);
+    CHECK(qvl_st_writer_open(pjoin(dir, "no/such/dir.safetensors"), 2, names, dt, nd, sh, NULL, &w,
+                             g_err, sizeof g_err) == QVL_E_IO);
     CHECK(qvl_st_writer_close(NULL, g_err, sizeof g_err) == QVL_OK);
 
     /* index writer */
