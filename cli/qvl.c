@@ -18,6 +18,7 @@
 #define MAX_STOPS  16
 
 static int quiet;
+int qvl_cli_bench(int argc, char **argv); /* bench.c */
 
 static int die(int code, const char *fmt, ...) {
     va_list ap;
@@ -67,6 +68,7 @@ typedef struct opts {
     double temp, top_p, min_p, rep, presence, frequency;
     long min_pixels, max_pixels;
     bool json, ignore_eos, skip_special;
+    int quant;
     const char *positional[256];
     int n_pos;
 } opts;
@@ -161,6 +163,15 @@ static int parse_opts(int argc, char **argv, opts *o) {
             FLT(presence, -10, 10);
         } else if (!strcmp(a, "--frequency-penalty")) {
             FLT(frequency, -10, 10);
+        } else if (!strcmp(a, "--quant")) {
+            NEED_ARG();
+            const char *q = argv[++i];
+            if (!strcmp(q, "q8"))
+                o->quant = QVL_QUANT_Q8;
+            else if (!strcmp(q, "q4"))
+                o->quant = QVL_QUANT_Q4;
+            else if (strcmp(q, "none"))
+                return die(2, "--quant takes q8, q4 or none");
         } else if (!strcmp(a, "--json")) {
             o->json = true;
         } else if (!strcmp(a, "--ignore-eos")) {
@@ -182,11 +193,14 @@ static int parse_opts(int argc, char **argv, opts *o) {
     return 0;
 }
 
+static int g_quant;
+
 static int load_model(const char *dir, qvl_model **m) {
     char err[1024] = "";
     if (!dir)
         return die(2, "no model: give -m DIR (a Hugging Face Qwen3-VL model directory)");
     qvl_model_params mp = qvl_model_default_params();
+    mp.quant = (qvl_quant)g_quant;
     qvl_status s = qvl_model_load(dir, &mp, m, err, sizeof err);
     if (s != QVL_OK)
         return die(1, "cannot load model: %s", err[0] ? err : qvl_status_str(s));
@@ -823,6 +837,7 @@ static void usage(void) {
             "  detokenize -m DIR ID...         text\n"
             "  preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] IMAGE...\n"
             "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
+            "  bench      -m DIR [--quant q8|q4] [-t N] [--reps N] [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n");
 }
 
@@ -833,11 +848,14 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "bench"))
+        return qvl_cli_bench(argc - 2, argv + 2);
     opts o;
     opts_init(&o);
     int rc = parse_opts(argc - 2, argv + 2, &o);
     if (rc)
         return rc;
+    g_quant = o.quant;
     if (!strcmp(cmd, "run"))
         return cmd_run(&o);
     if (!strcmp(cmd, "chat"))

@@ -54,9 +54,17 @@ QVL_API void qvl_log_set(qvl_log_fn fn, void *user, qvl_log_level max_level);
 /* ---- model ------------------------------------------------------------ */
 typedef struct qvl_model qvl_model; /* weights + tokenizer + configs; read-only after load */
 
+typedef enum qvl_quant {
+    QVL_QUANT_NONE = 0, /* use the checkpoint's weights in place (bf16 as shipped) */
+    QVL_QUANT_Q8 = 1,   /* 8-bit blocks (32 values + f16 scale) made at load time */
+    QVL_QUANT_Q4 = 2,   /* 4-bit blocks (32 values + f16 scale) made at load time */
+} qvl_quant;
+
 typedef struct qvl_model_params {
-    int check_only; /* non-zero: validate files and shapes, do not keep mappings (info) */
-    int reserved[7];
+    qvl_quant quant;   /* text decoder matrices (not the embeddings) */
+    int quant_vision;  /* non-zero: quantise the vision tower's matrices too */
+    int n_threads;     /* threads for load-time quantisation; 0: online CPUs */
+    int reserved[5];
 } qvl_model_params;
 
 QVL_API qvl_model_params qvl_model_default_params(void);
@@ -86,6 +94,8 @@ QVL_API int qvl_model_hidden(const qvl_model *m);      /* text hidden size */
 QVL_API int qvl_model_n_deepstack(const qvl_model *m); /* DeepStack taps */
 QVL_API int qvl_model_n_vocab(const qvl_model *m);
 QVL_API int32_t qvl_model_image_token(const qvl_model *m);
+/* Bytes of weights one decoded token reads (all decoder matrices, the head, one embedding row). */
+QVL_API uint64_t qvl_model_decode_bytes(const qvl_model *m);
 /* Token embeddings: out [n, hidden] (float32). */
 QVL_API qvl_status qvl_embed_tokens(const qvl_model *m, const int32_t *ids, size_t n, float *out);
 /* Multimodal positions (get_rope_index) of ids[0..n): pos gets 3 x n ids (t row, h row, w row);

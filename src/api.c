@@ -399,3 +399,20 @@ qvl_status qvl_positions(const qvl_model *m, const int32_t *ids, size_t n,
     qvl_free(g);
     return s;
 }
+
+uint64_t qvl_model_decode_bytes(const qvl_model *m) {
+    if (!m)
+        return 0;
+    const qvl_text_cfg *tc = &m->cfg.text;
+    uint64_t b = 0;
+    for (int l = 0; l < tc->n_layers; l++) {
+        const qvl_llm_layer *Y = &m->layers[l];
+        const qvl_mat *ws[7] = {&Y->q, &Y->k, &Y->v, &Y->o, &Y->gate, &Y->up, &Y->down};
+        for (int i = 0; i < 7; i++)
+            b += qvl_dtype_row_bytes(ws[i]->dt, (size_t)ws[i]->cols) * (uint64_t)ws[i]->rows;
+        b += (uint64_t)(2 * tc->hidden + 2 * tc->head_dim) * sizeof(float);
+    }
+    b += qvl_dtype_row_bytes(m->lm_head.dt, (size_t)tc->hidden) * (uint64_t)m->lm_head.rows;
+    b += qvl_dtype_row_bytes(m->embed.dt, (size_t)tc->hidden);
+    return b;
+}

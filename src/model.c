@@ -3,6 +3,7 @@
  * in place in the mmap and small vectors as float copies. Also resolves hub repo ids through the
  * local Hugging Face cache. */
 #include "model.h"
+#include "pool.h"
 #include "st.h"
 #include "tok.h"
 
@@ -12,6 +13,7 @@
 #include <ctype.h>
 #include <stdarg.h>
 #include <time.h>
+#include <unistd.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,6 +363,100 @@ static void resolve_weights(loader *L) {
     }
 }
 
+/* ---- load-time quantisation ------------------------------------------------------------ */
+
+typedef struct quant_job {
+    qvl_mat *src;
+    qvl_dtype to;
+    uint8_t *dst;
+    float *scratch; /* [nth][cols] */
+} quant_job;
+
+static void quant_task(void *arg, int ith, int nth) {
+    quant_job *j = arg;
+    const int64_t k = j->src->cols;
+    size_t sb = qvl_dtype_row_bytes(j->src->dt, (size_t)k), db = qvl_dtype_row_bytes(j->to, (size_t)k);
+    float *row = j->scratch + (size_t)ith * (size_t)k;
+    for (int64_t r = ith; r < j->src->rows; r += nth) {
+        qvl_row_to_f32(j->src->dt, (const uint8_t *)j->src->data + (size_t)r * sb, row, k);
+        qvl_quantize_row(j->to, row, j->dst + (size_t)r * db, k);
+    }
+}
+
+/* Replace one matrix by a quantised copy owned by the model. */
+static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dtype to,
+                               uint64_t *bytes) {
+    if (w->cols % QVL_QBLOCK != 0)
+        return QVL_OK; /* keep as is: the kernels take any float type */
+    size_t nb = qvl_dtype_row_bytes(to, (size_t)w->cols) * (size_t)w->rows;
+    void **no = qvl_realloc(m->owned, (m->n_owned + 1) * sizeof *no);
+    if (!no)
+        return QVL_E_NOMEM;
+    m->owned = no;
+    uint8_t *dst = qvl_malloc(nb);
+    if (!dst)
+        return QVL_E_NOMEM;
+    m->owned[m->n_owned++] = dst;
+    float *scratch = qvl_malloc((size_t)qvl_pool_size(pool) * (size_t)w->cols * sizeof(float));
+    if (!scratch)
+        return QVL_E_NOMEM;
+    quant_job j = {w, to, dst, scratch};
+    qvl_pool_run(pool, quant_task, &j);
+    qvl_free(scratch);
+    *bytes -= qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (size_t)w->rows;
+    *bytes += nb;
+    w->data = dst;
+    w->dt = to;
+    return QVL_OK;
+}
+
+static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *err,
+                                 size_t err_len) {
+    qvl_dtype to = p->quant == QVL_QUANT_Q8 ? QVL_DT_Q8_0 : QVL_DT_Q4_0;
+    if (p->quant != QVL_QUANT_Q8 && p->quant != QVL_QUANT_Q4) {
+        qvl_errf(err, err_len, "unknown quantisation %d", (int)p->quant);
+        return QVL_E_INVAL;
+    }
+    int nt = p->n_threads > 0 ? p->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    qvl_pool *pool = NULL;
+    qvl_status s = qvl_pool_create(nt > 0 ? nt : 1, &pool);
+    if (s != QVL_OK) {
+        qvl_errf(err, err_len, "cannot start threads");
+        return s;
+    }
+    for (int l = 0; l < m->cfg.text.n_layers && s == QVL_OK; l++) {
+        qvl_llm_layer *Y = &m->layers[l];
+        qvl_mat *ws[7] = {&Y->q, &Y->k, &Y->v, &Y->o, &Y->gate, &Y->up, &Y->down};
+        for (int i = 0; i < 7 && s == QVL_OK; i++)
+            s = quantize_mat(m, pool, ws[i], to, &m->bytes_text);
+    }
+    if (s == QVL_OK && !m->lm_head_tied)
+        s = quantize_mat(m, pool, &m->lm_head, to, &m->bytes_text);
+    else if (s == QVL_OK) { /* tied: a quantised copy for the head, the embeddings stay */
+        qvl_mat head = m->embed;
+        uint64_t extra = qvl_dtype_row_bytes(head.dt, (size_t)head.cols) * (size_t)head.rows;
+        s = quantize_mat(m, pool, &head, to, &extra);
+        if (s == QVL_OK && head.data != m->embed.data) {
+            m->lm_head = head;
+            m->lm_head_tied = false;
+            m->bytes_text += extra;
+        }
+    }
+    if (p->quant_vision) {
+        for (int b = 0; b < m->cfg.vision.depth && s == QVL_OK; b++) {
+            qvl_vit_block *B = &m->blocks[b];
+            qvl_mat *ws[4] = {&B->qkv, &B->proj, &B->fc1, &B->fc2};
+            for (int i = 0; i < 4 && s == QVL_OK; i++)
+                s = quantize_mat(m, pool, ws[i], to, &m->bytes_vision);
+        }
+    }
+    qvl_pool_free(pool);
+    if (s != QVL_OK)
+        qvl_errf(err, err_len, "out of memory quantising the weights");
+    m->quant = p->quant;
+    return s;
+}
+
 /* ---- load / free ------------------------------------------------------------------------ */
 
 static qvl_status read_json_file(const char *dir, const char *name, bool required, char **buf,
@@ -383,7 +479,6 @@ static qvl_status read_json_file(const char *dir, const char *name, bool require
 
 qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_model **out,
                           char *err, size_t err_len) {
-    (void)p;
     if (!out)
         return QVL_E_INVAL;
     *out = NULL;
@@ -478,6 +573,11 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
     s = L.st;
     if (s != QVL_OK)
         goto fail;
+    if (p && p->quant != QVL_QUANT_NONE) {
+        s = quantize_model(m, p, err, err_len);
+        if (s != QVL_OK)
+            goto fail;
+    }
     *out = m;
     return QVL_OK;
 fail:
@@ -528,6 +628,9 @@ void qvl_model_free(qvl_model *m) {
     qvl_free(m->norm);
     qvl_free(m->patch_b);
     qvl_free(m->pos_embed);
+    for (size_t i = 0; i < m->n_owned; i++)
+        qvl_free(m->owned[i]);
+    qvl_free(m->owned);
     qvl_st_free(m->st);
     qvl_tok_free(m->tok);
     qvl_free(m->dir);

@@ -56,6 +56,9 @@ struct qvl_model {
     uint64_t n_params_vision, n_params_text;
     uint64_t bytes_vision, bytes_text;
     qvl_dtype weight_dtype;
+    qvl_quant quant;
+    void **owned; /* buffers of quantised matrices */
+    size_t n_owned;
 };
 
 #endif

@@ -61,7 +61,7 @@ static inline float exp_neg(float x) {
     const float t = x * 1.44269504f - 0.5f;
     int k = (int)t; /* t < 0: truncation is ceil, so k = ceil(x log2 e - 0.5) */
     const float kf = (float)k;
-    float r = x - kf * 0.693145752f; /* ln2 high part, exact product for |k| < 2^11 */
+    float r = x - kf * 0.693145752f; /* ln2 high part, 9 trailing zero bits: exact product */
     r = r - kf * 1.42860677e-6f;     /* ln2 low part */
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
@@ -285,8 +285,9 @@ static size_t nucleus_select(cand *c, size_t lo, size_t hi, double acc, double t
         size_t a = lo;
         size_t b = lo + (hi - lo) / 2;
         size_t z = hi - 1;
-        size_t m = better(&c[a], &c[b]) ? (better(&c[b], &c[z]) ? b : (better(&c[a], &c[z]) ? z : a))
-                                        : (better(&c[a], &c[z]) ? a : (better(&c[b], &c[z]) ? z : b));
+        size_t m = better(&c[a], &c[b])
+                       ? (better(&c[b], &c[z]) ? b : (better(&c[a], &c[z]) ? z : a))
+                       : (better(&c[a], &c[z]) ? a : (better(&c[b], &c[z]) ? z : b));
         cand t = c[m];
         c[m] = c[z];
         c[z] = t;
@@ -378,11 +379,10 @@ static size_t apply_top_p(cand *c, size_t n, double total, float top_p, float vm
     return nucleus_select(c, k1, k2, acc, target);
 }
 
-qvl_status qvl_sampler_sample(qvl_sampler *s, float *logits, int32_t *out_id) {
-    if (out_id)
-        *out_id = -1;
-    if (!s || !logits || !out_id)
-        return QVL_E_INVAL;
+/* Steps 0-8 of the header: sanitise, penalise, and leave the surviving candidates with their
+ * unnormalised weights in s->cand[0..*n_out), *total their sum. Greedy leaves the argmax alone
+ * with weight 1. QVL_E_INVAL when no logit is above -inf. */
+static qvl_status filter(qvl_sampler *s, float *logits, size_t *n_out, double *total_out) {
     const int32_t nv = s->n_vocab;
     for (int32_t i = 0; i < nv; i++)
         if (isnan(logits[i]))
@@ -400,7 +400,11 @@ qvl_status qvl_sampler_sample(qvl_sampler *s, float *logits, int32_t *out_id) {
         }
         if (best < 0)
             return QVL_E_INVAL;
-        *out_id = best;
+        s->cand[0].v = bv;
+        s->cand[0].w = 1.0f;
+        s->cand[0].id = best;
+        *n_out = 1;
+        *total_out = 1.0;
         return QVL_OK;
     }
 
@@ -480,6 +484,45 @@ qvl_status qvl_sampler_sample(qvl_sampler *s, float *logits, int32_t *out_id) {
         }
         n = m;
     }
+    *n_out = n;
+    *total_out = total;
+    return QVL_OK;
+}
+
+qvl_status qvl_sampler_filter(qvl_sampler *s, float *logits, int32_t *ids, float *probs, size_t cap,
+                              size_t *n_out) {
+    if (n_out)
+        *n_out = 0;
+    if (!s || !logits || !n_out || (cap > 0 && (!ids || !probs)))
+        return QVL_E_INVAL;
+    size_t n = 0;
+    double total = 0.0;
+    qvl_status st = filter(s, logits, &n, &total);
+    if (st != QVL_OK)
+        return st;
+    for (size_t j = 0; j < n && j < cap; j++) {
+        ids[j] = s->cand[j].id;
+        probs[j] = (float)(s->cand[j].w / total);
+    }
+    *n_out = n;
+    return QVL_OK;
+}
+
+qvl_status qvl_sampler_sample(qvl_sampler *s, float *logits, int32_t *out_id) {
+    if (out_id)
+        *out_id = -1;
+    if (!s || !logits || !out_id)
+        return QVL_E_INVAL;
+    size_t n = 0;
+    double total = 0.0;
+    qvl_status st = filter(s, logits, &n, &total);
+    if (st != QVL_OK)
+        return st;
+    if (s->p.temperature <= 0.0f) {
+        *out_id = s->cand[0].id; /* greedy: no draw, the PRNG does not advance */
+        return QVL_OK;
+    }
+    cand *c = s->cand;
 
     /* draw */
     double u = rng_double(s->rng) * total;

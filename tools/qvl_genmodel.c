@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
     size_t n_tensors = 0;
     qvl_status st = qvl_genmodel_plan_bytes(&p, &bytes, &n_tensors, err, sizeof err);
     if (st != QVL_OK) {
-        fprintf(stderr, "qvl_genmodel: %s\n", err);
+        fprintf(stderr, "%s\n", err);
         return 1;
     }
     printf("preset %s: %zu tensors, %" PRIu64 " bytes of weights (%.2f GiB)\n",
@@ -171,7 +171,7 @@ int main(int argc, char **argv) {
     double t0 = qvl_time_ms();
     st = qvl_genmodel_write(out, &p, err, sizeof err);
     if (st != QVL_OK) {
-        fprintf(stderr, "qvl_genmodel: %s\n", err);
+        fprintf(stderr, "%s\n", err);
         return 1;
     }
     double s = (qvl_time_ms() - t0) / 1000.0;

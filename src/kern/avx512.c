@@ -116,7 +116,7 @@ ALWAYS_INLINE vf vexp(vf x) {
 }
 
 /* tile sizes of the kernel body */
-#define GM_MR  12  /* activation rows per GEMM micro-tile */
+#define GM_MR  8   /* activation rows per GEMM micro-tile */
 #define AT_KB  64  /* keys per attention block (multiple of VW) */
 #define AT_PVN 4   /* output vectors per P.V chunk */
 

@@ -383,6 +383,17 @@ static void test_determinism(const char *dir1, const char *dir2, const char *dir
     p.tokenizer_dir = tok_dir();
     CHECKF(qvl_genmodel_write(dir3, &p, err, sizeof err) == QVL_OK, "%s", err);
     CHECK(!files_equal(pjoin(dir1, "model.safetensors"), pjoin(dir3, "model.safetensors")));
+
+    /* regenerate in place, sharded, with the directory's own tokenizer: the tokenizer survives
+     * and the old single file is gone (a loader would otherwise see two layouts) */
+    p.tokenizer_dir = dir1;
+    p.shard_bytes = 4u << 20;
+    CHECKF(qvl_genmodel_write(dir1, &p, err, sizeof err) == QVL_OK, "%s", err);
+    CHECK(files_equal(pjoin(dir1, "tokenizer.json"), pjoin(tok_dir(), "tokenizer.json")));
+    CHECK(access(pjoin(dir1, "model.safetensors"), F_OK) != 0);
+    CHECK(access(pjoin(dir1, "model.safetensors.index.json"), F_OK) == 0);
+    CHECK(access(pjoin(dir1, "model-00002-of-00002.safetensors"), F_OK) == 0);
+    CHECK(config_ok(dir1));
 }
 
 /* f16, untied, sharded: index + shards; the tensor bytes equal those of the same model in one

@@ -193,6 +193,8 @@ static membuf write_png(int w, int h, int ctype, int depth, int interlace, const
     return m;
 }
 
+static bool g_jpeg_progressive;
+
 /* Encode a JPEG with libjpeg: in_cs JCS_RGB (3), JCS_GRAYSCALE (1) or JCS_CMYK (4). */
 static membuf write_jpeg(int w, int h, J_COLOR_SPACE cs, int nc, const uint8_t *data, int q) {
     struct jpeg_compress_struct ci;
@@ -208,6 +210,8 @@ static membuf write_jpeg(int w, int h, J_COLOR_SPACE cs, int nc, const uint8_t *
     ci.in_color_space = cs;
     jpeg_set_defaults(&ci);
     jpeg_set_quality(&ci, q, TRUE);
+    if (g_jpeg_progressive)
+        jpeg_simple_progression(&ci);
     jpeg_start_compress(&ci, TRUE);
     while (ci.next_scanline < ci.image_height) {
         JSAMPROW row = (JSAMPROW)(data + (size_t)ci.next_scanline * w * nc);
@@ -700,6 +704,15 @@ static void test_formats_identical(const char *tmpdir) {
         mae /= 64.0 * 48 * 3;
         CHECKF(mae < 3.0, "JPEG mean abs error %.2f", mae);
     }
+    /* the same picture as a progressive JPEG decodes to the same pixels */
+    g_jpeg_progressive = true;
+    membuf mp = write_jpeg(64, 48, JCS_RGB, 3, smooth, 95);
+    g_jpeg_progressive = false;
+    qvl_rgb imp = {0};
+    CHECK(qvl_img_decode_mem(mp.p, mp.n, NULL, &imp, err, sizeof err) == QVL_OK);
+    CHECK(mp.n != m.n && im.data && imp.data && memcmp(im.data, imp.data, 64 * 48 * 3) == 0);
+    qvl_rgb_free(&imp);
+    free(mp.p);
     qvl_rgb_free(&im);
     free(m.p);
     free(smooth);

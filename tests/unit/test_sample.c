@@ -40,9 +40,8 @@ static qvl_sampling params(float temp, int top_k, float top_p, float min_p, uint
 static void test_rng(void) {
     /* splitmix64 reference outputs for seed 1234567 */
     uint64_t x = 1234567;
-    const uint64_t sm[5] = {6457827717110365317ull, 3203168211198807973ull,
-                            9817491932198370423ull, 4593380528125082431ull,
-                            16408922859458223821ull};
+    const uint64_t sm[5] = {6457827717110365317ull, 3203168211198807973ull, 9817491932198370423ull,
+                            4593380528125082431ull, 16408922859458223821ull};
     for (int i = 0; i < 5; i++)
         CHECK(qvl_splitmix64(&x) == sm[i]);
     /* xoshiro256** reference outputs for state {1, 2, 3, 4} */
@@ -490,8 +489,8 @@ static void test_large_vocab(void) {
             double g = lcg_unit() + lcg_unit() + lcg_unit() + lcg_unit() - 2.0;
             base[i] = (float)(g * cases[c].scale);
         }
-        int kept = ref_allowed(base, n, cases[c].temp, cases[c].top_k, cases[c].top_p, allowed,
-                               tmp);
+        int kept =
+            ref_allowed(base, n, cases[c].temp, cases[c].top_k, cases[c].top_p, allowed, tmp);
         qvl_sampling p = params(cases[c].temp, cases[c].top_k, cases[c].top_p, 0.0f, 7 + c);
         qvl_sampler *s = NULL;
         CHECK(qvl_sampler_create(&p, n, &s) == QVL_OK);
@@ -576,8 +575,8 @@ static void test_bucket_chi2(void) {
     long impossible;
     double chi2 = chi2_of(count, prob, n, draws, &df, &impossible);
     CHECKF(impossible == 0, "bucketed top-p: %ld draws outside the nucleus", impossible);
-    CHECKF(chi2 < chi2_crit(df), "bucketed top-p: chi2 %.1f >= %.1f (df %d)", chi2,
-           chi2_crit(df), df);
+    CHECKF(chi2 < chi2_crit(df), "bucketed top-p: chi2 %.1f >= %.1f (df %d)", chi2, chi2_crit(df),
+           df);
 done:
     qvl_sampler_free(s);
     free(base);
@@ -585,6 +584,156 @@ done:
     free(tmp);
     free(prob);
     free(count);
+}
+
+/* Exact kept set (qvl_sampler_filter) against a full-sort reference in double precision, over
+ * the small-n quickselect path and the bucketed path. mark[id]: 0 excluded, 1 required,
+ * 2 ambiguous (within 1e-5 of a top-p or min-p boundary, where float and double may differ). */
+static void ref_marks(const float *logits, int n, float temp, int top_k, float top_p, float min_p,
+                      unsigned char *mark, double *prob, ref_ent *tmp) {
+    if (n <= 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        tmp[i].v = logits[i];
+        tmp[i].id = i;
+    }
+    qsort(tmp, (size_t)n, sizeof *tmp, ref_cmp);
+    int keep = (top_k > 0 && top_k < n) ? top_k : n;
+    double mx = (double)tmp[0].v / temp;
+    double sum = 0;
+    for (int r = 0; r < keep; r++)
+        sum += exp((double)tmp[r].v / temp - mx);
+    memset(mark, 0, (size_t)n);
+    double before = 0;
+    double kept_sum = 0;
+    for (int r = 0; r < keep; r++) {
+        double w = exp((double)tmp[r].v / temp - mx);
+        unsigned char m = 1;
+        if (top_p < 1.0f) {
+            double gap = before - top_p * sum;
+            if (gap >= 1e-5 * sum)
+                break;
+            if (gap > -1e-5 * sum)
+                m = 2;
+        }
+        before += w;
+        if (min_p > 0.0f) {
+            if (w < min_p * (1 - 1e-5))
+                m = 0;
+            else if (w < min_p * (1 + 1e-5))
+                m = 2;
+        }
+        mark[tmp[r].id] = m;
+        if (m == 1)
+            kept_sum += w;
+        prob[tmp[r].id] = w;
+    }
+    for (int i = 0; i < n; i++)
+        prob[i] = mark[i] == 1 ? prob[i] / kept_sum : 0;
+}
+
+static void test_filter_exact(void) {
+    const int sizes[5] = {37, 300, 1500, 5000, 151936};
+    const struct {
+        float temp;
+        int top_k;
+        float top_p, min_p;
+    } cfg[5] = {{0.7f, 20, 0.8f, 0.0f},
+                {1.0f, 0, 0.9f, 0.0f},
+                {1.3f, 0, 0.5f, 0.05f},
+                {0.6f, 0, 1.0f, 0.2f},
+                {1.0f, 200, 0.95f, 0.01f}};
+    float *base = malloc(sizeof(float) * 151936);
+    float *l = malloc(sizeof(float) * 151936);
+    int32_t *ids = malloc(sizeof(int32_t) * 151936);
+    float *probs = malloc(sizeof(float) * 151936);
+    unsigned char *mark = malloc(151936);
+    double *prob = malloc(sizeof(double) * 151936);
+    ref_ent *tmp = malloc(sizeof(ref_ent) * 151936);
+    if (!base || !l || !ids || !probs || !mark || !prob || !tmp) {
+        CHECK(0);
+        goto done;
+    }
+    int bad = 0;
+    int trials = 0;
+    for (int si = 0; si < 5; si++) {
+        int n = sizes[si];
+        for (int ci = 0; ci < 5; ci++) {
+            int reps = n > 100000 ? 1 : 4;
+            for (int rep = 0; rep < reps; rep++) {
+                double scale = 0.5 + 3.0 * rep;
+                for (int i = 0; i < n; i++)
+                    base[i] = (float)((lcg_unit() + lcg_unit() + lcg_unit() - 1.5) * scale);
+                if (rep == 3) /* heavy ties */
+                    for (int i = 0; i < n; i++)
+                        base[i] = (float)(int)(base[i] / 4.0f);
+                ref_marks(base, n, cfg[ci].temp, cfg[ci].top_k, cfg[ci].top_p, cfg[ci].min_p, mark,
+                          prob, tmp);
+                qvl_sampling p =
+                    params(cfg[ci].temp, cfg[ci].top_k, cfg[ci].top_p, cfg[ci].min_p, 1);
+                qvl_sampler *s = NULL;
+                if (qvl_sampler_create(&p, n, &s) != QVL_OK) {
+                    bad++;
+                    continue;
+                }
+                memcpy(l, base, sizeof(float) * n);
+                size_t got = 0;
+                qvl_status rc = qvl_sampler_filter(s, l, ids, probs, (size_t)n, &got);
+                qvl_sampler_free(s);
+                trials++;
+                if (rc != QVL_OK || got == 0 || got > (size_t)n) {
+                    bad++;
+                    continue;
+                }
+                int required = 0;
+                for (int i = 0; i < n; i++)
+                    required += mark[i] == 1;
+                int found_required = 0;
+                double psum = 0;
+                int err = 0;
+                for (size_t j = 0; j < got; j++) {
+                    int32_t id = ids[j];
+                    psum += probs[j];
+                    if (id < 0 || id >= n || mark[id] == 0) {
+                        err = 1;
+                    } else if (mark[id] == 1) {
+                        found_required++;
+                        if (required == (int)got &&
+                            fabs(probs[j] - prob[id]) > 1e-5 + 1e-4 * prob[id])
+                            err = 1;
+                    }
+                }
+                if (found_required != required || fabs(psum - 1.0) > 1e-4)
+                    err = 1;
+                if (err) {
+                    fprintf(stderr, "filter mismatch: n %d cfg %d rep %d: got %zu, required %d\n",
+                            n, ci, rep, got, required);
+                    bad++;
+                }
+            }
+        }
+    }
+    CHECKF(bad == 0, "%d of %d filter trials differ from the reference", bad, trials);
+    /* greedy: the argmax alone */
+    {
+        qvl_sampling p = qvl_sampling_default();
+        qvl_sampler *s = NULL;
+        CHECK(qvl_sampler_create(&p, 4, &s) == QVL_OK);
+        float g[4] = {0.0f, 3.0f, 5.0f, 5.0f};
+        size_t got = 0;
+        CHECK(qvl_sampler_filter(s, g, ids, probs, 4, &got) == QVL_OK && got == 1 && ids[0] == 2 &&
+              probs[0] == 1.0f);
+        CHECK(qvl_sampler_filter(s, g, NULL, NULL, 0, &got) == QVL_OK && got == 1);
+        qvl_sampler_free(s);
+    }
+done:
+    free(base);
+    free(l);
+    free(ids);
+    free(probs);
+    free(mark);
+    free(prob);
+    free(tmp);
 }
 
 /* ties at the top-k / top-p boundary go to the lower id (as a stable sort by logit would) */
@@ -743,11 +892,13 @@ static void test_stop_utf8(void) {
     size_t n = 0;
     const char *e;
     qvl_stop *st = NULL;
-    const char *s1[] = {"\xe2\x86\x92" "end"}; /* "→end" */
+    const char *s1[] = {"\xe2\x86\x92"
+                        "end"}; /* "→end" */
     CHECK(qvl_stop_create(s1, 1, &st, err, sizeof err) == QVL_OK);
     CHECK(!feed(st, "x\xe2\x86\x92", acc, &n) && strcmp(acc, "x") == 0);
     CHECK(!feed(st, "e", acc, &n) && strcmp(acc, "x") == 0);
-    CHECK(!feed(st, "x", acc, &n) && strcmp(acc, "x\xe2\x86\x92" "ex") == 0);
+    CHECK(!feed(st, "x", acc, &n) && strcmp(acc, "x\xe2\x86\x92"
+                                                 "ex") == 0);
     /* a piece ending inside a character is held back until it completes */
     n = 0;
     CHECK(!feed(st, "ab\xc3", acc, &n) && strcmp(acc, "ab") == 0);
@@ -764,7 +915,11 @@ static void test_stop_utf8(void) {
     qvl_stop_reset(st);
     n = 0;
     CHECK(!feed(st, "ok\xe2", acc, &n) && strcmp(acc, "ok") == 0);
-    CHECK(!feed(st, "\x86\x92" "en", acc, &n) && strcmp(acc, "ok") == 0);
+    CHECK(!feed(st,
+                "\x86\x92"
+                "en",
+                acc, &n) &&
+          strcmp(acc, "ok") == 0);
     CHECK(feed(st, "d!", acc, &n) && strcmp(acc, "ok") == 0);
     qvl_stop_free(st);
 
@@ -824,7 +979,8 @@ static void test_stop_limits(void) {
     CHECK(strstr(err, "stop string 0") != NULL);
     const char *e2[] = {"ok", NULL};
     CHECK(qvl_stop_create(e2, 2, &st, err, sizeof err) == QVL_E_INVAL);
-    const char *e3[] = {"\xff" "ab"};
+    const char *e3[] = {"\xff"
+                        "ab"};
     CHECK(qvl_stop_create(e3, 1, &st, err, sizeof err) == QVL_E_INVAL);
     const char *e4[] = {"\xe2\x86"}; /* truncated character */
     CHECK(qvl_stop_create(e4, 1, &st, err, sizeof err) == QVL_E_INVAL);
@@ -928,6 +1084,7 @@ int main(void) {
     test_large_vocab();
     test_bucket_chi2();
     test_ties();
+    test_filter_exact();
     test_stop_basic();
     test_stop_utf8();
     test_stop_limits();

@@ -1,0 +1,363 @@
+/* bench.c - `qvl bench`: end-to-end speed figures on a model directory, measured against the
+ * machine's memory read bandwidth in the same run. Not part of the test suite.
+ *
+ *   qvl bench -m DIR [--quant q8|q4] [-t N] [--reps N] [--json] [--no-large]
+ *
+ * Figures (median over repetitions after one warm-up, min also reported): load time; vision
+ * encode of a 400x300 and a 1024x768 image (and patches/s); prefill tok/s at 512 tokens; decode
+ * tok/s over 128 tokens; time to first token for a 400x300 image + 10-token prompt; peak RSS;
+ * memory read bandwidth; decode as a fraction of the bandwidth limit
+ * (bytes of weights read per token / seconds per token / bandwidth). */
+#include "qvl.h"
+
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct stat2 {
+    double min, med;
+} stat2;
+
+static stat2 summarize(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    stat2 s = {v[0], n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])};
+    return s;
+}
+
+/* ---- memory read bandwidth ------------------------------------------------------------------ */
+typedef struct bw_arg {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sink;
+} bw_arg;
+
+#if defined(__x86_64__)
+#    include <immintrin.h>
+__attribute__((target("avx2"))) static uint64_t read_avx2(const uint64_t *p, size_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    uint64_t out[4];
+    _mm256_storeu_si256((__m256i *)out, a0);
+    return out[0] ^ out[1] ^ out[2] ^ out[3];
+}
+#endif
+
+static uint64_t read_plain(const uint64_t *p, size_t n) {
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        a ^= p[i];
+        b ^= p[i + 1];
+        c ^= p[i + 2];
+        d ^= p[i + 3];
+    }
+    return a ^ b ^ c ^ d;
+}
+
+static void *bw_thread(void *v) {
+    bw_arg *a = v;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        a->sink = read_avx2(a->p, a->n);
+        return NULL;
+    }
+#endif
+    a->sink = read_plain(a->p, a->n);
+    return NULL;
+}
+
+/* GB/s reading a 1 GiB buffer with n threads (best of 5). */
+static double mem_read_gbs(int n_threads) {
+    size_t bytes = (size_t)1 << 30, n = bytes / 8;
+    uint64_t *buf = malloc(bytes);
+    if (!buf)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = i * 0x9e3779b97f4a7c15ull;
+    double best = 0;
+    uint64_t sink = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        pthread_t th[64];
+        bw_arg args[64];
+        int nt = n_threads < 64 ? n_threads : 64;
+        double t0 = now_ms();
+        for (int i = 0; i < nt; i++) {
+            args[i].p = buf + n / nt * i;
+            args[i].n = n / nt;
+            pthread_create(&th[i], NULL, bw_thread, &args[i]);
+        }
+        for (int i = 0; i < nt; i++) {
+            pthread_join(th[i], NULL);
+            sink ^= args[i].sink;
+        }
+        double gbs = bytes / ((now_ms() - t0) / 1e3) / 1e9;
+        if (gbs > best)
+            best = gbs;
+    }
+    free(buf);
+    if (sink == 42) /* keep the reads */
+        fprintf(stderr, " ");
+    return best;
+}
+
+static qvl_image *noise_image(int w, int h) {
+    uint8_t *rgb = malloc((size_t)w * h * 3);
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < (size_t)w * h * 3; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        rgb[i] = (uint8_t)x;
+    }
+    qvl_image *img = NULL;
+    qvl_image_from_rgb(rgb, w, h, &img, NULL, 0);
+    free(rgb);
+    return img;
+}
+
+int qvl_cli_bench(int argc, char **argv) {
+    const char *dir = NULL;
+    int threads = 0, reps = 3;
+    bool json = false, large = true;
+    qvl_model_params mp = qvl_model_default_params();
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") && i + 1 < argc) {
+            dir = argv[++i];
+        } else if (!strcmp(a, "-t") && i + 1 < argc) {
+            threads = atoi(argv[++i]);
+        } else if (!strcmp(a, "--reps") && i + 1 < argc) {
+            reps = atoi(argv[++i]);
+        } else if (!strcmp(a, "--quant") && i + 1 < argc) {
+            const char *q = argv[++i];
+            if (!strcmp(q, "q8"))
+                mp.quant = QVL_QUANT_Q8;
+            else if (!strcmp(q, "q4"))
+                mp.quant = QVL_QUANT_Q4;
+            else if (strcmp(q, "none") && strcmp(q, "bf16")) {
+                fprintf(stderr, "qvl bench: --quant takes q8, q4 or none\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else if (!strcmp(a, "--no-large")) {
+            large = false;
+        } else {
+            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [-t N] [--reps N] [--json] "
+                            "[--no-large]\n");
+            return 2;
+        }
+    }
+    if (!dir || reps < 1 || reps > 100 || threads < 0) {
+        fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [-t N] [--reps N] [--json]\n");
+        return 2;
+    }
+    if (threads == 0)
+        threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    mp.n_threads = threads;
+    char err[1024];
+    double v[100];
+
+    if (!json)
+        fprintf(stderr, "qvl bench: measuring memory bandwidth...\n");
+    double gbs = mem_read_gbs(threads);
+
+    /* load: warm cache (first load not counted) */
+    qvl_model *m = NULL;
+    for (int r = -1; r < reps; r++) {
+        qvl_model_free(m);
+        m = NULL;
+        double t0 = now_ms();
+        if (qvl_model_load(dir, &mp, &m, err, sizeof err) != QVL_OK) {
+            fprintf(stderr, "qvl bench: %s\n", err);
+            return 1;
+        }
+        if (r >= 0)
+            v[r] = now_ms() - t0;
+    }
+    stat2 load = summarize(v, reps);
+
+    qvl_ctx_params cp = qvl_ctx_default_params();
+    cp.n_ctx = 4096;
+    cp.n_threads = threads;
+    qvl_ctx *c = NULL;
+    if (qvl_ctx_create(m, &cp, &c, err, sizeof err) != QVL_OK) {
+        fprintf(stderr, "qvl bench: %s\n", err);
+        return 1;
+    }
+
+    /* vision */
+    stat2 vis[2] = {{0, 0}, {0, 0}};
+    int64_t patches[2] = {0, 0};
+    int sizes[2][2] = {{400, 300}, {1024, 768}};
+    for (int k = 0; k < (large ? 2 : 1); k++) {
+        if (!json)
+            fprintf(stderr, "qvl bench: vision %dx%d...\n", sizes[k][0], sizes[k][1]);
+        qvl_image *img = noise_image(sizes[k][0], sizes[k][1]);
+        int nr = k == 0 ? reps : (reps < 2 ? reps : 2);
+        for (int r = k == 0 ? -1 : 0; r < nr; r++) {
+            qvl_features f;
+            double t0 = now_ms();
+            if (qvl_vision_encode(m, img, NULL, threads, &f, err, sizeof err) != QVL_OK) {
+                fprintf(stderr, "qvl bench: %s\n", err);
+                return 1;
+            }
+            if (r >= 0)
+                v[r] = now_ms() - t0;
+            patches[k] = (int64_t)f.grid_t * f.grid_h * f.grid_w;
+            qvl_features_free(&f);
+        }
+        vis[k] = summarize(v, nr);
+        qvl_image_free(img);
+    }
+
+    /* prefill 512 tokens */
+    if (!json)
+        fprintf(stderr, "qvl bench: prefill...\n");
+    int32_t ids[512];
+    for (int i = 0; i < 512; i++)
+        ids[i] = 1000 + (int32_t)((i * 7919) % 90000);
+    for (int r = -1; r < reps; r++) {
+        qvl_ctx_reset(c);
+        double t0 = now_ms();
+        if (qvl_ctx_eval(c, ids, 512, NULL, 0) != QVL_OK) {
+            fprintf(stderr, "qvl bench: %s\n", qvl_ctx_errmsg(c));
+            return 1;
+        }
+        if (r >= 0)
+            v[r] = 512.0 / ((now_ms() - t0) / 1e3);
+    }
+    stat2 prefill = summarize(v, reps);
+
+    /* decode 128 tokens after a 16-token prompt */
+    if (!json)
+        fprintf(stderr, "qvl bench: decode...\n");
+    for (int r = -1; r < reps; r++) {
+        qvl_ctx_reset(c);
+        qvl_ctx_eval(c, ids, 16, NULL, 0);
+        qvl_gen_params gp = qvl_gen_default_params();
+        gp.temperature = 0;
+        gp.max_new_tokens = 129;
+        gp.ignore_eos = 1;
+        qvl_gen_result res;
+        if (qvl_ctx_generate(c, &gp, NULL, NULL, &res) != QVL_OK) {
+            fprintf(stderr, "qvl bench: %s\n", qvl_ctx_errmsg(c));
+            return 1;
+        }
+        /* 129 sampled tokens = 128 decode steps */
+        if (r >= 0)
+            v[r] = (double)(res.n_tokens - 1) / (res.decode_ms / 1e3);
+        qvl_gen_result_free(&res);
+    }
+    stat2 decode = summarize(v, reps);
+
+    /* time to first token: 400x300 image + short prompt */
+    if (!json)
+        fprintf(stderr, "qvl bench: time to first token...\n");
+    qvl_image *img = noise_image(400, 300);
+    qvl_message msg = {"user", "What is in this picture? Answer briefly.", 1};
+    int32_t *pids = NULL;
+    size_t np = 0;
+    if (qvl_prompt_build(m, &msg, 1, 1, &img, 1, NULL, &pids, &np, err, sizeof err) != QVL_OK) {
+        fprintf(stderr, "qvl bench: %s\n", err);
+        return 1;
+    }
+    for (int r = -1; r < reps; r++) {
+        qvl_ctx_reset(c);
+        double t0 = now_ms();
+        qvl_ctx_eval(c, pids, np, &img, 1);
+        qvl_gen_params gp = qvl_gen_default_params();
+        gp.temperature = 0;
+        gp.max_new_tokens = 1;
+        qvl_gen_result res;
+        qvl_ctx_generate(c, &gp, NULL, NULL, &res);
+        if (r >= 0)
+            v[r] = now_ms() - t0;
+        qvl_gen_result_free(&res);
+    }
+    stat2 ttft = summarize(v, reps);
+    qvl_free(pids);
+    qvl_image_free(img);
+
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss = (double)ru.ru_maxrss * 1024.0;
+    double bytes_tok = (double)qvl_model_decode_bytes(m);
+    double frac = gbs > 0 ? bytes_tok * decode.med / (gbs * 1e9) : 0;
+    const char *qn = mp.quant == QVL_QUANT_Q8 ? "q8" : mp.quant == QVL_QUANT_Q4 ? "q4" : "none";
+
+    if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "model", dir);
+        cJSON_AddStringToObject(j, "quant", qn);
+        cJSON_AddNumberToObject(j, "threads", threads);
+        cJSON_AddNumberToObject(j, "reps", reps);
+        cJSON_AddNumberToObject(j, "load_ms", load.med);
+        cJSON_AddNumberToObject(j, "load_ms_min", load.min);
+        cJSON_AddNumberToObject(j, "vision_ms_400x300", vis[0].med);
+        cJSON_AddNumberToObject(j, "vision_patches_400x300", (double)patches[0]);
+        cJSON_AddNumberToObject(j, "vision_patches_s_400x300",
+                                vis[0].med > 0 ? patches[0] / (vis[0].med / 1e3) : 0);
+        if (large) {
+            cJSON_AddNumberToObject(j, "vision_ms_1024x768", vis[1].med);
+            cJSON_AddNumberToObject(j, "vision_patches_1024x768", (double)patches[1]);
+            cJSON_AddNumberToObject(j, "vision_patches_s_1024x768",
+                                    vis[1].med > 0 ? patches[1] / (vis[1].med / 1e3) : 0);
+        } else {
+            cJSON_AddNullToObject(j, "vision_ms_1024x768");
+        }
+        cJSON_AddNumberToObject(j, "prefill_tok_s", prefill.med);
+        cJSON_AddNumberToObject(j, "decode_tok_s", decode.med);
+        cJSON_AddNumberToObject(j, "decode_tok_s_max", decode.min);
+        cJSON_AddNumberToObject(j, "ttft_ms", ttft.med);
+        cJSON_AddNumberToObject(j, "peak_rss_bytes", rss);
+        cJSON_AddNumberToObject(j, "mem_read_gbs", gbs);
+        cJSON_AddNumberToObject(j, "decode_bytes_per_token", bytes_tok);
+        cJSON_AddNumberToObject(j, "decode_bandwidth_fraction", frac);
+        char *s = cJSON_PrintUnformatted(j);
+        printf("%s\n", s);
+        free(s);
+        cJSON_Delete(j);
+    } else {
+        printf("model %s, quant %s, %d threads, median of %d (min)\n", dir, qn, threads, reps);
+        printf("  memory read bandwidth   %8.1f GB/s\n", gbs);
+        printf("  load                    %8.0f ms (%.0f)\n", load.med, load.min);
+        printf("  vision 400x300          %8.0f ms (%.0f), %lld patches, %.0f patches/s\n",
+               vis[0].med, vis[0].min, (long long)patches[0], patches[0] / (vis[0].med / 1e3));
+        if (large)
+            printf("  vision 1024x768         %8.0f ms (%.0f), %lld patches, %.0f patches/s\n",
+                   vis[1].med, vis[1].min, (long long)patches[1],
+                   patches[1] / (vis[1].med / 1e3));
+        printf("  prefill 512 tokens      %8.1f tok/s\n", prefill.med);
+        printf("  decode 128 tokens       %8.2f tok/s (%.1f MB of weights per token)\n",
+               decode.med, bytes_tok / 1e6);
+        printf("  decode vs bandwidth     %8.1f %%\n", frac * 100);
+        printf("  time to first token     %8.0f ms (400x300 image + short prompt)\n", ttft.med);
+        printf("  peak RSS                %8.0f MB\n", rss / 1e6);
+    }
+    qvl_ctx_free(c);
+    qvl_model_free(m);
+    return 0;
+}
