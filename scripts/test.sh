@@ -15,3 +15,20 @@ if [ "${QVL_SKIP_ASAN:-0}" != "1" ]; then
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         ctest --output-on-failure -j1 --timeout 900)
 fi
+# libFuzzer targets (clang): replay the seed corpora, then fuzz each target briefly.
+if [ "${QVL_SKIP_FUZZ:-0}" != "1" ] && command -v clang >/dev/null; then
+    CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQVL_FUZZ=ON >/dev/null
+    cmake --build build-fuzz -j"$jobs" >/dev/null
+    secs=${QVL_FUZZ_SECONDS:-15}
+    for f in build-fuzz/fuzz_*; do
+        [ -x "$f" ] || continue
+        name=$(basename "$f"); corpus=tests/fuzz/corpus/${name#fuzz_}
+        work=$(mktemp -d)
+        [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
+        echo "fuzz: $name for ${secs}s"
+        "$f" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 \
+            "$work" 2>"$work.log" || { tail -40 "$work.log"; echo "fuzz: $name FAILED"; exit 1; }
+        rm -rf "$work" "$work.log"
+    done
+    echo "fuzz: all targets ran clean"
+fi
