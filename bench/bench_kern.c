@@ -3,8 +3,8 @@
  * kernel path this CPU has (ref, avx2, avx512).
  *
  * Not built by CMake yet. Build from the repo root after building libqvl in build-kern:
- *   cc -O2 -std=c11 -D_GNU_SOURCE -Isrc -Iinclude bench/bench_kern.c build-kern/libqvl.a -lm -lpthread \
- *      -o build-kern/bench_kern
+ *   cc -O2 -std=c11 -D_GNU_SOURCE -Isrc -Iinclude bench/bench_kern.c build-kern/libqvl.a \
+ *      -lm -lpthread -o build-kern/bench_kern
  * Run: build-kern/bench_kern [quick]   ("quick" skips the 622 MB lm_head case)
  * The ref path is timed on a slice of the work (fewer output rows / queries) and scaled, so the
  * whole run stays within a few seconds.

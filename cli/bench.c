@@ -199,6 +199,34 @@ int qvl_cli_bench(int argc, char **argv) {
     }
     stat2 load = summarize(v, reps);
 
+    /* tokenizer: 1 MB of mixed text (English, code, CJK, Cyrillic, emoji, digits, spaces) */
+    static const char *mix[] = {
+        "The quick brown fox jumps over the lazy dog; it's 12:45 and we'll see. ",
+        "def f(x):\n    return [i ** 2 for i in range(x) if i % 3 == 0]\n\n",
+        "\u6c49\u5b57\u548c\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3002",
+        "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440! ",
+        "\U0001F600\U0001F44D emoji   and\ttabs\r\n 3.14159 2718281828 ",
+    };
+    size_t tcap = 1 << 20, tl = 0;
+    char *text = malloc(tcap + 256);
+    for (int k = 0; tl < tcap; k++) {
+        size_t l = strlen(mix[k % 5]);
+        memcpy(text + tl, mix[k % 5], l);
+        tl += l;
+    }
+    text[tl] = 0;
+    for (int r = -1; r < reps; r++) {
+        int32_t *tids = NULL;
+        size_t ntid = 0;
+        double t0 = now_ms();
+        qvl_tokenize(m, text, tl, &tids, &ntid);
+        if (r >= 0)
+            v[r] = tl / 1e6 / ((now_ms() - t0) / 1e3);
+        qvl_free(tids);
+    }
+    free(text);
+    stat2 tok = summarize(v, reps);
+
     qvl_ctx_params cp = qvl_ctx_default_params();
     cp.n_ctx = 4096;
     cp.n_threads = threads;
@@ -316,6 +344,7 @@ int qvl_cli_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(j, "reps", reps);
         cJSON_AddNumberToObject(j, "load_ms", load.med);
         cJSON_AddNumberToObject(j, "load_ms_min", load.min);
+        cJSON_AddNumberToObject(j, "tokenize_mb_s", tok.med);
         cJSON_AddNumberToObject(j, "vision_ms_400x300", vis[0].med);
         cJSON_AddNumberToObject(j, "vision_patches_400x300", (double)patches[0]);
         cJSON_AddNumberToObject(j, "vision_patches_s_400x300",
@@ -344,6 +373,7 @@ int qvl_cli_bench(int argc, char **argv) {
         printf("model %s, quant %s, %d threads, median of %d (min)\n", dir, qn, threads, reps);
         printf("  memory read bandwidth   %8.1f GB/s\n", gbs);
         printf("  load                    %8.0f ms (%.0f)\n", load.med, load.min);
+        printf("  tokenize 1 MB mixed     %8.1f MB/s\n", tok.med);
         printf("  vision 400x300          %8.0f ms (%.0f), %lld patches, %.0f patches/s\n",
                vis[0].med, vis[0].min, (long long)patches[0], patches[0] / (vis[0].med / 1e3));
         if (large)

@@ -147,7 +147,8 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
         const char *out;
         size_t nout = 0;
         bool stopped = false;
-        qvl_stop_feed(stop, piece, np, &out, &nout, &stopped);
+        if (qvl_stop_feed(stop, piece, np, &out, &nout, &stopped) != QVL_OK)
+            oom = true;
         if (emit(&tb, out, nout, id, cb, user, &oom)) {
             fin = QVL_FINISH_CANCELLED;
             break;
@@ -164,13 +165,14 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
         if (s != QVL_OK)
             break;
     }
-    if (fin != QVL_FINISH_CANCELLED && !qvl_stop_matched(stop) && s == QVL_OK) {
+    if (fin != QVL_FINISH_CANCELLED && qvl_stop_matched(stop) < 0 && s == QVL_OK) {
         /* release held-back text: incomplete characters become U+FFFD, then the matcher */
         size_t np = qvl_tok_stream_flush(&ts, piece, piece_cap);
         const char *out;
         size_t nout = 0;
         bool stopped = false;
-        qvl_stop_feed(stop, piece, np, &out, &nout, &stopped);
+        if (qvl_stop_feed(stop, piece, np, &out, &nout, &stopped) != QVL_OK)
+            oom = true;
         emit(&tb, out, nout, -1, cb, user, &oom);
         nout = qvl_stop_flush(stop, &out);
         emit(&tb, out, nout, -1, cb, user, &oom);

@@ -23,14 +23,16 @@ typedef struct qvl_kern {
      *   y[i*ldy + j] = sum_p x[i*ldx + p] * W[j][p] (+ b[j] if b)   for i < m, j in [j0, j1)
      * W is row-major [n, k] in dtype wt (F32, F16, BF16, Q8_0, Q4_0), row j at
      * w + j*qvl_dtype_row_bytes(wt, k). x, y, b are float32. Accumulation in float32.
-     * Returns false if this implementation does not take wt (the caller falls back to ref). */
+     * Returns false if this implementation does not take wt (the caller falls back to ref,
+     * which takes every type above). */
     bool (*matmul)(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                    const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1);
 
     /* One attention head with online softmax (no score matrix is materialised):
      *   o[i] = sum_j softmax_j(scale * q[i].k[j]) v[j]
      * q: [nq, hd] with row stride ldq; k, v: [nk, hd] with strides ldk, ldv; o: [nq, hd], ldo.
-     * If causal, query i sees keys j <= q_pos0 + i (keys are positions 0..nk-1); else all nk. */
+     * If causal, query i sees keys j <= q_pos0 + i (keys are positions 0..nk-1); else all nk.
+     * o must not alias q, k or v. */
     void (*attn)(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const float *k,
                  int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd, float scale,
                  bool causal, int64_t q_pos0);

@@ -1,0 +1,205 @@
+/* test_gen.c - the generation loop on the tiny fixture model: streaming pieces are valid UTF-8
+ * and add up to the result text; stop strings spanning tokens are cut and not emitted; seeded
+ * sampling repeats; max-token and context limits; cancellation leaves the context usable;
+ * EOS handling. */
+#include "check.h"
+#include "qvl.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+
+static qvl_model *M;
+
+typedef struct collect {
+    char buf[8192];
+    size_t n;
+    int calls, cancel_after;
+    bool utf8_ok;
+} collect;
+
+static bool valid_utf8(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!k || i + k > n)
+            return false;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80)
+                return false;
+        i += k;
+    }
+    return true;
+}
+
+static int on_text(const char *t, size_t n, int32_t id, void *user) {
+    (void)id;
+    collect *c = user;
+    c->utf8_ok &= valid_utf8((const unsigned char *)t, n);
+    if (c->n + n < sizeof c->buf) {
+        memcpy(c->buf + c->n, t, n);
+        c->n += n;
+        c->buf[c->n] = 0;
+    }
+    c->calls++;
+    return c->cancel_after > 0 && c->calls >= c->cancel_after;
+}
+
+static qvl_ctx *prompt_ctx(const char *text, int n_ctx) {
+    char err[512];
+    qvl_ctx_params cp = qvl_ctx_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_threads = 2;
+    qvl_ctx *c = NULL;
+    CHECK(qvl_ctx_create(M, &cp, &c, err, sizeof err) == QVL_OK);
+    qvl_message msg = {"user", text, 0};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK(qvl_prompt_build(M, &msg, 1, 1, NULL, 0, NULL, &ids, &n, err, sizeof err) == QVL_OK);
+    CHECK(qvl_ctx_eval(c, ids, n, NULL, 0) == QVL_OK);
+    qvl_free(ids);
+    return c;
+}
+
+static void streaming_and_stops(void) {
+    qvl_ctx *c = prompt_ctx("Tell me a story.", 512);
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.max_new_tokens = 40;
+    collect col = {.utf8_ok = true};
+    qvl_gen_result r;
+    CHECK(qvl_ctx_generate(c, &gp, on_text, &col, &r) == QVL_OK);
+    CHECK(r.finish == QVL_FINISH_LENGTH && r.n_tokens == 40);
+    CHECKF(col.n == strlen(r.text) && !memcmp(col.buf, r.text, col.n),
+           "streamed pieces differ from the result text");
+    CHECK(col.utf8_ok);
+    char *full = NULL;
+    CHECK(qvl_detokenize(M, r.tokens, r.n_tokens, 1, &full) == QVL_OK);
+    CHECKF(full && !strcmp(full, r.text), "result text differs from detokenized ids");
+
+    /* a stop string that spans a token boundary: take bytes around the end of token 10 */
+    char *pre = NULL;
+    CHECK(qvl_detokenize(M, r.tokens, 10, 1, &pre) == QVL_OK);
+    size_t cut = strlen(pre);
+    if (cut >= 3 && cut + 3 < strlen(full)) {
+        /* start the stop string at a character boundary before the cut */
+        size_t s0 = cut - 1;
+        while (s0 > 0 && ((unsigned char)full[s0] & 0xc0) == 0x80)
+            s0--;
+        size_t s1 = cut + 1;
+        while (full[s1] && ((unsigned char)full[s1] & 0xc0) == 0x80)
+            s1++;
+        char stop[64];
+        size_t sl = s1 - s0 < sizeof stop - 1 ? s1 - s0 : sizeof stop - 1;
+        memcpy(stop, full + s0, sl);
+        stop[sl] = 0;
+        /* the expected text: everything before the earliest occurrence of the stop string */
+        const char *first = strstr(full, stop);
+        size_t want = (size_t)(first - full);
+        qvl_ctx *c2 = prompt_ctx("Tell me a story.", 512);
+        const char *stops[1] = {stop};
+        gp.stop = stops;
+        gp.n_stop = 1;
+        collect col2 = {.utf8_ok = true};
+        qvl_gen_result r2;
+        CHECK(qvl_ctx_generate(c2, &gp, on_text, &col2, &r2) == QVL_OK);
+        CHECK(r2.finish == QVL_FINISH_STOP);
+        CHECKF(strlen(r2.text) == want && !strncmp(r2.text, full, want),
+               "stop string: got '%s', want the first %zu bytes", r2.text, want);
+        CHECK(col2.n == want && strstr(col2.buf, stop) == NULL);
+        qvl_gen_result_free(&r2);
+        qvl_ctx_free(c2);
+        gp.stop = NULL;
+        gp.n_stop = 0;
+    }
+    qvl_free(pre);
+    qvl_free(full);
+    qvl_gen_result_free(&r);
+
+    /* cancellation from the callback: QVL_E_CANCELLED, context still usable */
+    collect col3 = {.utf8_ok = true, .cancel_after = 3};
+    CHECK(qvl_ctx_generate(c, &gp, on_text, &col3, &r) == QVL_E_CANCELLED);
+    CHECK(r.finish == QVL_FINISH_CANCELLED && col3.calls == 3);
+    qvl_gen_result_free(&r);
+    gp.max_new_tokens = 2;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK && r.n_tokens == 2);
+    qvl_gen_result_free(&r);
+    qvl_ctx_free(c);
+}
+
+static void sampling(void) {
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.temperature = 0.9f;
+    gp.top_k = 50;
+    gp.top_p = 0.95f;
+    gp.max_new_tokens = 16;
+    gp.seed = 42;
+    gp.ignore_eos = 1;
+    qvl_gen_result a, b, d;
+    qvl_ctx *c1 = prompt_ctx("Hello", 256), *c2 = prompt_ctx("Hello", 256);
+    CHECK(qvl_ctx_generate(c1, &gp, NULL, NULL, &a) == QVL_OK);
+    CHECK(qvl_ctx_generate(c2, &gp, NULL, NULL, &b) == QVL_OK);
+    CHECKF(a.n_tokens == b.n_tokens && !memcmp(a.tokens, b.tokens, a.n_tokens * 4),
+           "same seed gave different tokens");
+    qvl_ctx *c3 = prompt_ctx("Hello", 256);
+    gp.seed = 43;
+    CHECK(qvl_ctx_generate(c3, &gp, NULL, NULL, &d) == QVL_OK);
+    CHECKF(memcmp(a.tokens, d.tokens, a.n_tokens * 4) != 0, "different seeds gave equal tokens");
+    qvl_gen_result_free(&a);
+    qvl_gen_result_free(&b);
+    qvl_gen_result_free(&d);
+    /* bad parameters are refused with a message */
+    gp.min_p = 2;
+    CHECK(qvl_ctx_generate(c1, &gp, NULL, NULL, &a) == QVL_E_INVAL);
+    CHECK(strlen(qvl_ctx_errmsg(c1)) > 0);
+    gp.min_p = 0;
+    const char *many[17];
+    for (int i = 0; i < 17; i++)
+        many[i] = "x";
+    gp.stop = many;
+    gp.n_stop = 17;
+    CHECK(qvl_ctx_generate(c1, &gp, NULL, NULL, &a) == QVL_E_LIMIT);
+    qvl_ctx_free(c1);
+    qvl_ctx_free(c2);
+    qvl_ctx_free(c3);
+}
+
+static void limits(void) {
+    /* the context fills up: finish "length" without overflow */
+    qvl_ctx *c = prompt_ctx("Hi", 20);
+    int64_t used = qvl_ctx_n_past(c);
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.ignore_eos = 1;
+    qvl_gen_result r;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK);
+    CHECK(r.finish == QVL_FINISH_LENGTH);
+    CHECKF((int64_t)r.n_tokens == 20 - used + 1, "%zu tokens in a context of 20 with %lld used",
+           r.n_tokens, (long long)used);
+    CHECK(qvl_ctx_n_past(c) == 20);
+    qvl_gen_result_free(&r);
+    /* a full context refuses more input cleanly */
+    int32_t one = 13;
+    CHECK(qvl_ctx_eval(c, &one, 1, NULL, 0) == QVL_E_LIMIT);
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_n_past(c) == 0);
+    CHECK(qvl_ctx_eval(c, &one, 1, NULL, 0) == QVL_OK);
+    /* generate before any prompt */
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL);
+    qvl_ctx_free(c);
+}
+
+int main(void) {
+    char err[1024];
+    qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
+                                  sizeof err);
+    CHECKF(s == QVL_OK, "load: %s", err);
+    if (s != QVL_OK)
+        CHECK_DONE();
+    streaming_and_stops();
+    sampling();
+    limits();
+    qvl_model_free(M);
+    CHECK_DONE();
+}
