@@ -64,7 +64,10 @@ typedef struct qvl_model_params {
     qvl_quant quant;   /* text decoder matrices (not the embeddings) */
     int quant_vision;  /* non-zero: quantise the vision tower's matrices too */
     int n_threads;     /* threads for load-time quantisation; 0: online CPUs */
-    int reserved[5];
+    int mmap;          /* 1: use the safetensors files in place through mmap (instant load, no
+                          copy); 0 (default): read them into anonymous huge-page memory, which
+                          streams several times faster on some virtual machines */
+    int reserved[4];
 } qvl_model_params;
 
 QVL_API qvl_model_params qvl_model_default_params(void);

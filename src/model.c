@@ -564,7 +564,7 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
             goto fail;
     }
 
-    s = qvl_st_open_dir(m->dir, &m->st, err, err_len);
+    s = qvl_st_open_dir_ex(m->dir, !(p && p->mmap), &m->st, err, err_len);
     if (s != QVL_OK)
         goto fail;
     loader L = {.m = m, .err = err, .err_len = err_len, .st = QVL_OK};

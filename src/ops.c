@@ -21,10 +21,18 @@ static void mm_task(void *arg, int ith, int nth) {
     if (j0 >= j1)
         return;
     const qvl_kern *k = qvl_kern_get();
-    if (!k->matmul(j->y, n, j->x, j->W->cols, j->m, j->W->cols, j->W->data, j->W->dt, j->bias, j0,
-                   j1))
-        qvl_kern_ref()->matmul(j->y, n, j->x, j->W->cols, j->m, j->W->cols, j->W->data, j->W->dt,
-                               j->bias, j0, j1);
+    /* a few rows stream the weights once per group of up to 4 rows (the kernels' matrix-vector
+     * path); from SMALL_M rows on, the blocked matrix-matrix path pays off */
+    const int64_t SMALL_M = 16;
+    int64_t step = j->m < SMALL_M ? 4 : j->m;
+    for (int64_t i0 = 0; i0 < j->m; i0 += step) {
+        int64_t mi = j->m - i0 < step ? j->m - i0 : step;
+        const float *x = j->x + i0 * j->W->cols;
+        float *y = j->y + i0 * n;
+        if (!k->matmul(y, n, x, j->W->cols, mi, j->W->cols, j->W->data, j->W->dt, j->bias, j0, j1))
+            qvl_kern_ref()->matmul(y, n, x, j->W->cols, mi, j->W->cols, j->W->data, j->W->dt,
+                                   j->bias, j0, j1);
+    }
 }
 
 void qvl_op_matmul(qvl_pool *pool, float *y, const float *x, int64_t m, const qvl_mat *W,

@@ -68,6 +68,7 @@ typedef struct st_file {
 } st_file;
 
 struct qvl_st {
+    bool copy; /* read shards into anonymous (huge-page) memory instead of mapping them */
     st_file *files;
     size_t n_files;
     size_t cap_files;
@@ -507,12 +508,46 @@ static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *er
                  size);
         return QVL_E_FORMAT;
     }
-    void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (m == MAP_FAILED) {
-        qvl_errf(err, err_len, "%s: mmap failed: %s", path, strerror(e));
-        return QVL_E_IO;
+    void *m;
+    if (st->copy) {
+        /* anonymous memory, transparent huge pages where the kernel allows: streaming weights
+         * through 4 KiB file pages is several times slower on some virtual machines */
+        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            close(fd);
+            qvl_errf(err, err_len, "%s: cannot allocate %zu MB: %s", path, size >> 20,
+                     strerror(errno));
+            return QVL_E_NOMEM;
+        }
+#ifdef MADV_HUGEPAGE
+        madvise(m, size, MADV_HUGEPAGE);
+#endif
+        size_t got = 0;
+        while (got < size) {
+            size_t want = size - got < ((size_t)1 << 26) ? size - got : ((size_t)1 << 26);
+            ssize_t r = pread(fd, (uint8_t *)m + got, want, (off_t)got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                int e = r < 0 ? errno : EIO;
+                close(fd);
+                munmap(m, size);
+                qvl_errf(err, err_len, "%s: read failed at byte %zu: %s", path, got,
+                         strerror(e));
+                return QVL_E_IO;
+            }
+            got += (size_t)r;
+        }
+        close(fd);
+        mprotect(m, size, PROT_READ);
+    } else {
+        m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        int e = errno;
+        close(fd);
+        if (m == MAP_FAILED) {
+            qvl_errf(err, err_len, "%s: mmap failed: %s", path, strerror(e));
+            return QVL_E_IO;
+        }
     }
     st->files[idx].map = m;
     st->files[idx].size = size;
@@ -799,6 +834,11 @@ out:
 }
 
 qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_len) {
+    return qvl_st_open_dir_ex(dir, false, out, err, err_len);
+}
+
+qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, qvl_st **out, char *err,
+                              size_t err_len) {
     if (out)
         *out = NULL;
     if (!dir || !out) {
@@ -809,6 +849,8 @@ qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_
     char *spath = qvl_path_join(dir, SINGLE_NAME);
     qvl_st *st = st_new();
     qvl_status s;
+    if (st)
+        st->copy = copy;
     if (!ipath || !spath || !st) {
         qvl_errf(err, err_len, "%s: out of memory", dir);
         s = QVL_E_NOMEM;

@@ -1,0 +1,802 @@
+/* routes.c - the OpenAI-style request bodies and responses of `qvl serve`: parsing and checking
+ * a chat-completions request (messages, content parts, image URLs, sampling parameters),
+ * rendering the Qwen3-VL chat template and building the prompt ids, and the JSON of
+ * completions, stream chunks, errors, models and tokenize answers. */
+#include "server.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_FILE_BYTES ((size_t)64 << 20)
+
+/* Growing string; oom sticks. */
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *s, size_t n) {
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = (b->cap ? b->cap * 2 : 1024) + n;
+        char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void sb_str(sbuf *b, const char *s) {
+    sb_add(b, s, strlen(s));
+}
+
+static void fmt(char *msg, size_t ml, const char *f, ...) __attribute__((format(printf, 3, 4)));
+static void fmt(char *msg, size_t ml, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(msg, ml, f, ap);
+    va_end(ap);
+}
+
+const char *srv_finish_str(qvl_finish f) {
+    return f == QVL_FINISH_LENGTH ? "length" : "stop";
+}
+
+/* ---- parameters ------------------------------------------------------------------------------- */
+/* Read an optional number field: absent or null leaves *out alone and returns 1 with *present
+ * false. Returns 0 (msg set) when the value has the wrong type or is outside [lo, hi]. */
+static int get_num(const cJSON *root, const char *key, double lo, double hi, bool integer,
+                   double *out, bool *present, char *msg, size_t ml) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (present)
+        *present = false;
+    if (!v || cJSON_IsNull(v))
+        return 1;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+        fmt(msg, ml, "'%s' must be a number", key);
+        return 0;
+    }
+    double d = v->valuedouble;
+    if (integer && d != floor(d)) {
+        fmt(msg, ml, "'%s' must be an integer", key);
+        return 0;
+    }
+    if (d < lo || d > hi) {
+        fmt(msg, ml, "'%s' must be between %g and %g", key, lo, hi);
+        return 0;
+    }
+    *out = d;
+    if (present)
+        *present = true;
+    return 1;
+}
+
+static int get_bool(const cJSON *root, const char *key, bool *out, char *msg, size_t ml) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v))
+        return 1;
+    if (!cJSON_IsBool(v)) {
+        fmt(msg, ml, "'%s' must be a boolean", key);
+        return 0;
+    }
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+/* ---- images ------------------------------------------------------------------------------------- */
+static int hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Read a file:// URL inside the allowed directory into *bytes. Returns an HTTP status. */
+static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n, char *msg,
+                      size_t ml) {
+    if (!S->o.allow_dir) {
+        fmt(msg, ml, "file:// image URLs are disabled (start the server with "
+                     "--allow-local-files DIR)");
+        return 400;
+    }
+    const char *p = url + 7;
+    if (!strncmp(p, "localhost/", 10))
+        p += 9;
+    if (*p != '/') {
+        fmt(msg, ml, "file:// URL must hold an absolute path");
+        return 400;
+    }
+    char path[PATH_MAX];
+    size_t k = 0;
+    for (; *p; p++) {
+        char c = *p;
+        if (c == '%') {
+            int h = hexval(p[1]), l = h >= 0 ? hexval(p[2]) : -1;
+            if (h < 0 || l < 0 || (h == 0 && l == 0)) {
+                fmt(msg, ml, "file:// URL has a bad percent escape");
+                return 400;
+            }
+            c = (char)(h * 16 + l);
+            p += 2;
+        }
+        if (k + 1 >= sizeof path) {
+            fmt(msg, ml, "file:// path too long");
+            return 400;
+        }
+        path[k++] = c;
+    }
+    path[k] = 0;
+    char real[PATH_MAX];
+    if (!realpath(path, real) || strncmp(real, S->allow_real, strlen(S->allow_real)) != 0) {
+        /* same answer for missing and outside files: do not reveal what exists */
+        fmt(msg, ml, "file:// image is not a readable file inside the allowed directory");
+        return 400;
+    }
+    int fd = open(real, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        fmt(msg, ml, "file:// image is not a readable file inside the allowed directory");
+        return 400;
+    }
+    if ((size_t)st.st_size > MAX_FILE_BYTES || st.st_size == 0) {
+        close(fd);
+        fmt(msg, ml, "file:// image is empty or larger than %zu bytes", MAX_FILE_BYTES);
+        return 400;
+    }
+    size_t len = (size_t)st.st_size, got = 0;
+    uint8_t *buf = malloc(len);
+    if (!buf) {
+        close(fd);
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    while (got < len) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    if (got != len) {
+        free(buf);
+        fmt(msg, ml, "file:// image could not be read");
+        return 400;
+    }
+    *bytes = buf;
+    *n = len;
+    return 200;
+}
+
+/* Fetch and decode the image of an image_url. Returns an HTTP status. */
+static int load_image(srv_state *S, const char *url, size_t idx, qvl_image **img, uint8_t **bytes,
+                      size_t *n, char *msg, size_t ml) {
+    *img = NULL;
+    *bytes = NULL;
+    *n = 0;
+    if (!strncmp(url, "data:", 5)) {
+        const char *comma = strchr(url, ',');
+        if (!comma) {
+            fmt(msg, ml, "image %zu: data URI without ','", idx);
+            return 400;
+        }
+        size_t hl = (size_t)(comma - url);
+        if (hl < 12 || strncmp(url + 5, "image/", 6) != 0 || hl < 7 ||
+            strncmp(comma - 7, ";base64", 7) != 0) {
+            fmt(msg, ml, "image %zu: expected a data:image/...;base64, URI", idx);
+            return 400;
+        }
+        int r = srv_b64_decode(comma + 1, strlen(comma + 1), S->o.max_body, bytes, n);
+        if (r == -3) {
+            fmt(msg, ml, "out of memory");
+            return 500;
+        }
+        if (r != 0) {
+            fmt(msg, ml, "image %zu: invalid base64 data", idx);
+            return r == -2 ? 413 : 400;
+        }
+    } else if (!strncmp(url, "file://", 7)) {
+        int st = read_local(S, url, bytes, n, msg, ml);
+        if (st != 200)
+            return st;
+    } else if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8)) {
+        fmt(msg, ml, "image %zu: remote image URLs are not supported; send the image as a "
+                     "data:image/...;base64, URI",
+            idx);
+        return 400;
+    } else {
+        fmt(msg, ml, "image %zu: unsupported image URL (use a data: URI)", idx);
+        return 400;
+    }
+    char e[512] = "";
+    qvl_status st = qvl_image_load_mem(*bytes, *n, S->o.max_image_pixels, img, e, sizeof e);
+    if (st != QVL_OK) {
+        free(*bytes);
+        *bytes = NULL;
+        if (st == QVL_E_NOMEM) {
+            fmt(msg, ml, "out of memory decoding image %zu", idx);
+            return 500;
+        }
+        fmt(msg, ml, "image %zu cannot be used: %s", idx, e[0] ? e : qvl_status_str(st));
+        return 400;
+    }
+    return 200;
+}
+
+/* ---- chat ------------------------------------------------------------------------------------- */
+typedef struct chat_build {
+    sbuf prompt;
+    qvl_image *images[SRV_MAX_IMAGES];
+    uint8_t *bytes[SRV_MAX_IMAGES];
+    size_t len[SRV_MAX_IMAGES];
+    int64_t n_tok[SRV_MAX_IMAGES];
+    size_t n_images;
+} chat_build;
+
+/* Append a message's content. Text-only roles take a string or the text parts; user messages
+ * also take image parts, rendered as the template does. Returns an HTTP status. */
+static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bool allow_images,
+                          size_t mi, const qvl_image_opts *io, char *msg, size_t ml) {
+    if (!content || cJSON_IsNull(content))
+        return 200;
+    if (cJSON_IsString(content)) {
+        sb_str(&cb->prompt, content->valuestring);
+        return 200;
+    }
+    if (!cJSON_IsArray(content)) {
+        fmt(msg, ml, "messages[%zu].content must be a string or an array of parts", mi);
+        return 400;
+    }
+    size_t pi = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type)) {
+            fmt(msg, ml, "messages[%zu].content[%zu] must be an object with a 'type'", mi, pi);
+            return 400;
+        }
+        if (!strcmp(type->valuestring, "text")) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+            if (!cJSON_IsString(t)) {
+                fmt(msg, ml, "messages[%zu].content[%zu].text must be a string", mi, pi);
+                return 400;
+            }
+            sb_str(&cb->prompt, t->valuestring);
+        } else if (!strcmp(type->valuestring, "image_url")) {
+            if (!allow_images) {
+                fmt(msg, ml, "messages[%zu]: images are only accepted in user messages", mi);
+                return 400;
+            }
+            const cJSON *iu = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+            const cJSON *url = cJSON_IsObject(iu) ? cJSON_GetObjectItemCaseSensitive(iu, "url")
+                                                  : iu;
+            if (!cJSON_IsString(url)) {
+                fmt(msg, ml, "messages[%zu].content[%zu].image_url.url must be a string", mi, pi);
+                return 400;
+            }
+            if (cb->n_images == SRV_MAX_IMAGES) {
+                fmt(msg, ml, "at most %d images per request", SRV_MAX_IMAGES);
+                return 400;
+            }
+            size_t k = cb->n_images;
+            int st = load_image(S, url->valuestring, k, &cb->images[k], &cb->bytes[k],
+                                &cb->len[k], msg, ml);
+            if (st != 200)
+                return st;
+            cb->n_images++;
+            qvl_image_plan plan;
+            char e[512] = "";
+            if (qvl_image_plan_get(S->model, cb->images[k], io, &plan, e, sizeof e) != QVL_OK) {
+                fmt(msg, ml, "image %zu cannot be used: %s", k, e);
+                return 400;
+            }
+            cb->n_tok[k] = plan.n_tokens;
+            sb_str(&cb->prompt, "<|vision_start|><|image_pad|><|vision_end|>");
+        } else {
+            fmt(msg, ml, "messages[%zu].content[%zu]: unsupported part type '%.40s'", mi, pi,
+                type->valuestring);
+            return 400;
+        }
+        pi++;
+    }
+    return 200;
+}
+
+static int role_kind(const char *r) {
+    if (!strcmp(r, "system") || !strcmp(r, "developer"))
+        return 0;
+    if (!strcmp(r, "user"))
+        return 1;
+    if (!strcmp(r, "assistant"))
+        return 2;
+    return -1;
+}
+
+/* Render the chat template (Qwen3-VL, no tools) into cb->prompt. Returns an HTTP status. */
+static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
+                           const qvl_image_opts *io, char *msg, size_t ml) {
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
+        fmt(msg, ml, "'messages' must be a non-empty array");
+        return 400;
+    }
+    if (cJSON_GetArraySize(msgs) > SRV_MAX_MSGS) {
+        fmt(msg, ml, "at most %d messages", SRV_MAX_MSGS);
+        return 400;
+    }
+    size_t mi = 0;
+    const cJSON *m;
+    sb_add(&cb->prompt, "", 0);
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
+            fmt(msg, ml, "messages[%zu] must be an object with a string 'role'", mi);
+            return 400;
+        }
+        int kind = role_kind(role->valuestring);
+        if (kind < 0) {
+            fmt(msg, ml, "messages[%zu]: unsupported role '%.40s' (system, user, assistant)", mi,
+                role->valuestring);
+            return 400;
+        }
+        if (kind != 2 && (!content || cJSON_IsNull(content))) {
+            fmt(msg, ml, "messages[%zu].content is missing", mi);
+            return 400;
+        }
+        int st = 200;
+        if (kind == 0) {
+            /* the template renders a system message only in first position */
+            if (mi == 0) {
+                sb_str(&cb->prompt, "<|im_start|>system\n");
+                st = render_content(S, cb, content, false, mi, io, msg, ml);
+                sb_str(&cb->prompt, "<|im_end|>\n");
+            } else {
+                size_t keep = cb->prompt.n; /* validate, then drop */
+                st = render_content(S, cb, content, false, mi, io, msg, ml);
+                if (!cb->prompt.oom && cb->prompt.p) {
+                    cb->prompt.n = keep;
+                    cb->prompt.p[keep] = 0;
+                }
+            }
+        } else if (kind == 1) {
+            sb_str(&cb->prompt, "<|im_start|>user\n");
+            st = render_content(S, cb, content, true, mi, io, msg, ml);
+            sb_str(&cb->prompt, "<|im_end|>\n");
+        } else {
+            sb_str(&cb->prompt, "<|im_start|>assistant\n");
+            st = render_content(S, cb, content, false, mi, io, msg, ml);
+            sb_str(&cb->prompt, "<|im_end|>\n");
+        }
+        if (st != 200)
+            return st;
+        mi++;
+    }
+    sb_str(&cb->prompt, "<|im_start|>assistant\n");
+    if (cb->prompt.oom) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    return 200;
+}
+
+/* Read the sampling parameters into the job. Returns an HTTP status. */
+static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *ch, char *msg,
+                        size_t ml) {
+    double d;
+    bool present;
+    const double big = (double)S->o.n_ctx;
+    d = 0;
+    if (!get_num(root, "max_tokens", 1, 1e12, true, &d, &present, msg, ml))
+        return 400;
+    double d2 = 0;
+    bool present2;
+    if (!get_num(root, "max_completion_tokens", 1, 1e12, true, &d2, &present2, msg, ml))
+        return 400;
+    if (present2)
+        d = d2;
+    if (present || present2) {
+        if (d > big) {
+            fmt(msg, ml, "max_tokens %.0f is larger than the context (%d tokens)", d,
+                S->o.n_ctx);
+            return 400;
+        }
+        j->gp.max_new_tokens = (int)d;
+    }
+    d = 1;
+    if (!get_num(root, "n", 1, 1e9, true, &d, NULL, msg, ml))
+        return 400;
+    if (d != 1) {
+        fmt(msg, ml, "'n' must be 1 (one choice per request)");
+        return 400;
+    }
+    /* sampling: OpenAI ranges; absent fields take generation_config.json defaults */
+    d = -1;
+    if (!get_num(root, "temperature", 0, 2, false, &d, NULL, msg, ml))
+        return 400;
+    j->gp.temperature = (float)d;
+    d = -1;
+    if (!get_num(root, "top_p", 0, 1, false, &d, &present, msg, ml))
+        return 400;
+    j->gp.top_p = (float)d;
+    d = -1;
+    if (!get_num(root, "top_k", 0, 1e9, true, &d, NULL, msg, ml))
+        return 400;
+    j->gp.top_k = (int)d;
+    d = 0;
+    if (!get_num(root, "min_p", 0, 1, false, &d, NULL, msg, ml))
+        return 400;
+    j->gp.min_p = (float)d;
+    d = 0;
+    if (!get_num(root, "presence_penalty", -2, 2, false, &d, NULL, msg, ml))
+        return 400;
+    j->gp.presence_penalty = (float)d;
+    d = 0;
+    if (!get_num(root, "frequency_penalty", -2, 2, false, &d, NULL, msg, ml))
+        return 400;
+    j->gp.frequency_penalty = (float)d;
+    d = -1;
+    if (!get_num(root, "repetition_penalty", 0.01, 10, false, &d, NULL, msg, ml))
+        return 400;
+    j->gp.repetition_penalty = (float)d;
+    d = 0;
+    if (!get_num(root, "seed", -9007199254740992.0, 9007199254740992.0, true, &d, NULL, msg, ml))
+        return 400;
+    j->gp.seed = (uint64_t)(int64_t)d;
+    bool ign = false;
+    if (!get_bool(root, "ignore_eos", &ign, msg, ml))
+        return 400;
+    j->gp.ignore_eos = ign;
+    if (!get_bool(root, "stream", &ch->stream, msg, ml))
+        return 400;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) {
+            fmt(msg, ml, "'stream_options' must be an object");
+            return 400;
+        }
+        if (!get_bool(so, "include_usage", &ch->include_usage, msg, ml))
+            return 400;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
+        fmt(msg, ml, "'model' must be a string");
+        return 400;
+    }
+    /* image budget */
+    d = 0;
+    if (!get_num(root, "min_pixels", 1, 1e12, true, &d, NULL, msg, ml))
+        return 400;
+    j->img_opts.min_pixels = (int64_t)d;
+    d = 0;
+    if (!get_num(root, "max_pixels", 1, 1e12, true, &d, NULL, msg, ml))
+        return 400;
+    j->img_opts.max_pixels = (int64_t)d;
+    if (j->img_opts.min_pixels && j->img_opts.max_pixels &&
+        j->img_opts.min_pixels > j->img_opts.max_pixels) {
+        fmt(msg, ml, "'min_pixels' must not exceed 'max_pixels'");
+        return 400;
+    }
+    /* stop: a string or a list of strings */
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    const cJSON *list[SRV_MAX_STOPS];
+    int n_stop = 0;
+    if (cJSON_IsString(stop)) {
+        list[n_stop++] = stop;
+    } else if (cJSON_IsArray(stop)) {
+        if (cJSON_GetArraySize(stop) > SRV_MAX_STOPS) {
+            fmt(msg, ml, "at most %d stop strings", SRV_MAX_STOPS);
+            return 400;
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, stop) {
+            if (!cJSON_IsString(e)) {
+                fmt(msg, ml, "'stop' must be a string or an array of strings");
+                return 400;
+            }
+            list[n_stop++] = e;
+        }
+    } else if (stop && !cJSON_IsNull(stop)) {
+        fmt(msg, ml, "'stop' must be a string or an array of strings");
+        return 400;
+    }
+    j->stops = calloc((size_t)n_stop + 1, sizeof *j->stops);
+    if (!j->stops) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    for (int i = 0; i < n_stop; i++) {
+        const char *s = list[i]->valuestring;
+        if (!*s)
+            continue; /* an empty stop string never matches */
+        if (strlen(s) > SRV_MAX_STOP_LEN) {
+            fmt(msg, ml, "stop strings are limited to %d bytes", SRV_MAX_STOP_LEN);
+            return 400;
+        }
+        if (!(j->stops[j->n_stop] = strdup(s))) {
+            fmt(msg, ml, "out of memory");
+            return 500;
+        }
+        j->n_stop++;
+    }
+    return 200;
+}
+
+int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
+                     char *msg, size_t ml, const char **code) {
+    *out = NULL;
+    *code = "invalid_request_error";
+    memset(ch, 0, sizeof *ch);
+    if (!srv_utf8_valid(body, len)) {
+        *code = "invalid_encoding";
+        fmt(msg, ml, "the request body is not valid UTF-8");
+        return 400;
+    }
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        *code = "invalid_json";
+        fmt(msg, ml, "the request body is not a JSON object");
+        return 400;
+    }
+    chat_build cb;
+    memset(&cb, 0, sizeof cb);
+    srv_job *j = srv_job_new();
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int st = 200;
+    if (!j) {
+        fmt(msg, ml, "out of memory");
+        st = 500;
+        goto out;
+    }
+    st = parse_params(S, root, j, ch, msg, ml);
+    if (st != 200)
+        goto out;
+    st = render_messages(S, &cb, cJSON_GetObjectItemCaseSensitive(root, "messages"),
+                         &j->img_opts, msg, ml);
+    if (st != 200)
+        goto out;
+    qvl_status qs = qvl_tokenize(S->model, cb.prompt.p, cb.prompt.n, &ids, &n_ids);
+    if (qs != QVL_OK) {
+        fmt(msg, ml, "cannot tokenize the prompt: %s", qvl_status_str(qs));
+        st = qs == QVL_E_NOMEM ? 500 : 400;
+        goto out;
+    }
+    /* expand each <|image_pad|> into its image's token count */
+    size_t n_pads = 0;
+    for (size_t i = 0; i < n_ids; i++) {
+        n_pads += ids[i] == S->image_pad;
+        if (ids[i] == S->video_pad) {
+            fmt(msg, ml, "video placeholders are not supported");
+            st = 400;
+            goto out;
+        }
+    }
+    if (n_pads != cb.n_images) {
+        fmt(msg, ml, "the message text must not contain image placeholder tokens");
+        st = 400;
+        goto out;
+    }
+    uint64_t total = n_ids - n_pads;
+    for (size_t i = 0; i < cb.n_images; i++)
+        total += (uint64_t)cb.n_tok[i];
+    if (total >= (uint64_t)S->o.n_ctx) {
+        *code = "context_length_exceeded";
+        fmt(msg, ml, "the prompt has %llu tokens but the context holds %d (including at least "
+                     "one generated token)",
+            (unsigned long long)total, S->o.n_ctx);
+        st = 400;
+        goto out;
+    }
+    j->ids = malloc((size_t)total * sizeof(int32_t) + 1);
+    j->images = calloc(cb.n_images + 1, sizeof *j->images);
+    j->img_bytes = calloc(cb.n_images + 1, sizeof *j->img_bytes);
+    j->img_len = calloc(cb.n_images + 1, sizeof *j->img_len);
+    if (!j->ids || !j->images || !j->img_bytes || !j->img_len) {
+        fmt(msg, ml, "out of memory");
+        st = 500;
+        goto out;
+    }
+    size_t o = 0, k = 0;
+    for (size_t i = 0; i < n_ids; i++) {
+        if (ids[i] == S->image_pad) {
+            for (int64_t r = 0; r < cb.n_tok[k]; r++)
+                j->ids[o++] = S->image_pad;
+            k++;
+        } else {
+            j->ids[o++] = ids[i];
+        }
+    }
+    j->n_ids = o;
+    for (size_t i = 0; i < cb.n_images; i++) { /* move the images into the job */
+        j->images[i] = cb.images[i];
+        j->img_bytes[i] = cb.bytes[i];
+        j->img_len[i] = cb.len[i];
+        cb.images[i] = NULL;
+        cb.bytes[i] = NULL;
+    }
+    j->n_images = cb.n_images;
+    *out = j;
+    j = NULL;
+out:
+    for (size_t i = 0; i < cb.n_images; i++) {
+        qvl_image_free(cb.images[i]);
+        free(cb.bytes[i]);
+    }
+    free(cb.prompt.p);
+    qvl_free(ids);
+    srv_job_release(NULL, j);
+    cJSON_Delete(root);
+    if (st == 500)
+        *code = "server_error";
+    return st;
+}
+
+/* ---- responses ------------------------------------------------------------------------------ */
+static char *print_delete(cJSON *j) {
+    char *s = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    return s;
+}
+
+char *srv_error_json(const char *msg, const char *type, const char *code) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(r, "error");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "type", type);
+    cJSON_AddNullToObject(e, "param");
+    cJSON_AddStringToObject(e, "code", code);
+    return print_delete(r);
+}
+
+static void add_usage(cJSON *r, const srv_job *j) {
+    cJSON *u = cJSON_AddObjectToObject(r, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)j->n_ids);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)j->n_completion);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)(j->n_ids + j->n_completion));
+    cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+    cJSON_AddNumberToObject(d, "cached_tokens", (double)j->n_cached);
+}
+
+static cJSON *base_obj(srv_state *S, const char *id, long long created, const char *object) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", id);
+    cJSON_AddStringToObject(r, "object", object);
+    cJSON_AddNumberToObject(r, "created", (double)created);
+    cJSON_AddStringToObject(r, "model", S->model_id);
+    cJSON_AddStringToObject(r, "system_fingerprint", "qvl");
+    return r;
+}
+
+char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j) {
+    cJSON *r = base_obj(S, id, created, "chat.completion");
+    cJSON *cs = cJSON_AddArrayToObject(r, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(cs, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON *m = cJSON_AddObjectToObject(c, "message");
+    cJSON_AddStringToObject(m, "role", "assistant");
+    cJSON_AddStringToObject(m, "content", j->text ? j->text : "");
+    cJSON_AddNullToObject(m, "refusal");
+    cJSON_AddNullToObject(c, "logprobs");
+    cJSON_AddStringToObject(c, "finish_reason", srv_finish_str(j->finish));
+    add_usage(r, j);
+    return print_delete(r);
+}
+
+char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
+                    const char *text, size_t text_n, const char *finish, const srv_job *usage) {
+    cJSON *r = base_obj(S, id, created, "chat.completion.chunk");
+    cJSON *cs = cJSON_AddArrayToObject(r, "choices");
+    if (usage) {
+        add_usage(r, usage);
+    } else {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddItemToArray(cs, c);
+        cJSON_AddNumberToObject(c, "index", 0);
+        cJSON *d = cJSON_AddObjectToObject(c, "delta");
+        if (first)
+            cJSON_AddStringToObject(d, "role", "assistant");
+        if (text) {
+            char *t = malloc(text_n + 1);
+            if (!t) {
+                cJSON_Delete(r);
+                return NULL;
+            }
+            memcpy(t, text, text_n);
+            t[text_n] = 0;
+            cJSON_AddStringToObject(d, "content", t);
+            free(t);
+        }
+        cJSON_AddNullToObject(c, "logprobs");
+        if (finish)
+            cJSON_AddStringToObject(c, "finish_reason", finish);
+        else
+            cJSON_AddNullToObject(c, "finish_reason");
+    }
+    char *js = print_delete(r);
+    if (!js)
+        return NULL;
+    size_t n = strlen(js);
+    char *ev = malloc(n + 9);
+    if (ev) {
+        memcpy(ev, "data: ", 6);
+        memcpy(ev + 6, js, n);
+        memcpy(ev + 6 + n, "\n\n", 3);
+    }
+    free(js);
+    return ev;
+}
+
+char *srv_models_json(srv_state *S) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "object", "list");
+    cJSON *d = cJSON_AddArrayToObject(r, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddItemToArray(d, m);
+    cJSON_AddStringToObject(m, "id", S->model_id);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)S->created);
+    cJSON_AddStringToObject(m, "owned_by", "qvl");
+    cJSON_AddNumberToObject(m, "context_length", S->o.n_ctx);
+    return print_delete(r);
+}
+
+int srv_tokenize_json(srv_state *S, const char *body, size_t len, char **out, char *msg,
+                      size_t ml) {
+    *out = NULL;
+    if (!srv_utf8_valid(body, len)) {
+        fmt(msg, ml, "the request body is not valid UTF-8");
+        return 400;
+    }
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "content");
+    if (!cJSON_IsObject(root) || !cJSON_IsString(c)) {
+        cJSON_Delete(root);
+        fmt(msg, ml, "expected a JSON object with a string 'content'");
+        return 400;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qvl_status st = qvl_tokenize(S->model, c->valuestring, strlen(c->valuestring), &ids, &n);
+    cJSON_Delete(root);
+    if (st != QVL_OK) {
+        fmt(msg, ml, "tokenize: %s", qvl_status_str(st));
+        return st == QVL_E_NOMEM ? 500 : 400;
+    }
+    cJSON *r = cJSON_CreateObject();
+    cJSON *a = cJSON_AddArrayToObject(r, "tokens");
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+    qvl_free(ids);
+    *out = print_delete(r);
+    if (!*out) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    return 200;
+}

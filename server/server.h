@@ -1,0 +1,161 @@
+/* server.h - internal interfaces of `qvl serve`, the OpenAI-compatible HTTP server: options,
+ * the slot pool (slots.c), request parsing (routes.c), helpers (util.c). Not part of libqvl's
+ * public API; the server reaches the engine only through include/qvl.h. */
+#ifndef QVL_SERVER_H
+#define QVL_SERVER_H
+
+#include "qvl.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SRV_MAX_IMAGES 32  /* images per request */
+#define SRV_MAX_STOPS  16  /* stop strings per request */
+#define SRV_MAX_STOP_LEN 256
+#define SRV_MAX_MSGS   1024 /* messages per request */
+
+/* ---- temporary public API (see server/compat.c) ------------------------------------------ */
+/* Set the image budget used by later qvl_ctx_eval calls on c (zero fields: from the model). */
+void qvl_ctx_set_image_opts(qvl_ctx *c, const qvl_image_opts *o);
+
+/* ---- options ------------------------------------------------------------------------------ */
+typedef struct srv_opts {
+    const char *model_dir;
+    const char *alias;     /* model id reported to clients; default: the directory's name */
+    const char *host;
+    const char *api_key;   /* NULL: no authentication */
+    const char *allow_dir; /* --allow-local-files; NULL: file:// refused */
+    int port;
+    int n_slots;
+    int n_threads; /* per slot */
+    int n_ctx;     /* per slot */
+    int queue_max; /* requests waiting for a slot */
+    int timeout_s; /* idle connection timeout */
+    int max_conns;
+    int quant;
+    uint64_t max_image_pixels;
+    size_t max_body;
+} srv_opts;
+
+/* ---- util.c ------------------------------------------------------------------------------- */
+/* True when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
+bool srv_utf8_valid(const char *s, size_t n);
+/* Strict base64 (RFC 4648 alphabet, '=' padding required, no whitespace). On success *out is a
+ * malloc'd buffer of *out_n bytes. Returns 0, -1 malformed, -2 decoded size over cap, -3 no
+ * memory. */
+int srv_b64_decode(const char *in, size_t n, size_t cap, uint8_t **out, size_t *out_n);
+/* True when the peer of the connected socket fd has closed or reset the connection. */
+bool srv_peer_gone(int fd);
+/* Fill buf with n random lowercase hex characters and a NUL (buf has n + 1 bytes). */
+void srv_rand_hex(char *buf, size_t n);
+/* Milliseconds on a monotonic clock. */
+double srv_now_ms(void);
+
+/* ---- slots.c: jobs and the slot pool -------------------------------------------------------- */
+typedef enum { JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE } srv_job_state;
+
+/* One chat-completion request. The creator fills the input part, then srv_pool_submit hands it
+ * to the pool; afterwards the input is read-only and the output part is read under the pool's
+ * lock. Reference counted: the creator's reference, plus one held by the queue / worker. */
+typedef struct srv_job {
+    /* input (owned by the job) */
+    int32_t *ids;
+    size_t n_ids;
+    qvl_image **images;
+    uint8_t **img_bytes; /* encoded bytes of each image: its identity for prefix reuse */
+    size_t *img_len;
+    size_t n_images;
+    qvl_image_opts img_opts;
+    qvl_gen_params gp;
+    char **stops;
+    int n_stop;
+    /* state (pool lock) */
+    pthread_cond_t cond;
+    srv_job_state state;
+    int refs;
+    atomic_int cancel;
+    struct srv_job *next;
+    /* output (pool lock) */
+    char *text; /* generated text so far */
+    size_t text_n, text_cap;
+    bool oom;
+    size_t n_completion;
+    qvl_finish finish;
+    qvl_status status;
+    char err[512];
+    size_t n_cached; /* prompt tokens reused from the slot's KV cache */
+    int slot;
+} srv_job;
+
+typedef struct srv_pool srv_pool;
+
+/* A new job with one reference (the caller's), or NULL when out of memory. */
+srv_job *srv_job_new(void);
+/* Take one more reference (the job was submitted to p). */
+void srv_job_ref(srv_pool *p, srv_job *j);
+/* Drop one reference; the last one frees the job and its inputs. */
+void srv_job_release(srv_pool *p, srv_job *j);
+
+/* Create n_slots contexts (each with cp) and their worker threads. */
+qvl_status srv_pool_create(const qvl_model *m, int n_slots, const qvl_ctx_params *cp,
+                           int queue_max, srv_pool **out, char *err, size_t err_len);
+/* Queue a job (the pool takes its own reference). Returns 0, -1 when the queue is full, -2 when
+ * the pool is shutting down. */
+int srv_pool_submit(srv_pool *p, srv_job *j);
+/* Ask a job to stop: a queued job is removed (finished as cancelled), a running one stops at its
+ * next token. */
+void srv_job_cancel(srv_pool *p, srv_job *j);
+/* Wait until the job is done or timeout_ms passed; returns true when done. */
+bool srv_job_wait(srv_pool *p, srv_job *j, int timeout_ms);
+void srv_pool_lock(srv_pool *p);
+void srv_pool_unlock(srv_pool *p);
+/* Counts for /health and shutdown. */
+void srv_pool_stats(srv_pool *p, int *n_slots, int *idle, int *queued);
+/* Start shutting down: refuse new jobs, finish queued ones as cancelled, cancel running ones. */
+void srv_pool_shutdown(srv_pool *p);
+/* Join the workers and free everything (calls srv_pool_shutdown first). NULL is a no-op. */
+void srv_pool_free(srv_pool *p);
+
+/* ---- routes.c: request parsing and responses ------------------------------------------------ */
+typedef struct srv_state {
+    srv_opts o;
+    const qvl_model *model;
+    srv_pool *pool;
+    char model_id[256];
+    int32_t image_pad, video_pad;
+    long long created;
+    char allow_real[4352]; /* realpath of allow_dir with a trailing '/' */
+    atomic_int ready;
+} srv_state;
+
+/* Parsed chat request (besides the job). */
+typedef struct srv_chat {
+    bool stream;
+    bool include_usage;
+} srv_chat;
+
+/* Parse and check a /v1/chat/completions body, decode its images and build the prompt ids into
+ * a new job. Returns 200 with *out set, or an HTTP error status with msg and *code set. */
+int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
+                     char *msg, size_t msg_len, const char **code);
+/* JSON texts (malloc'd; NULL when out of memory). */
+char *srv_error_json(const char *msg, const char *type, const char *code);
+char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j);
+/* One SSE event "data: {...}\n\n" for a chunk: text delta (role first when first), or the final
+ * chunk with finish reason (text NULL, finish set), or the usage chunk (usage true). */
+char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
+                    const char *text, size_t text_n, const char *finish, const srv_job *usage);
+char *srv_models_json(srv_state *S);
+/* POST /tokenize: {"content": "..."} to {"tokens": [...]}. Returns an HTTP status. */
+int srv_tokenize_json(srv_state *S, const char *body, size_t len, char **out, char *msg,
+                      size_t msg_len);
+const char *srv_finish_str(qvl_finish f);
+
+/* ---- serve.c ----------------------------------------------------------------------------- */
+/* `qvl serve` entry point: argv are the arguments after the subcommand. Returns an exit code. */
+int qvl_cli_serve(int argc, char **argv);
+
+#endif /* QVL_SERVER_H */

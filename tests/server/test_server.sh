@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# test_server.sh - end-to-end tests of `qvl serve` on loopback with the tiny fixture model:
+# curl for routes, raw SSE framing, every error status and hostile input (with a health check
+# after each), concurrency (8 clients on 2 slots), disconnects, a full queue, prefix reuse,
+# local files and graceful shutdown; then the official openai npm client (skipped with a message
+# when npm cannot install it). Environment: QVL_SHARED, QVL_BIN (qvl CLI), QVL_SERVER_BIN
+# (qvl-server; default: "$QVL_BIN serve"), QVL_BUILD (for the npm install folder).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+SHARED=${QVL_SHARED:-$here/../../../shared}
+QVL=${QVL_BIN:?QVL_BIN must point to the qvl binary}
+if [ -n "${QVL_SERVER_BIN:-}" ]; then SERVE=("$QVL_SERVER_BIN"); else SERVE=("$QVL" serve); fi
+M=$SHARED/fixtures/tiny-qwen3vl/model
+IMGS=$SHARED/fixtures/tiny-qwen3vl/images
+T=$(mktemp -d)
+KEY=test-key-123
+PROMPT="Describe this image."
+NTOK=20
+pass=0
+fail=0
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+ok() { # ok NAME CONDITION-RESULT(0/1) [DETAIL]
+    if [ "$2" = 0 ]; then pass=$((pass + 1)); else
+        fail=$((fail + 1)); echo "FAIL: $1 ${3:-}"; fi
+}
+js() { node "$here/helpers.js" "$@"; }
+jget() { js get "$1"; }
+
+# start_server NAME ARGS...: starts in the background, sets PORT_<NAME> and PID_<NAME>
+start_server() {
+    local name=$1
+    shift
+    "${SERVE[@]}" -m "$M" --port 0 -t 1 "$@" 2>"$T/$name.log" &
+    local pid=$!
+    pids+=("$pid")
+    local port=""
+    for _ in $(seq 1 100); do
+        port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$T/$name.log" 2>/dev/null | sed 's/.*://')
+        [ -n "$port" ] && curl -s --max-time 2 "http://127.0.0.1:$port/health" | grep -q '"ok"' && break
+        sleep 0.1
+    done
+    eval "PORT_$name=$port PID_$name=$pid"
+}
+
+# req OUT URL ARGS...: curl with the API key; prints the status code, body into OUT
+req() {
+    local out=$1 url=$2
+    shift 2
+    curl -s --max-time 60 -o "$out" -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: application/json' "$@" "$url"
+}
+
+mkbody() { # mkbody IMAGE-FILE MAX_TOKENS EXTRA-JSON-FIELDS > body
+    local mime=image/png
+    case $1 in *.jpg) mime=image/jpeg ;; esac
+    printf '{"model":"tiny","max_tokens":%s,"temperature":0%s,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:%s;base64,%s"}},{"type":"text","text":"%s"}]}]}' \
+        "$2" "${3:-}" "$mime" "$(base64 -w0 "$1")" "$PROMPT"
+}
+
+health_ok() { # health_ok PORT
+    curl -s --max-time 5 "http://127.0.0.1:$1/health" | grep -q '"status":"ok"'
+}
+
+# ---- expected outputs from `qvl run` ------------------------------------------------------
+imgs=(rgb_64x64.png rgb_37x129.png rgb_400x300.png rgb_400x300_q90.jpg)
+for i in "${imgs[@]}"; do
+    "$QVL" run -m "$M" -i "$IMGS/$i" -p "$PROMPT" --temp 0 -n $NTOK --json >"$T/exp_$i.json" 2>/dev/null
+    ok "qvl run $i" $?
+done
+exp_text() { jget 'd.text' <"$T/exp_$1.json"; }
+
+start_server A --slots 2 --api-key "$KEY" --allow-local-files "$IMGS" --max-body-bytes 4000000 \
+    --timeout 3
+P=$PORT_A
+U=http://127.0.0.1:$P
+ok "server A starts" "$([ -n "$P" ] && echo 0 || echo 1)" "$(tail -3 "$T/A.log")"
+
+# ---- basic routes ------------------------------------------------------------------------------
+code=$(curl -s --max-time 5 -o "$T/h" -w '%{http_code}' "$U/health")
+ok "health 200 without key" "$([ "$code" = 200 ] && grep -q '"slots_total":2' "$T/h"; echo $?)"
+code=$(req "$T/m" "$U/v1/models")
+ok "models" "$([ "$code" = 200 ] && [ "$(jget 'd.data[0].id' <"$T/m")" = model ]; echo $?)"
+code=$(req "$T/tk" "$U/tokenize" -d '{"content":"Hello world"}')
+want=$("$QVL" tokenize -m "$M" "Hello world" | tr -d ' ')
+ok "tokenize equals qvl tokenize" "$([ "$code" = 200 ] && [ "$(jget 'd.tokens' <"$T/tk")" = "$want" ]; echo $?)"
+
+# ---- completions: non-streamed and streamed equal `qvl run` ----------------------------------
+mkbody "$IMGS/rgb_64x64.png" $NTOK >"$T/b1.json"
+code=$(req "$T/r1" "$U/v1/chat/completions" --data-binary @"$T/b1.json")
+e=$T/exp_rgb_64x64.png.json
+ok "completion 200" "$([ "$code" = 200 ]; echo $?)" "$code $(head -c 300 "$T/r1")"
+ok "completion text = qvl run" "$([ "$(jget 'd.choices[0].message.content' <"$T/r1")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
+ok "usage prompt_tokens" "$([ "$(jget 'd.usage.prompt_tokens' <"$T/r1")" = "$(jget 'd.prompt_ids.length' <"$e")" ]; echo $?)"
+ok "usage completion_tokens" "$([ "$(jget 'd.usage.completion_tokens' <"$T/r1")" = "$(jget 'd.generated_ids.length' <"$e")" ]; echo $?)"
+ok "finish_reason" "$([ "$(jget 'd.choices[0].finish_reason' <"$T/r1")" = "$(jget 'd.finish_reason' <"$e")" ]; echo $?)"
+
+mkbody "$IMGS/rgb_64x64.png" $NTOK ',"stream":true,"stream_options":{"include_usage":true}' >"$T/b2.json"
+curl -s -N --max-time 60 -D "$T/sh" -o "$T/sse" -H "Authorization: Bearer $KEY" --data-binary @"$T/b2.json" "$U/v1/chat/completions"
+js sse <"$T/sse" >"$T/sse.json"
+ok "SSE content type" "$(grep -qi '^content-type: text/event-stream' "$T/sh"; echo $?)"
+ok "SSE chunked" "$(grep -qi '^transfer-encoding: chunked' "$T/sh"; echo $?)"
+ok "SSE framing" "$([ "$(jget 'd.ok' <"$T/sse.json")" = true ]; echo $?)" "$(jget 'd.why' <"$T/sse.json")"
+ok "SSE text = qvl run" "$([ "$(jget 'd.text' <"$T/sse.json")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
+ok "SSE role, finish, one id, chunk objects" "$([ "$(jget '[d.role,d.finish,d.ids.length,d.objects].join()' <"$T/sse.json")" = "assistant,$(jget 'd.finish_reason' <"$e"),1,chat.completion.chunk" ]; echo $?)"
+ok "SSE usage" "$([ "$(jget 'd.usage.completion_tokens' <"$T/sse.json")" = "$(jget 'd.generated_ids.length' <"$e")" ]; echo $?)"
+
+# stop string: compare with qvl run --stop
+STOP=$(js substr "$(exp_text rgb_64x64.png)" 6 3)
+"$QVL" run -m "$M" -i "$IMGS/rgb_64x64.png" -p "$PROMPT" --temp 0 -n $NTOK --stop "$STOP" --json >"$T/exp_stop.json" 2>/dev/null
+stop_json=$(printf '%s' "$STOP" | node -e 'process.stdout.write(JSON.stringify(require("fs").readFileSync(0,"utf8")))')
+mkbody "$IMGS/rgb_64x64.png" $NTOK ",\"stop\":[$stop_json]" >"$T/b3.json"
+code=$(req "$T/r3" "$U/v1/chat/completions" --data-binary @"$T/b3.json")
+ok "stop string text = qvl run --stop" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/r3")" = "$(jget 'd.text' <"$T/exp_stop.json")" ]; echo $?)"
+ok "stop string finish" "$([ "$(jget 'd.choices[0].finish_reason' <"$T/r3")" = stop ]; echo $?)"
+
+# local files: inside the allowed folder only
+b=$(printf '{"max_tokens":%d,"temperature":0,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file://%s/rgb_64x64.png"}},{"type":"text","text":"%s"}]}]}' $NTOK "$IMGS" "$PROMPT")
+code=$(req "$T/rf" "$U/v1/chat/completions" -d "$b")
+ok "file:// inside the folder" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rf")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
+for bad in "file:///etc/passwd" "file://$IMGS/../model/config.json" "http://127.0.0.1:$P/health"; do
+    b=$(printf '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"%s"}}]}]}' "$bad")
+    code=$(req "$T/rb" "$U/v1/chat/completions" -d "$b")
+    ok "refused image url $bad" "$([ "$code" = 400 ] && grep -q '"error"' "$T/rb"; echo $?)" "$code"
+done
+
+# ---- prefix reuse: a follow-up turn reuses the slot's KV cache ---------------------------------
+img=$(base64 -w0 "$IMGS/rgb_37x129.png")
+t1=$(printf '{"max_tokens":1,"temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,%s"}},{"type":"text","text":"What is it?"}]}]}' "$img")
+t2=$(printf '{"max_tokens":12,"temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,%s"}},{"type":"text","text":"What is it?"}]},{"role":"assistant","content":"A picture."},{"role":"user","content":"Tell me more."}]}' "$img")
+code=$(req "$T/p1" "$U/v1/chat/completions" -d "$t1")
+n1=$(jget 'd.usage.prompt_tokens' <"$T/p1")
+code2=$(req "$T/p2" "$U/v1/chat/completions" -d "$t2")
+ok "follow-up reuses the prefix" "$([ "$code$code2" = 200200 ] && [ "$(jget 'd.usage.prompt_tokens_details.cached_tokens' <"$T/p2")" = "$n1" ]; echo $?)" "$(head -c 400 "$T/p2")"
+code=$(req "$T/p3" "$U/v1/chat/completions" -d "$t2") # cache now longer than the prompt: full eval
+ok "repeat is evaluated from scratch" "$([ "$(jget 'd.usage.prompt_tokens_details.cached_tokens' <"$T/p3")" = 0 ]; echo $?)"
+ok "reused and fresh answers agree" "$([ "$(jget 'd.choices[0].message.content' <"$T/p2")" = "$(jget 'd.choices[0].message.content' <"$T/p3")" ]; echo $?)"
+
+# ---- errors ---------------------------------------------------------------------------------
+expect() { # expect NAME STATUS CURL-ARGS... (URL defaults to chat completions when omitted)
+    local name=$1 want=$2
+    shift 2
+    local code
+    code=$(curl -s --max-time 20 -o "$T/e" -w '%{http_code}' "$@")
+    ok "$name -> $want" "$([ "$code" = "$want" ] && { [ "$want" = 200 ] || node "$here/helpers.js" get 'd.error.message && d.error.type && d.error.code' <"$T/e" >/dev/null; }; echo $?)" "got $code: $(head -c 200 "$T/e")"
+    ok "$name: healthy after" "$(health_ok "$P"; echo $?)"
+}
+C=$U/v1/chat/completions
+AUTH=(-H "Authorization: Bearer $KEY")
+expect "no API key" 401 -d '{}' "$C"
+expect "wrong API key" 401 -H 'Authorization: Bearer nope' -d '{}' "$C"
+expect "unknown route" 404 "${AUTH[@]}" "$U/v1/nothing"
+expect "wrong method" 405 "${AUTH[@]}" "$C"
+expect "wrong method on models" 405 "${AUTH[@]}" -d '{}' "$U/v1/models"
+expect "malformed JSON" 400 "${AUTH[@]}" -d '{"messages": [' "$C"
+expect "JSON not an object" 400 "${AUTH[@]}" -d '[1,2]' "$C"
+expect "empty body" 400 "${AUTH[@]}" -X POST "$C"
+expect "messages wrong type" 400 "${AUTH[@]}" -d '{"messages":"hi"}' "$C"
+expect "temperature wrong type" 400 "${AUTH[@]}" -d '{"temperature":"hot","messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "unknown role" 400 "${AUTH[@]}" -d '{"messages":[{"role":"wizard","content":"hi"}]}' "$C"
+expect "n=2" 400 "${AUTH[@]}" -d '{"n":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
+stops=$(printf '"s%d",' $(seq 1 17))
+expect "17 stop strings" 400 "${AUTH[@]}" -d "{\"stop\":[${stops%,}],\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$C"
+expect "max_tokens 0" 400 "${AUTH[@]}" -d '{"max_tokens":0,"messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "max_tokens over the context" 400 "${AUTH[@]}" -d '{"max_tokens":100000000,"messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "bad base64" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,@@@@"}}]}]}' "$C"
+garbage=$(head -c 300 /dev/urandom | base64 -w0)
+expect "undecodable image" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$garbage\"}}]}]}" "$C"
+expect "image 100000x100000 header" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$(js bigpng)\"}}]}]}" "$C"
+expect "image placeholder in text" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"<|image_pad|>"}]}' "$C"
+long=$(printf 'hello %.0s' $(seq 1 5000))
+expect "prompt over the context" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$long\"}]}" "$C"
+printf '{"messages":[{"role":"user","content":"\xff\xfe bad \xc3"}]}' >"$T/nonutf8"
+expect "non-UTF-8 body" 400 "${AUTH[@]}" --data-binary @"$T/nonutf8" "$C"
+head -c 5000000 /dev/zero | tr '\0' 'a' >"$T/huge"
+expect "huge body (Content-Length)" 413 "${AUTH[@]}" --data-binary @"$T/huge" "$C"
+expect "huge body (chunked)" 413 "${AUTH[@]}" -H 'Transfer-Encoding: chunked' --data-binary @"$T/huge" "$C"
+expect "tokenize bad body" 400 "${AUTH[@]}" -d '{"content":5}' "$U/tokenize"
+
+# slowloris: partial headers / partial body are dropped after --timeout (3 s), others served
+exec 5<>"/dev/tcp/127.0.0.1/$P"
+printf 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le' >&5
+exec 6<>"/dev/tcp/127.0.0.1/$P"
+printf 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 100\r\n\r\n{"mess' "$KEY" >&6
+ok "healthy during slowloris" "$(health_ok "$P"; echo $?)"
+t0=$(date +%s)
+timeout 10 cat <&5 >/dev/null
+timeout 10 cat <&6 >/dev/null
+t1=$(date +%s)
+exec 5<&- 6<&-
+ok "slowloris connections closed by the server" "$([ $((t1 - t0)) -le 8 ]; echo $?)" "$((t1 - t0)) s"
+ok "healthy after slowloris" "$(health_ok "$P"; echo $?)"
+
+# ---- concurrency: 8 clients on 2 slots ------------------------------------------------------
+for k in 0 1 2 3 4 5 6 7; do
+    i=${imgs[$((k % 4))]}
+    mkbody "$IMGS/$i" $NTOK >"$T/cb$k.json"
+done
+for k in 0 1 2 3 4 5 6 7; do
+    if [ $((k % 2)) = 0 ]; then
+        req "$T/cr$k" "$C" --data-binary @"$T/cb$k.json" >"$T/cc$k" &
+    else
+        (curl -s -N --max-time 60 -o "$T/cr$k" -w '%{http_code}' "${AUTH[@]}" --data-binary @<(sed 's/"temperature":0/"temperature":0,"stream":true/' "$T/cb$k.json") "$C" >"$T/cc$k") &
+    fi
+done
+wait
+allgood=0
+for k in 0 1 2 3 4 5 6 7; do
+    i=${imgs[$((k % 4))]}
+    if [ $((k % 2)) = 0 ]; then got=$(jget 'd.choices[0].message.content' <"$T/cr$k" 2>/dev/null)
+    else got=$(js sse <"$T/cr$k" | jget 'd.text' 2>/dev/null); fi
+    if [ "$(cat "$T/cc$k")" != 200 ] || [ "$got" != "$(exp_text "$i")" ]; then
+        allgood=1
+        echo "client $k ($i): status $(cat "$T/cc$k"), got '$got'"
+    fi
+done
+ok "8 concurrent clients on 2 slots all correct" $allgood
+
+# ---- server B: one slot, queue of one: disconnects and a full queue ----------------------------
+start_server B --slots 1 --queue 1 --ctx 8192
+PB=$PORT_B
+UB=http://127.0.0.1:$PB
+mkbody "$IMGS/rgb_64x64.png" 8000 ',"ignore_eos":true,"stream":true' >"$T/long_s.json"
+mkbody "$IMGS/rgb_64x64.png" 8000 ',"ignore_eos":true' >"$T/long.json"
+idle_after() { # idle_after PORT SECONDS: 0 when the slot is idle within the time
+    for _ in $(seq 1 $(($2 * 10))); do
+        curl -s --max-time 2 "http://127.0.0.1:$1/health" | grep -q '"slots_idle":1,"queued":0' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+t0=$(date +%s%N)
+curl -s -N --max-time 1 -o "$T/cut" --data-binary @"$T/long_s.json" "$UB/v1/chat/completions"
+ok "stream was cut mid-way" "$(grep -q 'data: {' "$T/cut" && ! grep -q 'DONE' "$T/cut"; echo $?)"
+ok "disconnected stream frees the slot" "$(idle_after "$PB" 3; echo $?)"
+curl -s --max-time 1 -o /dev/null --data-binary @"$T/long.json" "$UB/v1/chat/completions"
+ok "disconnected non-stream request frees the slot" "$(idle_after "$PB" 3; echo $?)"
+ok "cancellations logged" "$([ "$(grep -c 'finish=cancelled' "$T/B.log")" -ge 2 ]; echo $?)" "$(tail -3 "$T/B.log")"
+code=$(curl -s --max-time 30 -o "$T/after" -w '%{http_code}' --data-binary @"$T/b1.json" "$UB/v1/chat/completions")
+ok "slot serves again after disconnects" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/after")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
+
+curl -s --max-time 20 -o /dev/null --data-binary @"$T/long.json" "$UB/v1/chat/completions" &
+c1=$!
+sleep 0.3
+curl -s --max-time 20 -o /dev/null --data-binary @"$T/long.json" "$UB/v1/chat/completions" &
+c2=$!
+for _ in $(seq 1 30); do
+    curl -s --max-time 2 "$UB/health" | grep -q '"slots_idle":0,"queued":1' && break
+    sleep 0.1
+done
+code=$(curl -s --max-time 10 -D "$T/qh" -o "$T/q" -w '%{http_code}' --data-binary @"$T/b1.json" "$UB/v1/chat/completions")
+ok "full queue gives 503" "$([ "$code" = 503 ] && grep -qi '^retry-after:' "$T/qh" && grep -q '"error"' "$T/q"; echo $?)" "$code"
+kill "$c1" "$c2" 2>/dev/null
+wait "$c1" "$c2" 2>/dev/null
+ok "queue drains after clients leave" "$(idle_after "$PB" 5; echo $?)"
+
+# graceful shutdown while a request runs: exit 0, promptly
+curl -s --max-time 30 -o /dev/null --data-binary @"$T/long.json" "$UB/v1/chat/completions" &
+c1=$!
+sleep 0.5
+t0=$(date +%s)
+kill -TERM "$PID_B"
+wait "$PID_B"
+rc=$?
+t1=$(date +%s)
+wait "$c1" 2>/dev/null
+ok "SIGTERM with a running request: exit 0" "$([ $rc = 0 ] && [ $((t1 - t0)) -le 10 ]; echo $?)" "rc $rc after $((t1 - t0)) s"
+
+# ---- the official openai client ----------------------------------------------------------------
+nodedir=${QVL_BUILD:-$T}/server-node
+mkdir -p "$nodedir"
+cp "$here/package.json" "$here/package-lock.json" "$here/openai_client.mjs" "$nodedir/"
+if [ -d "$nodedir/node_modules/openai" ] ||
+    (cd "$nodedir" && timeout 120 npm ci --no-audit --no-fund --loglevel=error >"$T/npm.log" 2>&1); then
+    d=$T/node
+    mkdir -p "$d"
+    base64 -w0 "$IMGS/rgb_64x64.png" >"$d/img.b64"
+    printf '%s' "$PROMPT" >"$d/prompt.txt"
+    printf '%s' "$STOP" >"$d/stop.txt"
+    node -e 'const f=require("fs");const d=JSON.parse(f.readFileSync(process.argv[1]));d.max_tokens=+process.argv[2];f.writeFileSync(process.argv[3],JSON.stringify(d))' \
+        "$T/exp_rgb_64x64.png.json" $NTOK "$d/expected.json"
+    cp "$T/exp_stop.json" "$d/expected_stop.json"
+    QVL_TEST_PORT=$P QVL_TEST_KEY=$KEY QVL_TEST_DIR=$d timeout 120 node "$nodedir/openai_client.mjs"
+    ok "openai npm client tests" $?
+else
+    echo "SKIP: openai npm client tests (npm ci failed, no network?): $(tail -2 "$T/npm.log")"
+fi
+
+kill -INT "$PID_A"
+wait "$PID_A"
+ok "SIGINT: exit 0" $?
+ok "log has one line per request and no base64" "$(! grep -q 'iVBORw0KGgo' "$T/A.log" && [ "$(grep -c 'POST /v1/chat/completions' "$T/A.log")" -ge 40 ]; echo $?)"
+if [ $fail != 0 ]; then
+    echo "--- server A log (tail) ---"
+    tail -20 "$T/A.log"
+fi
+echo "$pass passed, $fail failed"
+[ $fail = 0 ]
