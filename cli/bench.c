@@ -305,7 +305,7 @@ int qvl_cli_bench(int argc, char **argv) {
     if (!json)
         fprintf(stderr, "qvl bench: time to first token...\n");
     qvl_image *img = noise_image(400, 300);
-    qvl_message msg = {"user", "What is in this picture? Answer briefly.", 1};
+    qvl_message msg = {"user", "What is in this picture? Answer briefly.", 1, 0};
     int32_t *pids = NULL;
     size_t np = 0;
     if (qvl_prompt_build(m, &msg, 1, 1, &img, 1, NULL, &pids, &np, err, sizeof err) != QVL_OK) {

@@ -61,6 +61,10 @@ typedef struct opts {
     const char *model;
     const char *images[MAX_IMAGES];
     int n_images;
+    const char *videos[MAX_IMAGES];
+    int n_videos;
+    double video_fps, sample_fps;
+    long max_frames;
     const char *prompt, *system, *out;
     const char *stops[MAX_STOPS];
     int n_stops;
@@ -121,6 +125,17 @@ static int parse_opts(int argc, char **argv, opts *o) {
             if (o->n_images == MAX_IMAGES)
                 return die(2, "at most %d images", MAX_IMAGES);
             o->images[o->n_images++] = argv[++i];
+        } else if (!strcmp(a, "--video")) {
+            NEED_ARG();
+            if (o->n_videos == MAX_IMAGES)
+                return die(2, "at most %d videos", MAX_IMAGES);
+            o->videos[o->n_videos++] = argv[++i];
+        } else if (!strcmp(a, "--video-fps")) {
+            FLT(video_fps, 0.001, 10000);
+        } else if (!strcmp(a, "--sample-fps")) {
+            FLT(sample_fps, 0.001, 1000);
+        } else if (!strcmp(a, "--max-frames")) {
+            NUM(max_frames, 2, 100000);
         } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
             NEED_ARG();
             o->prompt = argv[++i];
@@ -389,7 +404,8 @@ static int cmd_run(opts *o) {
     double load_ms = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6 - t0;
 
     qvl_image *imgs[MAX_IMAGES] = {0};
-    int n_img = 0;
+    qvl_video *vids[MAX_IMAGES] = {0};
+    int n_img = 0, n_vid = 0;
     qvl_ctx *c = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
@@ -402,6 +418,16 @@ static int cmd_run(opts *o) {
             goto out;
         }
         n_img++;
+    }
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, 0, 0};
+    for (int i = 0; i < o->n_videos; i++) {
+        qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
+                                      sizeof err);
+        if (s != QVL_OK) {
+            die(1, "video %s: %s", o->videos[i], err);
+            goto out;
+        }
+        n_vid++;
     }
     if (demo && n_img == 0) { /* the demo describes a generated gradient picture */
         static uint8_t rgb[96 * 64 * 3];
@@ -418,19 +444,22 @@ static int cmd_run(opts *o) {
         }
         n_img = 1;
     }
-    const char *prompt = o->prompt ? o->prompt : (n_img ? "Describe this image." : "Hello!");
+    const char *prompt = o->prompt ? o->prompt
+                                   : n_vid ? "What happens in this video?"
+                                   : n_img ? "Describe this image."
+                                           : "Hello!";
     qvl_message msgs[2];
     int nm = 0;
     if (o->system)
-        msgs[nm++] = (qvl_message){"system", o->system, 0};
-    msgs[nm++] = (qvl_message){"user", prompt, n_img};
+        msgs[nm++] = (qvl_message){"system", o->system, 0, 0};
+    msgs[nm++] = (qvl_message){"user", prompt, n_img, n_vid};
     qvl_ctx_params cp = qvl_ctx_default_params();
     cp.n_ctx = (int)o->n_ctx;
     cp.n_threads = (int)o->threads;
     cp.image.min_pixels = o->min_pixels;
     cp.image.max_pixels = o->max_pixels;
-    qvl_status s = qvl_prompt_build(m, msgs, (size_t)nm, 1, imgs, (size_t)n_img, &cp.image, &ids,
-                                    &n_ids, err, sizeof err);
+    qvl_status s = qvl_prompt_build_mm(m, msgs, (size_t)nm, 1, imgs, (size_t)n_img, &cp.image,
+                                       vids, (size_t)n_vid, &ids, &n_ids, err, sizeof err);
     if (s != QVL_OK) {
         die(1, "prompt: %s", err);
         goto out;
@@ -444,7 +473,7 @@ static int cmd_run(opts *o) {
         die(1, "context: %s", err);
         goto out;
     }
-    s = qvl_ctx_eval(c, ids, n_ids, imgs, (size_t)n_img);
+    s = qvl_ctx_eval_mm(c, ids, n_ids, imgs, (size_t)n_img, vids, (size_t)n_vid);
     if (s != QVL_OK) {
         die(1, "prompt evaluation: %s", qvl_ctx_errmsg(c));
         goto out;
@@ -511,6 +540,31 @@ static int cmd_run(opts *o) {
             cJSON_AddNumberToObject(e, "tokens", (double)pl.n_tokens);
             cJSON_AddItemToArray(ia, e);
         }
+        if (n_vid) {
+            cJSON *va = cJSON_AddArrayToObject(j, "videos");
+            for (int i = 0; i < n_vid; i++) {
+                qvl_video_plan vp;
+                if (qvl_video_plan_get(m, vids[i], &vp, err, sizeof err) != QVL_OK)
+                    continue;
+                cJSON *e = cJSON_CreateObject();
+                cJSON *g = cJSON_AddArrayToObject(e, "grid_thw");
+                cJSON_AddItemToArray(g, cJSON_CreateNumber(vp.grid_t));
+                cJSON_AddItemToArray(g, cJSON_CreateNumber(vp.grid_h));
+                cJSON_AddItemToArray(g, cJSON_CreateNumber(vp.grid_w));
+                cJSON_AddNumberToObject(e, "tokens", (double)vp.n_tokens);
+                double tsv[4096];
+                size_t nt = qvl_video_timestamps(m, vids[i], tsv, 4096);
+                cJSON *ta = cJSON_AddArrayToObject(e, "timestamps");
+                for (size_t k = 0; k < nt && k < 4096; k++)
+                    cJSON_AddItemToArray(ta, cJSON_CreateNumber(tsv[k]));
+                int64_t fi[4096];
+                size_t nf = qvl_video_frame_indices(vids[i], fi, 4096);
+                cJSON *fa = cJSON_AddArrayToObject(e, "frame_indices");
+                for (size_t k = 0; k < nf && k < 4096; k++)
+                    cJSON_AddItemToArray(fa, cJSON_CreateNumber((double)fi[k]));
+                cJSON_AddItemToArray(va, e);
+            }
+        }
         json_add_ids(j, "generated_ids", res.tokens, res.n_tokens);
         cJSON_AddStringToObject(j, "text", res.text);
         cJSON_AddStringToObject(j, "finish_reason",
@@ -548,6 +602,8 @@ out:
     qvl_ctx_free(c);
     for (int i = 0; i < n_img; i++)
         qvl_image_free(imgs[i]);
+    for (int i = 0; i < n_vid; i++)
+        qvl_video_free(vids[i]);
     qvl_model_free(m);
     qvl_free(demo_dir);
     return rc;
@@ -742,8 +798,8 @@ static int cmd_chat(opts *o) {
         qvl_message msgs[2];
         int nm = 0;
         if (first && o->system)
-            msgs[nm++] = (qvl_message){"system", o->system, 0};
-        msgs[nm++] = (qvl_message){"user", line, n_pending};
+            msgs[nm++] = (qvl_message){"system", o->system, 0, 0};
+        msgs[nm++] = (qvl_message){"user", line, n_pending, 0};
         int32_t *ids = NULL, *all = NULL;
         size_t n_ids = 0;
         qvl_status s = qvl_prompt_build(m, msgs, (size_t)nm, 1, pending, (size_t)n_pending,
@@ -828,7 +884,8 @@ static void usage(void) {
             "             [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
-            "             [--json] [--top-logits K] [-q]\n"
+            "             [--json] [--top-logits K] [-q] [--quant q8|q4]\n"
+            "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
             "             random-weight demo model\n"
             "  chat       -m DIR [-s SYSTEM]   interactive; '/image PATH' attaches an image\n"

@@ -167,6 +167,46 @@ QVL_API qvl_status qvl_vision_encode(const qvl_model *m, const qvl_image *img,
                                      char *err, size_t err_len);
 QVL_API void qvl_features_free(qvl_features *f);
 
+/* ---- video ------------------------------------------------------------ */
+typedef struct qvl_video qvl_video; /* the sampled frames of a video */
+
+/* Sampling and budget; 0 fields come from video_preprocessor_config.json (fps 2, 4..768 frames,
+ * T x H x W pixel budget). */
+typedef struct qvl_video_opts {
+    double fps; /* frames sampled per second of video */
+    int min_frames;
+    int max_frames;
+    int64_t min_pixels;
+    int64_t max_pixels;
+} qvl_video_opts;
+
+/* A video file (decoded with FFmpeg, only the sampled frames) or a directory of frame images
+ * (.png/.jpg/.webp in name order) whose frame rate is frames_fps. */
+QVL_API qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fps,
+                                  const qvl_video_opts *o, qvl_video **out, char *err,
+                                  size_t err_len);
+/* A video from decoded frames (all the same size) at frame rate fps; frames are copied. */
+QVL_API qvl_status qvl_video_from_frames(const qvl_model *m, qvl_image *const *frames, size_t n,
+                                         double fps, const qvl_video_opts *o, qvl_video **out,
+                                         char *err, size_t err_len);
+QVL_API void qvl_video_free(qvl_video *v);
+
+typedef struct qvl_video_plan {
+    int n_frames; /* sampled */
+    int resized_width, resized_height;
+    int grid_t, grid_h, grid_w; /* grid_t = frame pairs */
+    int64_t tokens_per_group;   /* <|video_pad|> tokens per frame pair */
+    int64_t n_tokens;
+} qvl_video_plan;
+QVL_API qvl_status qvl_video_plan_get(const qvl_model *m, const qvl_video *v, qvl_video_plan *p,
+                                      char *err, size_t err_len);
+/* Time in seconds of each frame pair (as written into the prompt); returns the number of pairs
+ * (fills at most cap values). */
+QVL_API size_t qvl_video_timestamps(const qvl_model *m, const qvl_video *v, double *ts,
+                                    size_t cap);
+/* Sampled frame indices of the source (fills at most cap); returns the number sampled. */
+QVL_API size_t qvl_video_frame_indices(const qvl_video *v, int64_t *idx, size_t cap);
+
 /* ---- context (one conversation) --------------------------------------- */
 typedef struct qvl_ctx qvl_ctx; /* KV cache, scratch, RNG, thread pool; one thread at a time */
 
@@ -194,6 +234,11 @@ QVL_API int64_t qvl_ctx_n_ctx(const qvl_ctx *c);
  * On error the context is left as it was before the call. */
 QVL_API qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n, qvl_image *const *images,
                                 size_t n_images);
+/* As qvl_ctx_eval with videos too: each video's frame groups take the <|video_pad|> runs in
+ * order (the prompt holds the timestamp text between them, as qvl_prompt_build_mm writes). */
+QVL_API qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n,
+                                   qvl_image *const *images, size_t n_images,
+                                   qvl_video *const *videos, size_t n_videos);
 
 /* Append caller-supplied embeddings: embd [n, hidden]. pos: 3 x n position ids (t row, then h,
  * then w), or NULL for text positions continuing the conversation. deepstack: n_deepstack
@@ -268,7 +313,8 @@ QVL_API void qvl_gen_result_free(qvl_gen_result *r);
 typedef struct qvl_message {
     const char *role;
     const char *text;
-    int n_images;
+    int n_images; /* image placeholders before the text */
+    int n_videos; /* video placeholders after the images, before the text */
 } qvl_message;
 /* Render the chat template and tokenize; each image placeholder is expanded into the number of
  * tokens of the matching image in `images` (all images of all messages, in order). */
@@ -276,6 +322,13 @@ QVL_API qvl_status qvl_prompt_build(const qvl_model *m, const qvl_message *msgs,
                                     int add_generation_prompt, qvl_image *const *images,
                                     size_t n_images, const qvl_image_opts *o, int32_t **ids,
                                     size_t *n_ids, char *err, size_t err_len);
+/* With videos: each video placeholder becomes, per frame pair, "<T seconds>" and a
+ * vision_start / video pads / vision_end block, as the reference processor writes it. */
+QVL_API qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *msgs, size_t n_msgs,
+                                       int add_generation_prompt, qvl_image *const *images,
+                                       size_t n_images, const qvl_image_opts *o,
+                                       qvl_video *const *videos, size_t n_videos, int32_t **ids,
+                                       size_t *n_ids, char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

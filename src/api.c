@@ -7,6 +7,7 @@
 #include "rope.h"
 #include "st.h"
 #include "tok.h"
+#include "video.h"
 #include "vit.h"
 
 #include <cjson/cJSON.h>
@@ -206,24 +207,68 @@ qvl_status qvl_prompt_build(const qvl_model *m, const qvl_message *msgs, size_t 
                             int add_generation_prompt, qvl_image *const *images, size_t n_images,
                             const qvl_image_opts *o, int32_t **ids, size_t *n_ids, char *err,
                             size_t err_len) {
-    if (!m || !ids || !n_ids || (!msgs && n_msgs))
+    return qvl_prompt_build_mm(m, msgs, n_msgs, add_generation_prompt, images, n_images, o, NULL,
+                               0, ids, n_ids, err, err_len);
+}
+
+/* Replace the i-th video placeholder of the rendered template text by the video's expansion. */
+static qvl_status expand_videos(const qvl_model *m, char **text, qvl_video *const *videos,
+                                size_t n_videos, char *err, size_t err_len) {
+    static const char ph[] = "<|vision_start|><|video_pad|><|vision_end|>";
+    const size_t pl = sizeof ph - 1;
+    size_t from = 0; /* search after the previous expansion (it may contain the same text) */
+    for (size_t i = 0; i < n_videos; i++) {
+        char *hit = strstr(*text + from, ph);
+        if (!hit) {
+            qvl_errf(err, err_len, "the prompt has fewer video placeholders than the %zu videos",
+                     n_videos);
+            return QVL_E_INVAL;
+        }
+        char *rep = qvl_video_prompt_text(m, videos[i], err, err_len);
+        if (!rep)
+            return QVL_E_NOMEM;
+        size_t head = (size_t)(hit - *text), rl = strlen(rep), tl = strlen(hit + pl);
+        char *nt = qvl_malloc(head + rl + tl + 1);
+        if (!nt) {
+            qvl_free(rep);
+            return QVL_E_NOMEM;
+        }
+        memcpy(nt, *text, head);
+        memcpy(nt + head, rep, rl);
+        memcpy(nt + head + rl, hit + pl, tl + 1);
+        from = head + rl;
+        qvl_free(rep);
+        qvl_free(*text);
+        *text = nt;
+    }
+    return QVL_OK;
+}
+
+qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *msgs, size_t n_msgs,
+                               int add_generation_prompt, qvl_image *const *images,
+                               size_t n_images, const qvl_image_opts *o,
+                               qvl_video *const *videos, size_t n_videos, int32_t **ids,
+                               size_t *n_ids, char *err, size_t err_len) {
+    if (!m || !ids || !n_ids || (!msgs && n_msgs) || (!images && n_images) ||
+        (!videos && n_videos))
         return QVL_E_INVAL;
     *ids = NULL;
     *n_ids = 0;
     size_t total_parts = 0;
     for (size_t i = 0; i < n_msgs; i++) {
-        if (msgs[i].n_images < 0) {
-            qvl_errf(err, err_len, "message %zu: negative image count", i);
+        if (msgs[i].n_images < 0 || msgs[i].n_videos < 0 || msgs[i].n_images > 100000 ||
+            msgs[i].n_videos > 100000) {
+            qvl_errf(err, err_len, "message %zu: bad image or video count", i);
             return QVL_E_INVAL;
         }
-        total_parts += (size_t)msgs[i].n_images + 1;
+        total_parts += (size_t)msgs[i].n_images + (size_t)msgs[i].n_videos + 1;
     }
     qvl_chat_msg *cm = qvl_calloc(n_msgs + 1, sizeof *cm);
     qvl_chat_part *parts = qvl_calloc(total_parts + 1, sizeof *parts);
     size_t *counts = qvl_calloc(n_images + 1, sizeof *counts);
     char *text = NULL;
     int32_t *raw = NULL;
-    size_t n_raw = 0, img_i = 0;
+    size_t n_raw = 0, img_i = 0, vid_i = 0;
     qvl_status s = QVL_OK;
     if (!cm || !parts || !counts) {
         s = QVL_E_NOMEM;
@@ -236,14 +281,18 @@ qvl_status qvl_prompt_build(const qvl_model *m, const qvl_message *msgs, size_t 
         cm[i].parts = parts + pi;
         for (int k = 0; k < msgs[i].n_images; k++)
             parts[pi++].type = QVL_PART_IMAGE;
+        for (int k = 0; k < msgs[i].n_videos; k++)
+            parts[pi++].type = QVL_PART_VIDEO;
         parts[pi].type = QVL_PART_TEXT;
         parts[pi++].text = msgs[i].text ? msgs[i].text : "";
-        cm[i].n_parts = (size_t)msgs[i].n_images + 1;
+        cm[i].n_parts = (size_t)msgs[i].n_images + (size_t)msgs[i].n_videos + 1;
         img_i += (size_t)msgs[i].n_images;
+        vid_i += (size_t)msgs[i].n_videos;
     }
-    if (img_i != n_images) {
-        qvl_errf(err, err_len, "the messages place %zu images but %zu were given", img_i,
-                 n_images);
+    if (img_i != n_images || vid_i != n_videos) {
+        qvl_errf(err, err_len,
+                 "the messages place %zu images and %zu videos but %zu and %zu were given",
+                 img_i, vid_i, n_images, n_videos);
         s = QVL_E_INVAL;
         goto done;
     }
@@ -255,6 +304,8 @@ qvl_status qvl_prompt_build(const qvl_model *m, const qvl_message *msgs, size_t 
         counts[i] = (size_t)plan.n_tokens;
     }
     s = qvl_chat_render(cm, n_msgs, add_generation_prompt != 0, false, &text, err, err_len);
+    if (s == QVL_OK)
+        s = expand_videos(m, &text, videos, n_videos, err, err_len);
     if (s != QVL_OK)
         goto done;
     s = qvl_tok_encode(m->tok, text, strlen(text), &raw, &n_raw, err, err_len);
@@ -269,6 +320,14 @@ done:
     qvl_free(text);
     qvl_free(raw);
     return s;
+}
+
+size_t qvl_video_frame_indices(const qvl_video *v, int64_t *idx, size_t cap) {
+    if (!v)
+        return 0;
+    for (size_t i = 0; i < (size_t)v->n && i < cap; i++)
+        idx[i] = v->indices[i];
+    return (size_t)v->n;
 }
 
 /* ---- model description ------------------------------------------------------------------- */

@@ -7,6 +7,7 @@
 #include "kern/kern.h"
 #include "rope.h"
 #include "tok.h"
+#include "video.h"
 #include "vit.h"
 
 #include <math.h>
@@ -309,6 +310,20 @@ qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
 
 qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n_ids, qvl_image *const *images,
                         size_t n_images) {
+    return qvl_ctx_eval_mm(c, ids, n_ids, images, n_images, NULL, 0);
+}
+
+/* One image or video of a prompt: its pixel rows, grid and features. */
+typedef struct media {
+    qvl_pixels px;
+    float *feat; /* [n_tokens, H] */
+    float *ds;   /* [n_ds, n_tokens, H] */
+    int64_t n_tokens;
+} media;
+
+qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
+                           qvl_image *const *images, size_t n_images, qvl_video *const *videos,
+                           size_t n_videos) {
     if (!c)
         return QVL_E_INVAL;
     c->err[0] = 0;
@@ -326,116 +341,142 @@ qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n_ids, qvl_image 
                      (long long)n, (long long)(c->n_ctx - c->n_past), (long long)c->n_ctx);
         return QVL_E_LIMIT;
     }
-    int64_t n_pad = 0;
+    if ((n_images > 0 && !images) || (n_videos > 0 && !videos)) {
+        qvl_ctx_setf(c, "eval: images or videos is NULL");
+        return QVL_E_INVAL;
+    }
+    int64_t n_img_pad = 0, n_vid_pad = 0;
     for (int64_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= cfg->text.vocab_size) {
             qvl_ctx_setf(c, "token id %d at position %lld is outside the vocabulary (0..%d)",
                          ids[i], (long long)i, cfg->text.vocab_size - 1);
             return QVL_E_INVAL;
         }
-        if (ids[i] == cfg->video_token_id) {
-            qvl_ctx_setf(c, "video placeholder tokens need video input, which this call lacks");
-            return QVL_E_UNSUPPORTED;
-        }
-        n_pad += ids[i] == cfg->image_token_id;
+        n_img_pad += ids[i] == cfg->image_token_id;
+        n_vid_pad += ids[i] == cfg->video_token_id;
     }
-    if (n_images > 0 && !images) {
-        qvl_ctx_setf(c, "eval: images is NULL");
-        return QVL_E_INVAL;
-    }
-    /* plan every image first: the pad count must match before any heavy work */
+    /* preprocess every image and video first: the pad counts must match before heavy work */
+    const size_t n_media = n_images + n_videos;
+    const int n_ds_model = cfg->vision.n_deepstack;
     qvl_status s = QVL_OK;
-    qvl_grid *grids = qvl_calloc(n_images + 1, sizeof *grids);
-    qvl_pixels *px = qvl_calloc(n_images + 1, sizeof *px);
+    media *md = qvl_calloc(n_media + 1, sizeof *md);
+    qvl_grid *igrid = qvl_calloc(n_images + 1, sizeof *igrid);
+    qvl_grid *vgrid = NULL;
     float *x = NULL, **ds = NULL;
     int32_t *pos = NULL;
     uint8_t *vis = NULL;
-    if (!grids || !px) {
+    if (!md || !igrid) {
         s = QVL_E_NOMEM;
         goto done;
     }
-    int64_t n_feat = 0;
-    for (size_t i = 0; i < n_images; i++) {
-        s = qvl_image_pixels(m, images[i], &c->image, &px[i], c->err, sizeof c->err);
+    int64_t n_img_feat = 0, n_vid_feat = 0, n_vgroups = 0;
+    for (size_t i = 0; i < n_media; i++) {
+        if (i < n_images)
+            s = qvl_image_pixels(m, images[i], &c->image, &md[i].px, c->err, sizeof c->err);
+        else
+            s = qvl_video_pixels(m, videos[i - n_images], &md[i].px, c->err, sizeof c->err);
         if (s != QVL_OK)
             goto done;
-        grids[i].t = px[i].grid_t;
-        grids[i].h = px[i].grid_h;
-        grids[i].w = px[i].grid_w;
-        n_feat += px[i].n_tokens;
+        md[i].n_tokens = md[i].px.n_tokens;
+        if (i < n_images) {
+            igrid[i] = (qvl_grid){md[i].px.grid_t, md[i].px.grid_h, md[i].px.grid_w};
+            n_img_feat += md[i].px.n_tokens;
+        } else {
+            n_vid_feat += md[i].px.n_tokens;
+            n_vgroups += md[i].px.grid_t;
+        }
     }
-    if (n_feat != n_pad) {
+    if (n_img_feat != n_img_pad) {
         qvl_ctx_setf(c, "image features and image tokens do not match: tokens: %lld, features %lld",
-                     (long long)n_pad, (long long)n_feat);
+                     (long long)n_img_pad, (long long)n_img_feat);
         s = QVL_E_INVAL;
         goto done;
     }
+    if (n_vid_feat != n_vid_pad) {
+        qvl_ctx_setf(c, "video features and video tokens do not match: tokens: %lld, features %lld",
+                     (long long)n_vid_pad, (long long)n_vid_feat);
+        s = QVL_E_INVAL;
+        goto done;
+    }
+    /* every frame group of a video is positioned like a one-frame image */
+    vgrid = qvl_calloc((size_t)n_vgroups + 1, sizeof *vgrid);
     pos = qvl_malloc((size_t)(3 * n) * sizeof(int32_t));
     x = qvl_malloc((size_t)(n * H) * sizeof(float));
     vis = qvl_calloc((size_t)n, 1);
-    if (!pos || !x || !vis) {
+    if (!vgrid || !pos || !x || !vis) {
         s = QVL_E_NOMEM;
         goto done;
     }
+    for (size_t i = n_images, g = 0; i < n_media; i++)
+        for (int t = 0; t < md[i].px.grid_t; t++)
+            vgrid[g++] = (qvl_grid){1, md[i].px.grid_h, md[i].px.grid_w};
     int64_t next = 0;
-    s = qvl_rope_index(ids, n, cfg->image_token_id, cfg->video_token_id, grids, (int)n_images,
-                       NULL, 0, cfg->vision.merge, c->next_pos, pos, &next, c->err,
-                       sizeof c->err);
+    s = qvl_rope_index(ids, n, cfg->image_token_id, cfg->video_token_id, igrid, (int)n_images,
+                       vgrid, (int)n_vgroups, cfg->vision.merge, c->next_pos, pos, &next,
+                       c->err, sizeof c->err);
     if (s != QVL_OK)
         goto done;
     /* text embeddings */
+    const qvl_mat *E = &m->embed;
+    const size_t rb = qvl_dtype_row_bytes(E->dt, (size_t)H);
     for (int64_t i = 0; i < n; i++) {
-        const qvl_mat *E = &m->embed;
-        const uint8_t *row =
-            (const uint8_t *)E->data + (size_t)ids[i] * qvl_dtype_row_bytes(E->dt, (size_t)H);
-        qvl_row_to_f32(E->dt, row, x + i * H, H);
-        vis[i] = ids[i] == cfg->image_token_id;
+        qvl_row_to_f32(E->dt, (const uint8_t *)E->data + (size_t)ids[i] * rb, x + i * H, H);
+        vis[i] = ids[i] == cfg->image_token_id || ids[i] == cfg->video_token_id;
     }
-    /* vision: encode each image and scatter its rows into the pad positions in order */
-    int n_ds = n_feat > 0 ? cfg->vision.n_deepstack : 0;
+    /* vision: encode each image / video */
+    const int64_t n_feat = n_img_feat + n_vid_feat;
+    const int n_ds = n_feat > 0 ? n_ds_model : 0;
+    double t0 = qvl_time_ms();
+    for (size_t i = 0; i < n_media && s == QVL_OK; i++) {
+        int64_t ni = md[i].px.n_tokens;
+        md[i].feat = qvl_malloc((size_t)(ni * H) * sizeof(float));
+        md[i].ds = qvl_malloc((size_t)(n_ds_model * ni * H + 1) * sizeof(float));
+        if (!md[i].feat || !md[i].ds) {
+            s = QVL_E_NOMEM;
+            break;
+        }
+        s = qvl_vit_encode(m, c->pool, md[i].px.data, md[i].px.grid_t, md[i].px.grid_h,
+                           md[i].px.grid_w, md[i].feat, md[i].ds, c->err, sizeof c->err);
+        qvl_pixels_free(&md[i].px);
+    }
+    c->vision_ms += qvl_time_ms() - t0;
+    if (s != QVL_OK)
+        goto done;
+    /* scatter: image pads take image rows in order, video pads video rows in order; the
+     * DeepStack rows are gathered in sequence order the same way */
     if (n_feat > 0) {
         ds = qvl_calloc((size_t)n_ds + 1, sizeof *ds);
-        float *feat = qvl_malloc((size_t)(n_feat * H) * sizeof(float));
-        if (!ds || !feat) {
-            qvl_free(feat);
+        if (!ds) {
             s = QVL_E_NOMEM;
             goto done;
         }
         for (int k = 0; k < n_ds; k++) {
             ds[k] = qvl_malloc((size_t)(n_feat * H) * sizeof(float));
             if (!ds[k]) {
-                qvl_free(feat);
                 s = QVL_E_NOMEM;
                 goto done;
             }
         }
-        int64_t off = 0;
-        double t0 = qvl_time_ms();
-        for (size_t i = 0; i < n_images && s == QVL_OK; i++) {
-            /* the tower writes [n_ds][n_i][H]; gather per tap into the joint arrays */
-            int64_t ni = px[i].n_tokens;
-            float *dsi = qvl_malloc((size_t)(n_ds * ni * H + 1) * sizeof(float));
-            if (!dsi) {
-                s = QVL_E_NOMEM;
-                break;
+        size_t cur[2] = {0, n_images}; /* current media of each kind */
+        int64_t row[2] = {0, 0};       /* row inside it */
+        int64_t r = 0;
+        for (int64_t i = 0; i < n; i++) {
+            if (!vis[i])
+                continue;
+            int kind = ids[i] == cfg->video_token_id;
+            while (row[kind] >= md[cur[kind]].n_tokens) {
+                cur[kind]++;
+                row[kind] = 0;
             }
-            s = qvl_vit_encode(m, c->pool, px[i].data, px[i].grid_t, px[i].grid_h, px[i].grid_w,
-                               feat + off * H, dsi, c->err, sizeof c->err);
-            for (int k = 0; k < n_ds && s == QVL_OK; k++)
-                memcpy(ds[k] + off * H, dsi + (int64_t)k * ni * H, (size_t)(ni * H) * sizeof(float));
-            qvl_free(dsi);
-            off += ni;
+            const media *mm = &md[cur[kind]];
+            int64_t ni = mm->n_tokens;
+            memcpy(x + i * H, mm->feat + row[kind] * H, (size_t)H * sizeof(float));
+            for (int k = 0; k < n_ds; k++)
+                memcpy(ds[k] + r * H, mm->ds + ((int64_t)k * ni + row[kind]) * H,
+                       (size_t)H * sizeof(float));
+            row[kind]++;
+            r++;
         }
-        c->vision_ms += qvl_time_ms() - t0;
-        if (s == QVL_OK) {
-            int64_t r = 0;
-            for (int64_t i = 0; i < n; i++)
-                if (vis[i])
-                    memcpy(x + i * H, feat + (r++) * H, (size_t)H * sizeof(float));
-        }
-        qvl_free(feat);
-        if (s != QVL_OK)
-            goto done;
     }
     double t1 = qvl_time_ms();
     forward(c, x, n, pos, n_feat > 0 ? vis : NULL, n_ds, (const float *const *)ds);
@@ -446,13 +487,17 @@ done:
     if (s == QVL_E_NOMEM && !c->err[0])
         qvl_ctx_setf(c, "out of memory evaluating %lld tokens", (long long)n);
     if (ds)
-        for (int k = 0; k < cfg->vision.n_deepstack; k++)
+        for (int k = 0; k < n_ds_model; k++)
             qvl_free(ds[k]);
     qvl_free(ds);
-    for (size_t i = 0; px && i < n_images; i++)
-        qvl_pixels_free(&px[i]);
-    qvl_free(px);
-    qvl_free(grids);
+    for (size_t i = 0; md && i < n_media; i++) {
+        qvl_pixels_free(&md[i].px);
+        qvl_free(md[i].feat);
+        qvl_free(md[i].ds);
+    }
+    qvl_free(md);
+    qvl_free(igrid);
+    qvl_free(vgrid);
     qvl_free(pos);
     qvl_free(x);
     qvl_free(vis);

@@ -541,6 +541,19 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
         if (s != QVL_OK)
             goto fail;
     }
+    qvl_pp_config_default_video(&m->vpp);
+    {
+        char *vp = qvl_path_join(m->dir, "video_preprocessor_config.json");
+        if (!vp) {
+            s = QVL_E_NOMEM;
+            goto fail;
+        }
+        if (qvl_file_exists(vp))
+            s = qvl_pp_config_load_video(vp, &m->vpp, err, err_len);
+        qvl_free(vp);
+        if (s != QVL_OK)
+            goto fail;
+    }
     if (m->pp.patch != m->cfg.vision.patch || m->pp.merge != m->cfg.vision.merge ||
         m->pp.temporal_patch != m->cfg.vision.temporal_patch) {
         qvl_errf(err, err_len,

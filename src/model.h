@@ -33,7 +33,8 @@ struct qvl_model {
     char *dir;
     qvl_config cfg;
     qvl_gen_config gen;
-    qvl_pp_config pp;
+    qvl_pp_config pp;  /* preprocessor_config.json */
+    qvl_pp_config vpp; /* video_preprocessor_config.json */
     struct qvl_tok *tok;
     struct qvl_st *st;
 

@@ -5,6 +5,8 @@
 #include "check.h"
 #include "ctx.h"
 #include "rope.h"
+#include "video.h"
+#include "vit.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -117,8 +119,8 @@ static void run_case(const char *name) {
     qvl_message msgs[2];
     int nm = 0;
     if (cJSON_IsString(sys))
-        msgs[nm++] = (qvl_message){"system", sys->valuestring, 0};
-    msgs[nm++] = (qvl_message){"user", cJSON_GetObjectItem(inp, "prompt")->valuestring, n_img};
+        msgs[nm++] = (qvl_message){"system", sys->valuestring, 0, 0};
+    msgs[nm++] = (qvl_message){"user", cJSON_GetObjectItem(inp, "prompt")->valuestring, n_img, 0};
     int32_t *ids = NULL;
     size_t n = 0;
     qvl_status s = qvl_prompt_build(M, msgs, (size_t)nm, 1, imgs, (size_t)n_img, NULL, &ids, &n,
@@ -317,7 +319,7 @@ static void multi_turn(void) {
     CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
                               err, sizeof err) == QVL_OK);
     qvl_ctx *c = new_ctx(1024);
-    qvl_message t1[1] = {{"user", "Describe this image.", 1}};
+    qvl_message t1[1] = {{"user", "Describe this image.", 1, 0}};
     int32_t *ids1 = NULL;
     size_t n1 = 0;
     CHECK(qvl_prompt_build(M, t1, 1, 1, &img, 1, NULL, &ids1, &n1, err, sizeof err) == QVL_OK);
@@ -327,7 +329,7 @@ static void multi_turn(void) {
     char *answer = NULL;
     CHECK(qvl_detokenize(M, ans, na, 0, &answer) == QVL_OK);
     /* turn 2 appended: the last answer token, <|im_end|>\n, then the next user turn (an image) */
-    qvl_message t2[1] = {{"user", "And now?", 1}};
+    qvl_message t2[1] = {{"user", "And now?", 1, 0}};
     int32_t *ids2 = NULL;
     size_t n2 = 0;
     CHECK(qvl_prompt_build(M, t2, 1, 1, &img, 1, NULL, &ids2, &n2, err, sizeof err) == QVL_OK);
@@ -388,6 +390,127 @@ static void multi_turn(void) {
     qvl_image_free(img);
 }
 
+/* the video case: 10 frames at 4 fps, sampled at 2 fps; prompt with timestamps, grid,
+ * positions, pixel rows, vision outputs, logits and the greedy continuation */
+static void video_case(void) {
+    cJSON *g = load_json("fixtures/tiny-qwen3vl/golden/tiny_video_frames.json");
+    CHECK(g != NULL);
+    if (!g)
+        return;
+    char err[512];
+    qvl_video *v = NULL;
+    qvl_status s = qvl_video_load(M, shared_path("fixtures/tiny-qwen3vl/videos/tiny_clip_96x64_4fps"),
+                                  4, NULL, &v, err, sizeof err);
+    CHECKF(s == QVL_OK, "video: %s", err);
+    if (s != QVL_OK) {
+        cJSON_Delete(g);
+        return;
+    }
+    int64_t idx[16];
+    size_t ni = qvl_video_frame_indices(v, idx, 16);
+    CHECK(ni == 5 && idx[0] == 0 && idx[1] == 2 && idx[2] == 4 && idx[3] == 7 && idx[4] == 9);
+    qvl_video_plan vp;
+    CHECK(qvl_video_plan_get(M, v, &vp, err, sizeof err) == QVL_OK);
+    CHECK(vp.grid_t == 3 && vp.grid_h == 4 && vp.grid_w == 6 && vp.n_tokens == 18);
+    double ts[8];
+    CHECK(qvl_video_timestamps(M, v, ts, 8) == 3 && ts[0] == 0.25 && ts[1] == 1.375 &&
+          ts[2] == 2.25);
+    /* pixel rows against the full golden tensor */
+    qvl_pixels px;
+    CHECK(qvl_video_pixels(M, v, &px, err, sizeof err) == QVL_OK);
+    float *gpx = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.pixel_values_videos.f32",
+                          (size_t)(72 * 1536));
+    CHECK(gpx && px.n_rows == 72 && px.n_cols == 1536);
+    if (gpx && px.data)
+        CHECKF(max_rel(px.data, gpx, 72 * 1536) <= 1e-6, "video pixel rows differ: %g",
+               max_rel(px.data, gpx, 72 * 1536));
+    /* vision tower over the three frame pairs (attention within each pair) */
+    float feat[18 * 64], dsv[2 * 18 * 64];
+    qvl_pool *pool = NULL;
+    qvl_pool_create(2, &pool);
+    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, err, sizeof err) == QVL_OK);
+    float *gpo = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_pooler_output.f32",
+                          18 * 64);
+    float *gd0 = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_deepstack_0.f32",
+                          18 * 64);
+    float *gd1 = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_deepstack_1.f32",
+                          18 * 64);
+    CHECK(gpo && gd0 && gd1);
+    if (gpo && gd0 && gd1) {
+        CHECKF(max_rel(feat, gpo, 18 * 64) < 1e-4, "video pooler differs: %g",
+               max_rel(feat, gpo, 18 * 64));
+        CHECK(max_rel(dsv, gd0, 18 * 64) < 1e-4 && max_rel(dsv + 18 * 64, gd1, 18 * 64) < 1e-4);
+    }
+    qvl_pool_free(pool);
+    /* prompt, positions, logits, greedy continuation */
+    qvl_message msg = {"user", "What happens in this video?", 0, 1};
+    int32_t *ids = NULL;
+    size_t n = 0, gn = 0;
+    CHECK(qvl_prompt_build_mm(M, &msg, 1, 1, NULL, 0, NULL, &v, 1, &ids, &n, err, sizeof err) ==
+          QVL_OK);
+    int32_t *gids = json_ids(cJSON_GetObjectItem(g, "input_ids"), &gn);
+    CHECKF(n == gn && ids && !memcmp(ids, gids, n * sizeof *ids), "video prompt ids differ");
+    qvl_grid vg[3] = {{1, 4, 6}, {1, 4, 6}, {1, 4, 6}};
+    int32_t *pos = malloc(3 * n * sizeof *pos);
+    int64_t next = 0;
+    CHECK(qvl_rope_index(ids, (int64_t)n, M->cfg.image_token_id, M->cfg.video_token_id, NULL, 0,
+                         vg, 3, 2, 0, pos, &next, err, sizeof err) == QVL_OK);
+    const cJSON *gp = cJSON_GetObjectItem(g, "position_ids");
+    bool pos_ok = true;
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; i < n; i++)
+            pos_ok &= pos[a * n + i] == cJSON_GetArrayItem(cJSON_GetArrayItem(gp, a), (int)i)
+                                            ->valueint;
+    CHECKF(pos_ok, "video position ids differ");
+    CHECK(next - (int64_t)n == cJSON_GetObjectItem(g, "rope_delta")->valueint);
+    qvl_ctx *c = new_ctx(256);
+    CHECKF(qvl_ctx_eval_mm(c, ids, n, NULL, 0, &v, 1) == QVL_OK, "%s", qvl_ctx_errmsg(c));
+    float *glog = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.prompt_end_logits.f32",
+                           151936);
+    if (glog && qvl_ctx_logits(c, NULL))
+        CHECKF(max_rel(qvl_ctx_logits(c, NULL), glog, 151936) < 1e-4, "video logits differ: %g",
+               max_rel(qvl_ctx_logits(c, NULL), glog, 151936));
+    size_t ng = 0;
+    int32_t *gen_ref = json_ids(cJSON_GetObjectItem(g, "generated_ids"), &ng);
+    int32_t out[64];
+    size_t k = greedy(c, (int)ng, out);
+    CHECKF(k == ng && !memcmp(out, gen_ref, ng * sizeof *out), "video greedy tokens differ");
+
+    /* an image and two videos in one turn: counts line up and generation runs */
+    qvl_image *img = NULL;
+    CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
+                              err, sizeof err) == QVL_OK);
+    qvl_video *vv[2] = {v, v};
+    qvl_message mix = {"user", "Compare.", 1, 2};
+    int32_t *mids = NULL;
+    size_t mn = 0;
+    CHECK(qvl_prompt_build_mm(M, &mix, 1, 1, &img, 1, NULL, vv, 2, &mids, &mn, err, sizeof err) ==
+          QVL_OK);
+    qvl_ctx_reset(c);
+    CHECKF(qvl_ctx_eval_mm(c, mids, mn, &img, 1, vv, 2) == QVL_OK, "mixed: %s",
+           qvl_ctx_errmsg(c));
+    CHECK(qvl_ctx_n_past(c) == (int64_t)mn);
+    /* video pads without a video: a clear error, context unchanged */
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval_mm(c, mids, mn, &img, 1, vv, 1) == QVL_E_INVAL);
+    CHECK(strstr(qvl_ctx_errmsg(c), "video") != NULL && qvl_ctx_n_past(c) == 0);
+    qvl_free(mids);
+    qvl_image_free(img);
+    free(gen_ref);
+    qvl_free(glog);
+    qvl_ctx_free(c);
+    free(pos);
+    free(gids);
+    qvl_free(ids);
+    qvl_free(gpx);
+    qvl_free(gpo);
+    qvl_free(gd0);
+    qvl_free(gd1);
+    qvl_pixels_free(&px);
+    qvl_video_free(v);
+    cJSON_Delete(g);
+}
+
 int main(void) {
     char err[1024];
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
@@ -401,6 +524,7 @@ int main(void) {
     run_case("tiny_text_only");
     full_tensors();
     multi_turn();
+    video_case();
     qvl_model_free(M);
     CHECK_DONE();
 }

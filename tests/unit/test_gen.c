@@ -52,7 +52,7 @@ static qvl_ctx *prompt_ctx(const char *text, int n_ctx) {
     cp.n_threads = 2;
     qvl_ctx *c = NULL;
     CHECK(qvl_ctx_create(M, &cp, &c, err, sizeof err) == QVL_OK);
-    qvl_message msg = {"user", text, 0};
+    qvl_message msg = {"user", text, 0, 0};
     int32_t *ids = NULL;
     size_t n = 0;
     CHECK(qvl_prompt_build(M, &msg, 1, 1, NULL, 0, NULL, &ids, &n, err, sizeof err) == QVL_OK);

@@ -65,7 +65,7 @@ static float *run(const char *dir, const char *what) {
         rgb[i] = (uint8_t)(i * 7);
     qvl_image *img = NULL;
     CHECK(qvl_image_from_rgb(rgb, 48, 40, &img, err, sizeof err) == QVL_OK);
-    qvl_message msg = {"user", "What is shown?", 1};
+    qvl_message msg = {"user", "What is shown?", 1, 0};
     int32_t *ids = NULL;
     size_t n = 0;
     CHECKF(qvl_prompt_build(m, &msg, 1, 1, &img, 1, NULL, &ids, &n, err, sizeof err) == QVL_OK,
