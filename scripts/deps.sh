@@ -2,9 +2,10 @@
 # Install the Debian 12 packages qvl needs to build and test, when they are missing.
 set -euo pipefail
 pkgs="build-essential cmake pkg-config libcjson-dev libutf8proc-dev libpcre2-dev
-      libjpeg62-turbo-dev libpng-dev libwebp-dev"
+      libjpeg62-turbo-dev libpng-dev libwebp-dev libmicrohttpd-dev
+      libavformat-dev libavcodec-dev libswscale-dev libavutil-dev"
 if [ "${1:-}" = "--test" ]; then
-    pkgs="$pkgs clang libclang-rt-14-dev"
+    pkgs="$pkgs clang libclang-rt-14-dev ffmpeg nodejs npm curl"
 fi
 missing=""
 for p in $pkgs; do

@@ -11,12 +11,7 @@
 #include "image.h"
 #include "ctx.h"
 #include "model.h"
-#if defined(__has_include)
-#    if __has_include("video_ff.h")
-#        include "video_ff.h"
-#        define QVL_HAVE_VIDEO_FF 1
-#    endif
-#endif
+#include "video_ff.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -307,10 +302,6 @@ qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fp
     }
     if (qvl_dir_exists(path))
         return load_dir(m, path, frames_fps, o, out, err, err_len);
-#ifndef QVL_HAVE_VIDEO_FF
-    qvl_errf(err, err_len, "%s: video files need the FFmpeg decoder, not built in", path);
-    return QVL_E_UNSUPPORTED;
-#else
     qvl_vid_limits lim = qvl_vid_limits_default();
     qvl_vid_info info;
     qvl_status s = qvl_vid_probe_file(path, &lim, &info, err, err_len);
@@ -329,7 +320,6 @@ qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fp
     }
     *out = v;
     return QVL_OK;
-#endif
 }
 
 /* ---- plan, timestamps, pixels ------------------------------------------------------------ */

@@ -40,6 +40,24 @@ full=$("$BIN" run -m "$S/model" -p "Hi" -n 8 --temp 0 --json | sed 's/.*"text":"
 # streaming text output equals the JSON text
 stream=$("$BIN" run -m "$M" -p "Hi" -n 8 --temp 0 -q)
 [ -n "$stream" ] && ok || bad "streamed text is empty"
+# video: a frame directory and an MP4 made from the same frames give the golden tokens
+vwant=$(tr -d ' \n' < "$S/golden/tiny_video_frames.json" | grep -o '"generated_ids":\[[^]]*\]' | head -1 | sed 's/.*\[//; s/\]//')
+got=$("$BIN" run -m "$M" --video "$S/videos/tiny_clip_96x64_4fps" --video-fps 4 -p "What happens in this video?" -n 20 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+[ -n "$vwant" ] && [ "$got" = "$vwant" ] && ok || bad "video frames dir: $got vs $vwant"
+expect_fail "$BIN" run -m "$M" --video "$S/videos/tiny_clip_96x64_4fps"   # no --video-fps for a directory
+if command -v ffmpeg >/dev/null; then
+    ffmpeg -loglevel error -framerate 4 -i "$S/videos/tiny_clip_96x64_4fps/frame_%04d.png" -c:v libx264rgb -qp 0 -pix_fmt rgb24 "$T/clip.mp4"
+    out=$("$BIN" run -m "$M" --video "$T/clip.mp4" -p "What happens in this video?" -n 20 --temp 0 --json)
+    got=$(echo "$out" | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+    [ "$got" = "$vwant" ] && ok || bad "video mp4: $got vs $vwant"
+    echo "$out" | grep -q '"timestamps":\[0.25,1.375,2.25\]' && ok || bad "video timestamps: $out"
+    head -c 3000 "$T/clip.mp4" > "$T/cut.mp4"
+    expect_fail "$BIN" run -m "$M" --video "$T/cut.mp4"
+else
+    echo "SKIP: ffmpeg CLI not found, MP4 checks skipped" >&2
+fi
+echo "not a video" > "$T/x.mp4"
+expect_fail "$BIN" run -m "$M" --video "$T/x.mp4"
 # bad input
 expect_fail "$BIN" info -m "$T"                        # not a model directory
 expect_fail "$BIN" info -m "$T/nope"
