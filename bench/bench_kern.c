@@ -1,13 +1,12 @@
 /* bench_kern.c - kernel throughput on one thread: matvec GB/s against a plain memory-read loop,
- * matmul GFLOP/s for a prefill-sized batch, and attention time for a vision-tower head, for every
- * kernel path this CPU has (ref, avx2, avx512).
+ * matmul GFLOP/s for a prefill-sized batch, attention time for a vision-tower head, and the
+ * element-wise ops (norms, activations, add) in ns/element and GB/s, for every kernel path this
+ * CPU has (ref, avx2, avx512).
  *
- * Not built by CMake yet. Build from the repo root after building libqvl in build-kern:
- *   cc -O2 -std=c11 -D_GNU_SOURCE -Isrc -Iinclude bench/bench_kern.c build-kern/libqvl.a \
- *      -lm -lpthread -o build-kern/bench_kern
- * Run: build-kern/bench_kern [quick]   ("quick" skips the 622 MB lm_head case)
- * The ref path is timed on a slice of the work (fewer output rows / queries) and scaled, so the
- * whole run stays within a few seconds.
+ * Built by CMake as bench_kern (cmake --build <dir> --target bench_kern).
+ * Run: <dir>/bench_kern [quick|elem]   ("quick" skips the 622 MB lm_head case, "elem" runs only
+ * the element-wise ops). The ref path is timed on a slice of the work (fewer output rows /
+ * queries) and scaled, so the whole run stays within a few seconds.
  */
 #include "common.h"
 #include "kern/kern.h"
@@ -218,14 +217,93 @@ static void bench_attn(int64_t nq, int hd, bool causal) {
     qvl_free(o);
 }
 
+/* ---- element-wise ops ----------------------------------------------------------------------
+ * Each op over n floats (norms: rows of h as the model calls them), inputs restored before every
+ * repetition (outside the timing) so the activations always see the same values. GB/s counts the
+ * bytes an op must move once: read x (+ u / w / b) and write y. */
+enum { EL_GELU_TANH, EL_GELU_ERF, EL_SILU_MUL, EL_ADD, EL_RMSNORM, EL_LAYERNORM, EL_N };
+static const char *const k_el_name[EL_N] = {"gelu_tanh", "gelu_erf", "silu_mul",
+                                            "add",       "rmsnorm",  "layernorm"};
+static const int k_el_bytes[EL_N] = {8, 8, 12, 12, 8, 8}; /* per element; w, b per row: small */
+
+static void el_run(const qvl_kern *kt, int op, float *x, const float *u, const float *w,
+                   const float *b, int64_t n, int64_t h) {
+    switch (op) {
+    case EL_GELU_TANH: kt->gelu_tanh(x, n); break;
+    case EL_GELU_ERF: kt->gelu_erf(x, n); break;
+    case EL_SILU_MUL: kt->silu_mul(x, u, n); break;
+    case EL_ADD: kt->add(x, u, n); break;
+    case EL_RMSNORM:
+        for (int64_t r = 0; r + h <= n; r += h)
+            kt->rmsnorm(x + r, x + r, w, h, 1e-6f);
+        break;
+    default:
+        for (int64_t r = 0; r + h <= n; r += h)
+            kt->layernorm(x + r, x + r, w, b, h, 1e-6f);
+        break;
+    }
+}
+
+static void bench_elementwise(const char *label, int64_t n, int64_t h, int reps) {
+    float *x0 = xmalloc(sizeof(float) * (size_t)n);
+    float *x = xmalloc(sizeof(float) * (size_t)n);
+    float *u = xmalloc(sizeof(float) * (size_t)n);
+    float *w = xmalloc(sizeof(float) * (size_t)h);
+    float *b = xmalloc(sizeof(float) * (size_t)h);
+    for (int64_t i = 0; i < n; i++) {
+        x0[i] = rnd_f() * 4.0f; /* activations of a trained model mostly lie within +-4 */
+        u[i] = rnd_f();
+    }
+    for (int64_t i = 0; i < h; i++) {
+        w[i] = 1.0f + 0.1f * rnd_f();
+        b[i] = 0.1f * rnd_f();
+    }
+    for (int op = 0; op < EL_N; op++) {
+        double ref_ns = 0;
+        for (int pi = 0; pi < 3; pi++) {
+            const qvl_kern *kt = qvl_kern_by_name(k_paths[pi]);
+            if (!kt)
+                continue;
+            double best = 1e30;
+            for (int r = 0; r < reps; r++) {
+                memcpy(x, x0, sizeof(float) * (size_t)n);
+                double t0 = qvl_time_ms();
+                el_run(kt, op, x, u, w, b, n, h);
+                double t = qvl_time_ms() - t0;
+                if (t < best)
+                    best = t;
+            }
+            double ns = best * 1e6 / (double)n;
+            if (pi == 0)
+                ref_ns = ns;
+            printf("%-9s %-8s n=%-8lld %-6s %7.3f ns/elem %6.1f GB/s  x%.1f vs ref\n",
+                   k_el_name[op], label, (long long)n, kt->name, ns, k_el_bytes[op] / ns,
+                   ref_ns / ns);
+        }
+    }
+    qvl_free(x0);
+    qvl_free(x);
+    qvl_free(u);
+    qvl_free(w);
+    qvl_free(b);
+}
+
 int main(int argc, char **argv) {
     bool quick = argc > 1 && !strcmp(argv[1], "quick");
+    bool elem_only = argc > 1 && !strcmp(argv[1], "elem");
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     printf("cpu: %s; paths:", cpu);
     for (int i = 0; i < 3; i++)
         printf(" %s%s", k_paths[i], qvl_kern_by_name(k_paths[i]) ? "" : "(n/a)");
     printf("; 1 thread\n");
+    if (elem_only) {
+        /* decode-sized (cache-resident: 6144 = one token's MLP row, norms over h = 2048) and
+         * vision-tower-sized (16 MB, a 1000 x 4096 MLP activation: memory traffic counts) */
+        bench_elementwise("cache", 6144, 2048, 2000);
+        bench_elementwise("dram", 4 << 20, 2048, 5);
+        return 0;
+    }
 
     size_t rd = (size_t)256 << 20;
     uint64_t *buf = xmalloc(rd);
@@ -240,5 +318,7 @@ int main(int argc, char **argv) {
     bench_gemm(QVL_DT_BF16, 512, 2048, 2048);
     bench_gemm(QVL_DT_F32, 512, 2048, 2048);
     bench_attn(3072, 64, false);
+    bench_elementwise("cache", 6144, 2048, 2000);
+    bench_elementwise("dram", 4 << 20, 2048, 5);
     return 0;
 }

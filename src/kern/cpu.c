@@ -1,5 +1,6 @@
 /* cpu.c - choose the kernel table once: the best path this CPU supports, or the one named by
- * the QVL_CPU environment variable (ref, avx2, avx512) when it is supported. */
+ * the QVL_CPU environment variable (ref, avx2, avx512) when it is supported; and the plain
+ * element-wise entry points (qvl_rmsnorm ... qvl_add) that call the chosen table. */
 #include "kern.h"
 
 #include <pthread.h>
@@ -65,4 +66,29 @@ void qvl_kern_init(void) {
 const qvl_kern *qvl_kern_get(void) {
     qvl_kern_init();
     return g_kern;
+}
+
+/* ---- plain entry points used by the model code: the active table's entries --------------- */
+void qvl_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+    qvl_kern_get()->rmsnorm(y, x, w, n, eps);
+}
+
+void qvl_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+    qvl_kern_get()->layernorm(y, x, w, b, n, eps);
+}
+
+void qvl_gelu_tanh(float *x, int64_t n) {
+    qvl_kern_get()->gelu_tanh(x, n);
+}
+
+void qvl_gelu_erf(float *x, int64_t n) {
+    qvl_kern_get()->gelu_erf(x, n);
+}
+
+void qvl_silu_mul(float *g, const float *u, int64_t n) {
+    qvl_kern_get()->silu_mul(g, u, n);
+}
+
+void qvl_add(float *x, const float *y, int64_t n) {
+    qvl_kern_get()->add(x, y, n);
 }

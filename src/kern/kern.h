@@ -39,6 +39,27 @@ typedef struct qvl_kern {
 
     /* dot product of two float vectors */
     float (*dot)(const float *a, const float *b, int64_t n);
+
+    /* Element-wise ops over n contiguous floats (n >= 0, any alignment). The plain functions
+     * qvl_rmsnorm ... qvl_add below call the active table's entries; ref.c holds the definitions.
+     * Measured against double (tests/unit/test_kern.c): norms within 1.5e-7 of |x| r |w| + |b|
+     * on every path (ref sums in double, SIMD in float partial sums); SIMD activations within
+     * 2.2e-7 (1 + |a|) relative, a = the exponent's argument (2u, g, x^2/2), i.e. ~1.2e-6 for
+     * |x| < 4, and no cancellation in the negative tails (ref's 1 + tanh / 1 + erf lose up to
+     * 7.5e-8 |x| absolute there). add is exact on every path. */
+    /* y = x / sqrt(mean(x^2) + eps) * w; y may alias x (same pointer), no partial overlap. */
+    void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, float eps);
+    /* y = (x - mean) / sqrt(var + eps) * w + b (biased variance; b may be NULL); y may alias x. */
+    void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n,
+                      float eps);
+    /* in place: x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    void (*gelu_tanh)(float *x, int64_t n);
+    /* in place: x = 0.5 x (1 + erf(x / sqrt 2)) */
+    void (*gelu_erf)(float *x, int64_t n);
+    /* g = silu(g) * u = g / (1 + e^-g) * u; u may equal g but not partly overlap it */
+    void (*silu_mul)(float *g, const float *u, int64_t n);
+    /* x += y */
+    void (*add)(float *x, const float *y, int64_t n);
 } qvl_kern;
 
 /* The active table (after qvl_kern_init; initialises on first use). */
@@ -53,7 +74,7 @@ const qvl_kern *qvl_kern_ref(void);
 const qvl_kern *qvl_kern_avx2(void);
 const qvl_kern *qvl_kern_avx512(void);
 
-/* ---- element-wise helpers (scalar; cheap next to the matmuls) ---------------------------- */
+/* ---- element-wise helpers: dispatch through qvl_kern_get() (same contracts as the table) ---- */
 
 /* y = x / sqrt(mean(x^2) + eps) * w, over n elements; y may alias x. */
 void qvl_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);

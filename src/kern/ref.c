@@ -1,5 +1,7 @@
-/* ref.c - scalar reference kernels: the definition every SIMD path is tested against, and the
- * element-wise helpers used by the model code. Plain C, float32 accumulation. */
+/* ref.c - scalar reference kernels: the definition every SIMD path is tested against (matmul,
+ * attention, dot, norms, activations; plain C, float32 accumulation except the norm statistics),
+ * plus the row widening and quantisation helpers. The plain element-wise entry points
+ * (qvl_rmsnorm ... qvl_add) live in cpu.c and dispatch through the active table. */
 #include "kern.h"
 
 #include <math.h>
@@ -210,19 +212,8 @@ static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t
     }
 }
 
-static const qvl_kern k_ref = {
-    .name = "ref",
-    .matmul = ref_matmul,
-    .attn = ref_attn,
-    .dot = ref_dot,
-};
-
-const qvl_kern *qvl_kern_ref(void) {
-    return &k_ref;
-}
-
-/* ---- element-wise -------------------------------------------------------------------------- */
-void qvl_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+/* ---- element-wise: the definitions (libm tanhf/erff/expf, norm statistics in double) ------- */
+static void ref_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
     double ss = 0.0;
     for (int64_t i = 0; i < n; i++)
         ss += (double)x[i] * x[i];
@@ -231,7 +222,8 @@ void qvl_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps)
         y[i] = x[i] * r * w[i];
 }
 
-void qvl_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+static void ref_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n,
+                          float eps) {
     double mean = 0.0, var = 0.0;
     for (int64_t i = 0; i < n; i++)
         mean += x[i];
@@ -247,7 +239,7 @@ void qvl_layernorm(float *y, const float *x, const float *w, const float *b, int
         y[i] = (x[i] - mf) * r * w[i] + (b ? b[i] : 0.0f);
 }
 
-void qvl_gelu_tanh(float *x, int64_t n) {
+static void ref_gelu_tanh(float *x, int64_t n) {
     const float c = 0.7978845608028654f; /* sqrt(2/pi) */
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
@@ -255,17 +247,34 @@ void qvl_gelu_tanh(float *x, int64_t n) {
     }
 }
 
-void qvl_gelu_erf(float *x, int64_t n) {
+static void ref_gelu_erf(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
-void qvl_silu_mul(float *g, const float *u, int64_t n) {
+static void ref_silu_mul(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-void qvl_add(float *x, const float *y, int64_t n) {
+static void ref_add(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         x[i] += y[i];
+}
+
+static const qvl_kern k_ref = {
+    .name = "ref",
+    .matmul = ref_matmul,
+    .attn = ref_attn,
+    .dot = ref_dot,
+    .rmsnorm = ref_rmsnorm,
+    .layernorm = ref_layernorm,
+    .gelu_tanh = ref_gelu_tanh,
+    .gelu_erf = ref_gelu_erf,
+    .silu_mul = ref_silu_mul,
+    .add = ref_add,
+};
+
+const qvl_kern *qvl_kern_ref(void) {
+    return &k_ref;
 }

@@ -1,13 +1,19 @@
 /* test_kern.c - every kernel table entry (ref, and avx2/avx512 when this CPU has them) against a
  * double-precision evaluation of the definition in kern.h, on random data with odd sizes,
- * strides, output slices and bias on/off; plus quantise/dequantise round trips and f16/bf16
- * conversions. Prints which paths ran; missing paths are skipped, not failed. */
+ * strides, output slices and bias on/off; the element-wise entries (norms, activations, add) on
+ * odd sizes and special values with stated error bounds; quantise/dequantise round trips and
+ * f16/bf16 conversions; and, in child processes, that QVL_CPU picks the table the plain
+ * qvl_rmsnorm ... qvl_add functions use. Prints which paths ran; missing paths are skipped. */
 #include "check.h"
 #include "common.h"
 #include "kern/kern.h"
 
 #include <math.h>
+#include <spawn.h>
 #include <stdint.h>
+#include <sys/wait.h>
+
+extern char **environ;
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
@@ -316,6 +322,380 @@ static void test_dot(const qvl_kern *const kt[N_PATHS]) {
     qvl_free(b);
 }
 
+/* ---- element-wise ------------------------------------------------------------------------ */
+
+/* Error model of the activations, per element, against a double evaluation of the definition
+ * written without cancellation (x sigmoid(2u), 0.5 x erfc(-x/sqrt2), g sigmoid(g) u):
+ *   |got - want| <= rtol (1 + |a|) |want| + xtol |x| + 2e-38 |x| (|u|) + 1e-37
+ * a = the argument of the exponential (2u, g, x^2/2): float rounding of the input is amplified
+ * by it, in any float implementation. xtol covers ref's 1 + tanh / 1 + erf cancellation (half an
+ * ulp of 1, times 0.5 |x|); the SIMD paths avoid it and get xtol = 0. The last two terms allow
+ * outputs whose exponential factor leaves float's normal range (e^a < 2^-126) to flush to +-0. */
+#define ACT_RTOL     5e-7
+#define ACT_XTOL_REF 7.5e-8
+#define ACT_FLOOR    1e-37
+#define ACT_UFLOW    2e-38
+
+static double gelu_tanh_d(double x, double *arg) {
+    double a = 2 * 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    *arg = a;
+    return x / (1 + exp(-a));
+}
+static double gelu_erf_d(double x, double *arg) {
+    *arg = x * x / 2;
+    return 0.5 * x * erfc(-x * 0.70710678118654752);
+}
+static double silu_d(double g, double *arg) {
+    *arg = g;
+    return g / (1 + exp(-g));
+}
+
+/* inputs that probe the edges: signed zeros, subnormals, tiny values, the erf piece boundary
+ * (|x| = sqrt 2), saturation of tanh / erf / the exponentials, and huge values */
+static const float k_special[] = {
+    0.0f, -0.0f, 1e-40f, -1e-40f, 1e-30f, -1e-30f, 1e-7f, -1e-7f, 0.25f, -0.25f, 1.0f, -1.0f,
+    1.41421342f, 1.41421354f, 1.41421366f, -1.41421342f, -1.41421354f, -1.41421366f, 2.5f, -2.5f,
+    3.0f, -3.0f, 5.0f, -5.0f, 7.5f, -7.5f, 10.0f, -10.0f, 13.2f, -13.2f, 13.3f, -13.3f, 20.0f,
+    -20.0f, 40.0f, -40.0f, 87.0f, -87.0f, 88.5f, -88.5f, 89.0f, -89.0f, 100.0f, -100.0f, 1e4f,
+    -1e4f, 1e30f, -1e30f,
+};
+#define N_SPECIAL ((int)(sizeof k_special / sizeof k_special[0]))
+
+enum { ACT_TANH, ACT_ERF, ACT_SILU };
+static const char *const k_act_name[] = {"gelu_tanh", "gelu_erf", "silu_mul"};
+
+/* worst errors seen, for the printout: relative e / |want| and scaled e / ((1 + |a|) |want|),
+ * over elements with |want| > 1e-30 */
+typedef struct {
+    double rel, scaled;
+} act_worst;
+
+/* one activation on n inputs (random of amplitude amp, or the special list cycled) through
+ * table kt, checked against the bound above */
+static void check_act(const qvl_kern *kt, int act, int64_t n, float amp, bool special,
+                      act_worst *worst) {
+    float *x = qvl_malloc(sizeof(float) * (size_t)n);
+    float *u = qvl_malloc(sizeof(float) * (size_t)n);
+    float *y = qvl_malloc(sizeof(float) * (size_t)(n + 2));
+    CHECK(x && u && y);
+    if (!x || !u || !y)
+        goto done;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = special ? k_special[i % N_SPECIAL] : rnd_f() * amp;
+    fill(u, (size_t)n, 2.0f);
+    y[n] = y[n + 1] = SENTINEL;
+    memcpy(y, x, sizeof(float) * (size_t)n);
+    if (act == ACT_TANH)
+        kt->gelu_tanh(y, n);
+    else if (act == ACT_ERF)
+        kt->gelu_erf(y, n);
+    else
+        kt->silu_mul(y, u, n);
+    bool is_ref = !strcmp(kt->name, "ref");
+    double xtol = is_ref && act != ACT_SILU ? ACT_XTOL_REF : 0.0;
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double a, want;
+        if (act == ACT_TANH)
+            want = gelu_tanh_d(x[i], &a);
+        else if (act == ACT_ERF)
+            want = gelu_erf_d(x[i], &a);
+        else
+            want = silu_d(x[i], &a) * u[i];
+        double got = y[i];
+        bool ok;
+        if (isinf(want) || isinf(got)) {
+            ok = got == want;
+        } else {
+            double mag = fabs(x[i]) * (act == ACT_SILU ? fabs(u[i]) : 1.0);
+            double lim = ACT_RTOL * (1 + fabs(a)) * fabs(want) + xtol * fabs(x[i]) +
+                         ACT_UFLOW * mag + ACT_FLOOR;
+            double e = fabs(got - want);
+            ok = e <= lim;
+            if (fabs(want) > 1e-30) {
+                worst->rel = fmax(worst->rel, e / fabs(want));
+                worst->scaled = fmax(worst->scaled, e / ((1 + fabs(a)) * fabs(want)));
+            }
+        }
+        /* signed zeros keep their sign */
+        if (x[i] == 0 && act != ACT_SILU)
+            ok &= y[i] == 0 && signbit(y[i]) == signbit(x[i]);
+        if (!ok && bad++ < 5)
+            fprintf(stderr, "  %s %s x=%.9g u=%.9g: got %.9g want %.9g\n", kt->name,
+                    k_act_name[act], x[i], act == ACT_SILU ? u[i] : 0.0f, got, want);
+    }
+    CHECKF(bad == 0, "%s %s n=%lld amp=%g special=%d: %d elements out of bound", kt->name,
+           k_act_name[act], (long long)n, amp, special, bad);
+    CHECKF(y[n] == SENTINEL && y[n + 1] == SENTINEL, "%s %s wrote past n=%lld", kt->name,
+           k_act_name[act], (long long)n);
+done:
+    qvl_free(x);
+    qvl_free(u);
+    qvl_free(y);
+}
+
+/* NaN and infinities: NaN propagates; +inf maps to +inf (g u for silu); -inf gives what ref
+ * gives (NaN for the gelus, -inf * 0; -0 * u... for silu see below). Same across paths. */
+static void check_act_nonfinite(const qvl_kern *kt) {
+    float x[3] = {NAN, INFINITY, -INFINITY};
+    float t[3], e[3], g[3], u[3] = {2.0f, 2.0f, 2.0f};
+    memcpy(t, x, sizeof x);
+    memcpy(e, x, sizeof x);
+    memcpy(g, x, sizeof x);
+    kt->gelu_tanh(t, 3);
+    kt->gelu_erf(e, 3);
+    kt->silu_mul(g, u, 3);
+    CHECKF(isnan(t[0]) && isnan(e[0]) && isnan(g[0]), "%s activations: NaN must propagate",
+           kt->name);
+    CHECKF(t[1] == INFINITY && e[1] == INFINITY && g[1] == INFINITY, "%s activations at +inf",
+           kt->name);
+    CHECKF(isnan(t[2]) && isnan(e[2]), "%s gelu at -inf: NaN (-inf * 0) as ref", kt->name);
+    CHECKF(isnan(g[2]) || g[2] == 0.0f, "%s silu at -inf", kt->name);
+}
+
+static void test_activations(const qvl_kern *const kt[N_PATHS]) {
+    static const int64_t ns[] = {1, 7, 33, 4097};
+    for (int pi = 0; pi < N_PATHS; pi++) {
+        if (!kt[pi])
+            continue;
+        for (int act = 0; act < 3; act++) {
+            act_worst small = {0, 0}, all = {0, 0};
+            for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+                check_act(kt[pi], act, ns[t], 4.0f, false, &small);
+                check_act(kt[pi], act, ns[t], 15.0f, false, &all);
+                check_act(kt[pi], act, ns[t], 0.0f, true, &all);
+            }
+            /* dense random sweeps over the range that matters, including the erf boundary */
+            check_act(kt[pi], act, 200003, 4.0f, false, &small);
+            check_act(kt[pi], act, 200003, 15.0f, false, &all);
+            printf("%-6s %-9s worst relative error %.3g for |x| < 4, %.3g overall; "
+                   "scaled by 1+|a|: %.3g\n",
+                   kt[pi]->name, k_act_name[act], small.rel, fmax(small.rel, all.rel),
+                   fmax(small.scaled, all.scaled));
+        }
+        check_act_nonfinite(kt[pi]);
+    }
+}
+
+/* rmsnorm / layernorm against double, out of place and in place (y == x) */
+static void check_norm(const qvl_kern *kt, bool layer, int64_t n, bool use_b, double *worst) {
+    float *x = qvl_malloc(sizeof(float) * (size_t)n);
+    float *w = qvl_malloc(sizeof(float) * (size_t)n);
+    float *b = qvl_malloc(sizeof(float) * (size_t)n);
+    float *y = qvl_malloc(sizeof(float) * (size_t)(n + 1));
+    float *z = qvl_malloc(sizeof(float) * (size_t)(n + 1));
+    CHECK(x && w && b && y && z);
+    if (!x || !w || !b || !y || !z)
+        goto done;
+    fill(x, (size_t)n, 3.0f);
+    if (layer) /* an offset so the mean matters */
+        for (int64_t i = 0; i < n; i++)
+            x[i] += 5.0f;
+    fill(w, (size_t)n, 2.0f);
+    fill(b, (size_t)n, 1.0f);
+    const float eps = 1e-6f;
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; i++)
+        mean += x[i];
+    mean = layer ? mean / (double)n : 0.0;
+    for (int64_t i = 0; i < n; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    double r = 1 / sqrt(var / (double)n + eps);
+    y[n] = SENTINEL;
+    memcpy(z, x, sizeof(float) * (size_t)n);
+    if (layer) {
+        kt->layernorm(y, x, w, use_b ? b : NULL, n, eps);
+        kt->layernorm(z, z, w, use_b ? b : NULL, n, eps);
+    } else {
+        kt->rmsnorm(y, x, w, n, eps);
+        kt->rmsnorm(z, z, w, n, eps);
+    }
+    int bad = 0;
+    bool same = true;
+    for (int64_t i = 0; i < n; i++) {
+        double bi = layer && use_b ? b[i] : 0.0;
+        double want = (x[i] - mean) * r * w[i] + bi;
+        /* error of (x - mean) r w is relative to the uncentred magnitude (the centring rounds at
+         * the size of x), plus that of the bias add */
+        double scale = (fabs(x[i]) + fabs(mean)) * r * fabs(w[i]) + fabs(bi);
+        double e = fabs(y[i] - want) / scale;
+        if (e > *worst)
+            *worst = e;
+        if (!(e <= 1e-6) && bad++ < 3)
+            fprintf(stderr, "  %s %s n=%lld i=%lld: got %.9g want %.9g\n", kt->name,
+                    layer ? "layernorm" : "rmsnorm", (long long)n, (long long)i, y[i], want);
+        same &= y[i] == z[i];
+    }
+    CHECKF(bad == 0, "%s %s n=%lld bias=%d: error above 1e-6 of |x| r |w| + |b|", kt->name,
+           layer ? "layernorm" : "rmsnorm", (long long)n, use_b);
+    CHECKF(same, "%s %s n=%lld: in-place result differs", kt->name, layer ? "layernorm" : "rmsnorm",
+           (long long)n);
+    CHECKF(y[n] == SENTINEL, "%s norm wrote past n", kt->name);
+done:
+    qvl_free(x);
+    qvl_free(w);
+    qvl_free(b);
+    qvl_free(y);
+    qvl_free(z);
+}
+
+static void test_norms_add(const qvl_kern *const kt[N_PATHS]) {
+    static const int64_t ns[] = {1, 7, 33, 64, 4097};
+    for (int pi = 0; pi < N_PATHS; pi++) {
+        if (!kt[pi])
+            continue;
+        double wr = 0, wl = 0;
+        for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+            check_norm(kt[pi], false, ns[t], false, &wr);
+            check_norm(kt[pi], true, ns[t], false, &wl);
+            check_norm(kt[pi], true, ns[t], true, &wl);
+        }
+        printf("%-6s rmsnorm worst error %.3g, layernorm %.3g (of |x| r |w| + |b|)\n", kt[pi]->name,
+               wr, wl);
+        /* add is exact: one rounding of x + y */
+        for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+            int64_t n = ns[t];
+            float *x = qvl_malloc(sizeof(float) * (size_t)(n + 1));
+            float *y = qvl_malloc(sizeof(float) * (size_t)n);
+            float *x0 = qvl_malloc(sizeof(float) * (size_t)n);
+            CHECK(x && y && x0);
+            if (x && y && x0) {
+                fill(x, (size_t)n, 100.0f);
+                fill(y, (size_t)n, 1.0f);
+                x[0] = -0.0f;
+                y[0] = -0.0f;
+                memcpy(x0, x, sizeof(float) * (size_t)n);
+                x[n] = SENTINEL;
+                kt[pi]->add(x, y, n);
+                bool exact = signbit(x[0]);
+                for (int64_t i = 0; i < n; i++)
+                    exact &= x[i] == x0[i] + y[i];
+                CHECKF(exact && x[n] == SENTINEL, "%s add n=%lld", kt[pi]->name, (long long)n);
+            }
+            qvl_free(x);
+            qvl_free(y);
+            qvl_free(x0);
+        }
+    }
+}
+
+/* ---- dispatch of the plain functions ------------------------------------------------------ */
+
+/* In a child started with QVL_CPU set: the active table is `want`, and every plain function
+ * gives bit for bit what that table's entry gives (and, on a SIMD path, not what ref gives). */
+static int dispatch_child(const char *want) {
+    const qvl_kern *k = qvl_kern_by_name(want);
+    const qvl_kern *r = qvl_kern_ref();
+    CHECKF(k && !strcmp(qvl_kern_get()->name, want), "QVL_CPU=%s: active %s, expected %s",
+           getenv("QVL_CPU") ? getenv("QVL_CPU") : "(unset)", qvl_kern_get()->name, want);
+    if (!k)
+        CHECK_DONE();
+    enum { N = 4097 };
+    float *x = qvl_malloc(sizeof(float) * N);
+    float *u = qvl_malloc(sizeof(float) * N);
+    float *w = qvl_malloc(sizeof(float) * N);
+    float *b = qvl_malloc(sizeof(float) * N);
+    float *p = qvl_malloc(sizeof(float) * N);
+    float *t = qvl_malloc(sizeof(float) * N);
+    float *q = qvl_malloc(sizeof(float) * N);
+    CHECK(x && u && w && b && p && t && q);
+    if (x && u && w && b && p && t && q) {
+        fill(x, N, 6.0f);
+        fill(u, N, 2.0f);
+        fill(w, N, 1.0f);
+        fill(b, N, 1.0f);
+        bool simd = strcmp(want, "ref") != 0;
+        for (int op = 0; op < 6; op++) {
+            memcpy(p, x, sizeof(float) * N);
+            memcpy(t, x, sizeof(float) * N);
+            memcpy(q, x, sizeof(float) * N);
+            switch (op) {
+            case 0:
+                qvl_gelu_tanh(p, N);
+                k->gelu_tanh(t, N);
+                r->gelu_tanh(q, N);
+                break;
+            case 1:
+                qvl_gelu_erf(p, N);
+                k->gelu_erf(t, N);
+                r->gelu_erf(q, N);
+                break;
+            case 2:
+                qvl_silu_mul(p, u, N);
+                k->silu_mul(t, u, N);
+                r->silu_mul(q, u, N);
+                break;
+            case 3:
+                qvl_rmsnorm(p, x, w, N, 1e-6f);
+                k->rmsnorm(t, x, w, N, 1e-6f);
+                r->rmsnorm(q, x, w, N, 1e-6f);
+                break;
+            case 4:
+                qvl_layernorm(p, x, w, b, N, 1e-6f);
+                k->layernorm(t, x, w, b, N, 1e-6f);
+                r->layernorm(q, x, w, b, N, 1e-6f);
+                break;
+            default:
+                qvl_add(p, u, N);
+                k->add(t, u, N);
+                r->add(q, u, N);
+                break;
+            }
+            CHECKF(!memcmp(p, t, sizeof(float) * N),
+                   "QVL_CPU=%s: plain op %d differs from the %s table", want, op, want);
+            if (simd && op < 3) /* the activations use other formulas than ref: some bits differ */
+                CHECKF(memcmp(p, q, sizeof(float) * N) != 0,
+                       "QVL_CPU=%s: plain op %d gives exactly ref's result (ref ran?)", want, op);
+        }
+    }
+    qvl_free(x);
+    qvl_free(u);
+    qvl_free(w);
+    qvl_free(b);
+    qvl_free(p);
+    qvl_free(t);
+    qvl_free(q);
+    CHECK_DONE();
+}
+
+/* run this binary again as a dispatch child with QVL_CPU=cpu, expecting table `want` */
+static void spawn_dispatch(const char *self, const char *cpu, const char *want) {
+    const char *old = getenv("QVL_CPU");
+    char *saved = old ? qvl_strdup(old) : NULL;
+    setenv("QVL_CPU", cpu, 1);
+    char *argv[] = {(char *)self, (char *)"--dispatch-child", (char *)want, NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, self, NULL, NULL, argv, environ);
+    if (saved)
+        setenv("QVL_CPU", saved, 1);
+    else
+        unsetenv("QVL_CPU");
+    qvl_free(saved);
+    CHECKF(rc == 0, "posix_spawn %s: %s", self, strerror(rc));
+    if (rc)
+        return;
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dispatch child QVL_CPU=%s (expect %s) failed",
+           cpu, want);
+}
+
+static void test_dispatch(const qvl_kern *const kt[N_PATHS]) {
+    const char *best = kt[2] ? "avx512" : kt[1] ? "avx2" : "ref";
+    /* this process: QVL_CPU if set and supported, else the best path */
+    const char *env = getenv("QVL_CPU");
+    const char *expect = env && qvl_kern_by_name(env) ? env : best;
+    CHECKF(!strcmp(qvl_kern_get()->name, expect), "active %s, expected %s", qvl_kern_get()->name,
+           expect);
+    const char *self = "/proc/self/exe";
+    fflush(stdout);
+    spawn_dispatch(self, "ref", "ref");
+    spawn_dispatch(self, "avx2", kt[1] ? "avx2" : best);
+    spawn_dispatch(self, "avx512", kt[2] ? "avx512" : best);
+    spawn_dispatch(self, "bogus", best);
+    spawn_dispatch(self, "", best);
+}
+
 /* ---- quantisation and conversions -------------------------------------------------------- */
 
 static void test_quant(void) {
@@ -404,7 +784,9 @@ static void test_convert(void) {
     CHECK(qvl_f32_to_f16(-2.9802322e-08f) == 0x8000);             /* half of it: tie to zero */
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--dispatch-child"))
+        return dispatch_child(argv[2]);
     const qvl_kern *kt[N_PATHS];
     printf("kernel paths:");
     for (int i = 0; i < N_PATHS; i++) {
@@ -416,10 +798,17 @@ int main(void) {
     for (int i = 1; i < N_PATHS; i++)
         if (kt[i])
             CHECK(!strcmp(kt[i]->name, k_paths[i]) && kt[i]->matmul && kt[i]->attn && kt[i]->dot);
+    for (int i = 0; i < N_PATHS; i++)
+        if (kt[i])
+            CHECK(kt[i]->rmsnorm && kt[i]->layernorm && kt[i]->gelu_tanh && kt[i]->gelu_erf &&
+                  kt[i]->silu_mul && kt[i]->add);
     test_convert();
     test_quant();
     test_dot(kt);
     test_matmul(kt);
     test_attn(kt);
+    test_activations(kt);
+    test_norms_add(kt);
+    test_dispatch(kt);
     CHECK_DONE();
 }
