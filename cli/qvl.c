@@ -19,6 +19,7 @@
 
 static int quiet;
 int qvl_cli_bench(int argc, char **argv); /* bench.c */
+int qvl_cli_serve(int argc, char **argv); /* server/serve.c */
 
 static int die(int code, const char *fmt, ...) {
     va_list ap;
@@ -894,6 +895,9 @@ static void usage(void) {
             "  detokenize -m DIR ID...         text\n"
             "  preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] IMAGE...\n"
             "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
+            "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N]\n"
+            "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"
+            "             OpenAI-compatible HTTP server (POST /v1/chat/completions)\n"
             "  bench      -m DIR [--quant q8|q4] [-t N] [--reps N] [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n");
 }
@@ -907,6 +911,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "bench"))
         return qvl_cli_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "serve"))
+        return qvl_cli_serve(argc - 2, argv + 2);
     opts o;
     opts_init(&o);
     int rc = parse_opts(argc - 2, argv + 2, &o);

@@ -7,14 +7,10 @@ add_library(qvl_server STATIC
     ${CMAKE_SOURCE_DIR}/server/serve.c
     ${CMAKE_SOURCE_DIR}/server/routes.c
     ${CMAKE_SOURCE_DIR}/server/slots.c
-    ${CMAKE_SOURCE_DIR}/server/util.c
-    ${CMAKE_SOURCE_DIR}/server/compat.c)
+    ${CMAKE_SOURCE_DIR}/server/util.c)
 target_include_directories(qvl_server PUBLIC ${CMAKE_SOURCE_DIR}/server)
 target_compile_options(qvl_server PRIVATE ${QVL_WARN})
 target_link_libraries(qvl_server PUBLIC qvl PkgConfig::MHD PkgConfig::CJSON Threads::Threads)
-# compat.c (temporary, see its header) is the only server file that reads src/ internals
-set_source_files_properties(${CMAKE_SOURCE_DIR}/server/compat.c PROPERTIES
-    INCLUDE_DIRECTORIES ${CMAKE_SOURCE_DIR}/src)
 
 # `qvl serve`: cli/qvl.c calls qvl_cli_serve(argc - 2, argv + 2)
 if(TARGET qvl_cli)

@@ -225,6 +225,9 @@ QVL_API void qvl_ctx_free(qvl_ctx *c);
 QVL_API const char *qvl_ctx_errmsg(const qvl_ctx *c);
 /* Forget the conversation (empty KV cache). */
 QVL_API void qvl_ctx_reset(qvl_ctx *c);
+/* Set the image budget used by later qvl_ctx_eval calls (zero fields, or o NULL: the model's
+ * preprocessor defaults). Lets one context serve requests with different budgets. */
+QVL_API void qvl_ctx_set_image_opts(qvl_ctx *c, const qvl_image_opts *o);
 /* Tokens in the KV cache, and the cache capacity. */
 QVL_API int64_t qvl_ctx_n_past(const qvl_ctx *c);
 QVL_API int64_t qvl_ctx_n_ctx(const qvl_ctx *c);

@@ -193,8 +193,8 @@ static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n,
 }
 
 /* Fetch and decode the image of an image_url. Returns an HTTP status. */
-static int load_image(srv_state *S, const char *url, size_t idx, qvl_image **img, uint8_t **bytes,
-                      size_t *n, char *msg, size_t ml) {
+static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget, qvl_image **img,
+                      uint8_t **bytes, size_t *n, char *msg, size_t ml) {
     *img = NULL;
     *bytes = NULL;
     *n = 0;
@@ -233,7 +233,7 @@ static int load_image(srv_state *S, const char *url, size_t idx, qvl_image **img
         return 400;
     }
     char e[512] = "";
-    qvl_status st = qvl_image_load_mem(*bytes, *n, S->o.max_image_pixels, img, e, sizeof e);
+    qvl_status st = qvl_image_load_mem(*bytes, *n, budget, img, e, sizeof e);
     if (st != QVL_OK) {
         free(*bytes);
         *bytes = NULL;
@@ -241,7 +241,8 @@ static int load_image(srv_state *S, const char *url, size_t idx, qvl_image **img
             fmt(msg, ml, "out of memory decoding image %zu", idx);
             return 500;
         }
-        fmt(msg, ml, "image %zu cannot be used: %s", idx, e[0] ? e : qvl_status_str(st));
+        fmt(msg, ml, "image %zu cannot be used: %s (this request may decode %llu more pixels)",
+            idx, e[0] ? e : qvl_status_str(st), (unsigned long long)budget);
         return 400;
     }
     return 200;
@@ -255,6 +256,7 @@ typedef struct chat_build {
     size_t len[SRV_MAX_IMAGES];
     int64_t n_tok[SRV_MAX_IMAGES];
     size_t n_images;
+    uint64_t pixels; /* decoded so far: the request's images share --max-image-pixels */
 } chat_build;
 
 /* Append a message's content. Text-only roles take a string or the text parts; user messages
@@ -303,11 +305,19 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                 return 400;
             }
             size_t k = cb->n_images;
-            int st = load_image(S, url->valuestring, k, &cb->images[k], &cb->bytes[k],
-                                &cb->len[k], msg, ml);
+            if (cb->pixels >= S->o.max_image_pixels) {
+                fmt(msg, ml, "the request's images exceed %llu pixels in total",
+                    (unsigned long long)S->o.max_image_pixels);
+                return 400;
+            }
+            int st = load_image(S, url->valuestring, k, S->o.max_image_pixels - cb->pixels,
+                                &cb->images[k], &cb->bytes[k], &cb->len[k], msg, ml);
             if (st != 200)
                 return st;
             cb->n_images++;
+            int w = 0, h = 0;
+            qvl_image_size(cb->images[k], &w, &h);
+            cb->pixels += (uint64_t)w * (uint64_t)h;
             qvl_image_plan plan;
             char e[512] = "";
             if (qvl_image_plan_get(S->model, cb->images[k], io, &plan, e, sizeof e) != QVL_OK) {
@@ -664,9 +674,20 @@ static char *print_delete(cJSON *j) {
 }
 
 char *srv_error_json(const char *msg, const char *type, const char *code) {
+    /* messages quote request text, maybe cut inside a character: keep the JSON valid UTF-8 */
+    char safe[1024];
+    size_t n = strlen(msg);
+    if (n >= sizeof safe)
+        n = sizeof safe - 1;
+    memcpy(safe, msg, n);
+    safe[n] = 0;
+    if (!srv_utf8_valid(safe, n))
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)safe[i] >= 0x80)
+                safe[i] = '?';
     cJSON *r = cJSON_CreateObject();
     cJSON *e = cJSON_AddObjectToObject(r, "error");
-    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "message", safe);
     cJSON_AddStringToObject(e, "type", type);
     cJSON_AddNullToObject(e, "param");
     cJSON_AddStringToObject(e, "code", code);
@@ -705,6 +726,11 @@ char *srv_completion_json(srv_state *S, const char *id, long long created, const
     cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", srv_finish_str(j->finish));
     add_usage(r, j);
+    /* extension (as llama.cpp's server): where the time went, for benchmarks */
+    cJSON *t = cJSON_AddObjectToObject(r, "timings");
+    cJSON_AddNumberToObject(t, "queued_ms", j->t_start - j->t_submit);
+    cJSON_AddNumberToObject(t, "prompt_ms", j->t_prompt - j->t_start);
+    cJSON_AddNumberToObject(t, "generation_ms", j->t_end - j->t_prompt);
     return print_delete(r);
 }
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #define WAIT_SLICE_MS 100
+#define DISCARD_MAX   ((size_t)256 << 20) /* body bytes read past the limit before hanging up */
 
 enum { R_NONE, R_CHAT, R_MODELS, R_HEALTH, R_TOKENIZE };
 
@@ -34,6 +35,8 @@ typedef struct req {
     char *body;
     size_t n, cap;
     bool answered;
+    bool too_big;    /* the body passed --max-body-bytes: discard the rest, then 413 */
+    size_t discarded;
     int status;
     srv_job *job; /* a reference for the log line */
     bool stream;
@@ -51,6 +54,8 @@ typedef struct stream {
     size_t text_sent;
     char *pend;
     size_t pend_n, pend_off;
+    double last_ms;      /* when the last event was produced */
+    double keepalive_ms; /* idle time before a keep-alive comment */
 } stream;
 
 static void slog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -231,11 +236,21 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         if (st->finished)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        if (stream_next(st))
+        if (stream_next(st)) {
+            st->last_ms = srv_now_ms();
             continue;
-        if (!srv_job_wait(st->S->pool, st->j, WAIT_SLICE_MS) && srv_peer_gone(st->fd)) {
-            srv_job_cancel(st->S->pool, st->j);
-            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (!srv_job_wait(st->S->pool, st->j, WAIT_SLICE_MS)) {
+            if (srv_peer_gone(st->fd)) {
+                srv_job_cancel(st->S->pool, st->j);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            /* an SSE comment while waiting (queue, prefill): keeps the connection inside the
+             * idle timeout and proxies from giving up */
+            if (srv_now_ms() - st->last_ms >= st->keepalive_ms) {
+                stream_set(st, strdup(": keep-alive\n\n"));
+                st->last_ms = srv_now_ms();
+            }
         }
     }
 }
@@ -261,6 +276,10 @@ static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
     const char *code = "invalid_request_error";
     srv_chat ch;
     srv_job *j = NULL;
+    if (srv_pool_full(S->pool)) /* before decoding any image */
+        return send_err(r, c, 503, "server_busy",
+                        "all slots are busy and the wait queue is full; retry later",
+                        MHD_HTTP_HEADER_RETRY_AFTER, "1");
     int st = srv_chat_prepare(S, r->body ? r->body : "", r->n, &ch, &j, msg, sizeof msg, &code);
     if (st != 200)
         return send_err(r, c, st, code, msg, NULL, NULL);
@@ -292,6 +311,10 @@ static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
         memcpy(sm->id, id, sizeof id);
         sm->created = created;
         sm->include_usage = ch.include_usage;
+        sm->last_ms = srv_now_ms();
+        sm->keepalive_ms = S->o.timeout_s * 1000.0 / 3;
+        if (sm->keepalive_ms > 5000)
+            sm->keepalive_ms = 5000;
         srv_job_ref(S->pool, j);
         struct MHD_Response *resp =
             MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, sm, stream_free);
@@ -453,13 +476,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    if (r->too_big) {
+        /* MHD cannot answer in the middle of an upload: discard the rest of the body (up to a
+         * bound, then drop the connection) and answer 413 at its end */
+        if (*upload_size) {
+            r->discarded += *upload_size;
+            *upload_size = 0;
+            return r->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+        }
+        char m[160];
+        snprintf(m, sizeof m, "the request body is larger than %zu bytes", S->o.max_body);
+        return send_err(r, c, 413, "request_too_large", m, NULL, NULL);
+    }
     if (*upload_size) {
         size_t n = *upload_size;
         if (r->n + n > S->o.max_body) {
-            char m[160];
-            snprintf(m, sizeof m, "the request body is larger than %zu bytes", S->o.max_body);
+            r->too_big = true;
+            r->discarded = n;
             *upload_size = 0;
-            return send_err(r, c, 413, "request_too_large", m, NULL, NULL);
+            return MHD_YES;
         }
         if (r->n + n + 1 > r->cap) {
             size_t cap = r->cap ? r->cap * 2 : 4096;
@@ -499,17 +534,18 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         srv_job *j = r->job;
         srv_pool_lock(S->pool);
         size_t n_prompt = j->n_ids, n_cached = j->n_cached, n_comp = j->n_completion;
-        int slot = j->slot, state = j->state;
+        int slot = j->slot, state = j->state, cancel = atomic_load(&j->cancel);
         qvl_finish fin = j->finish;
         qvl_status st = j->status;
         srv_pool_unlock(S->pool);
         slog("%s %s %s %d %.1fms body=%zu prompt=%zu cached=%zu completion=%zu finish=%s "
              "slot=%d%s%s%s",
              r->peer, r->method, r->path, r->status, ms, r->n, n_prompt, n_cached, n_comp,
-             state != JOB_DONE ? "running"
-             : st == QVL_OK    ? srv_finish_str(fin)
-             : st == QVL_E_CANCELLED ? "cancelled"
-                                     : "error",
+             (state != JOB_DONE && cancel) || (state == JOB_DONE && st == QVL_E_CANCELLED)
+                 ? "cancelled"
+             : state != JOB_DONE ? "running"
+             : st == QVL_OK      ? srv_finish_str(fin)
+                                 : "error",
              slot, r->stream ? " stream" : "", how, "");
         srv_job_release(S->pool, j);
     } else {
@@ -539,6 +575,9 @@ static void serve_usage(void) {
             "                 [--max-body-bytes N] [--allow-local-files DIR] [--timeout SEC]\n"
             "                 [--max-connections N] [--alias NAME] [--quant q8|q4|none]\n"
             "  -t is per slot (default: CPUs / slots); --ctx is per slot (default 4096);\n"
+            "  --max-image-pixels caps the decoded pixels of all images of one request\n"
+            "  (default 16777216); --max-body-bytes defaults to 32 MiB; --timeout (idle\n"
+            "  connections, default 30 s).\n"
             "  --queue: requests that may wait for a slot (default 16); --port 0 picks a port.\n"
             "  The API key may also come from the QVL_API_KEY environment variable.\n");
 }
@@ -657,14 +696,21 @@ static void model_id(srv_state *S) {
     const char *src = S->o.alias;
     char tmp[PATH_MAX];
     if (!src) {
-        snprintf(tmp, sizeof tmp, "%s", S->o.model_dir);
-        size_t n = strlen(tmp);
+        size_t n = strlen(S->o.model_dir);
+        if (n >= sizeof tmp)
+            n = sizeof tmp - 1;
+        memcpy(tmp, S->o.model_dir, n);
+        tmp[n] = 0;
         while (n > 1 && tmp[n - 1] == '/')
             tmp[--n] = 0;
         const char *slash = strrchr(tmp, '/');
         src = slash ? slash + 1 : tmp;
     }
-    snprintf(S->model_id, sizeof S->model_id, "%s", src);
+    size_t n = strlen(src);
+    if (n >= sizeof S->model_id)
+        n = sizeof S->model_id - 1;
+    memcpy(S->model_id, src, n);
+    S->model_id[n] = 0;
 }
 
 int qvl_cli_serve(int argc, char **argv) {
@@ -781,7 +827,9 @@ int qvl_cli_serve(int argc, char **argv) {
         ;
     slog("signal %d: shutting down", sig);
     /* stop accepting, let running requests finish for a moment, then cancel the rest */
-    MHD_quiesce_daemon(d);
+    MHD_socket lsock = MHD_quiesce_daemon(d);
+    if (lsock != MHD_INVALID_SOCKET)
+        close(lsock);
     double t_end = srv_now_ms() + 5000;
     for (;;) {
         int n = 0, idle = 0, queued = 0;

@@ -17,10 +17,6 @@
 #define SRV_MAX_STOP_LEN 256
 #define SRV_MAX_MSGS   1024 /* messages per request */
 
-/* ---- temporary public API (see server/compat.c) ------------------------------------------ */
-/* Set the image budget used by later qvl_ctx_eval calls on c (zero fields: from the model). */
-void qvl_ctx_set_image_opts(qvl_ctx *c, const qvl_image_opts *o);
-
 /* ---- options ------------------------------------------------------------------------------ */
 typedef struct srv_opts {
     const char *model_dir;
@@ -36,7 +32,7 @@ typedef struct srv_opts {
     int timeout_s; /* idle connection timeout */
     int max_conns;
     int quant;
-    uint64_t max_image_pixels;
+    uint64_t max_image_pixels; /* decoded pixels of all images of one request */
     size_t max_body;
 } srv_opts;
 
@@ -87,6 +83,7 @@ typedef struct srv_job {
     qvl_status status;
     char err[512];
     size_t n_cached; /* prompt tokens reused from the slot's KV cache */
+    double t_submit, t_start, t_prompt, t_end; /* srv_now_ms() stamps */
     int slot;
 } srv_job;
 
@@ -105,6 +102,8 @@ qvl_status srv_pool_create(const qvl_model *m, int n_slots, const qvl_ctx_params
 /* Queue a job (the pool takes its own reference). Returns 0, -1 when the queue is full, -2 when
  * the pool is shutting down. */
 int srv_pool_submit(srv_pool *p, srv_job *j);
+/* True when a submit now would be refused (cheap check before parsing a request). */
+bool srv_pool_full(srv_pool *p);
 /* Ask a job to stop: a queued job is removed (finished as cancelled), a running one stops at its
  * next token. */
 void srv_job_cancel(srv_pool *p, srv_job *j);

@@ -221,6 +221,7 @@ static void run_job(srv_slot *s, srv_job *j) {
     qvl_ctx *c = s->ctx;
     size_t img0 = 0;
     size_t start = 0;
+    double t0 = srv_now_ms();
     if (qvl_ctx_n_past(c) == (int64_t)s->n_cache)
         start = reuse_len(s, j, p->image_pad, &img0);
     if (start == 0) {
@@ -242,6 +243,8 @@ static void run_job(srv_slot *s, srv_job *j) {
     }
     pthread_mutex_lock(&p->mu);
     j->n_cached = start;
+    j->t_start = t0;
+    j->t_prompt = srv_now_ms();
     pthread_mutex_unlock(&p->mu);
     qvl_gen_params gp = j->gp;
     int64_t room = qvl_ctx_n_ctx(c) - qvl_ctx_n_past(c);
@@ -254,6 +257,7 @@ static void run_job(srv_slot *s, srv_job *j) {
     qvl_gen_result res = {0};
     st = qvl_ctx_generate(c, &gp, on_text, s, &res);
     pthread_mutex_lock(&p->mu);
+    j->t_end = srv_now_ms();
     j->status = st;
     j->finish = res.finish;
     j->n_completion = res.n_tokens;
@@ -393,6 +397,7 @@ int srv_pool_submit(srv_pool *p, srv_job *j) {
         return -1;
     }
     j->refs++;
+    j->t_submit = srv_now_ms();
     j->state = JOB_QUEUED;
     j->next = NULL;
     if (p->q_tail)
@@ -427,6 +432,16 @@ static void unqueue_locked(srv_pool *p, srv_job *j, qvl_status st, const char *m
     snprintf(j->err, sizeof j->err, "%s", msg);
     pthread_cond_broadcast(&j->cond);
     release_locked(j);
+}
+
+bool srv_pool_full(srv_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    int idle = 0;
+    for (int i = 0; i < p->n_slots; i++)
+        idle += p->slots[i].job == NULL;
+    bool full = p->stopping || (idle == 0 && p->q_len >= p->q_max);
+    pthread_mutex_unlock(&p->mu);
+    return full;
 }
 
 void srv_job_cancel(srv_pool *p, srv_job *j) {

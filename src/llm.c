@@ -52,6 +52,15 @@ void qvl_ctx_timings(const qvl_ctx *c, double *vision_ms, double *prefill_ms) {
         *prefill_ms = c->prefill_ms;
 }
 
+void qvl_ctx_set_image_opts(qvl_ctx *c, const qvl_image_opts *o) {
+    if (!c)
+        return;
+    if (o)
+        c->image = *o;
+    else
+        memset(&c->image, 0, sizeof c->image);
+}
+
 void qvl_ctx_reset(qvl_ctx *c) {
     c->n_past = 0;
     c->next_pos = 0;

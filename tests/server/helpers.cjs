@@ -1,8 +1,8 @@
-// helpers.js - small tools for test_server.sh (plain Node.js, no packages):
-//   node helpers.js get 'EXPR' < file.json   print EXPR evaluated with d = the parsed JSON
-//   node helpers.js bigpng                    base64 of a PNG whose header claims 100000x100000
-//   node helpers.js sse < stream.txt          check SSE framing; print the JSON summary
-//   node helpers.js substr TEXT FROM LEN      code-point substring of TEXT
+// helpers.cjs - small tools for test_server.sh (plain Node.js, no packages):
+//   node helpers.cjs get 'EXPR' < file.json   print EXPR evaluated with d = the parsed JSON
+//   node helpers.cjs bigpng                    base64 of a PNG whose header claims 100000x100000
+//   node helpers.cjs sse < stream.txt          check SSE framing; print the JSON summary
+//   node helpers.cjs substr TEXT FROM LEN      code-point substring of TEXT
 'use strict';
 const fs = require('fs');
 const [cmd, ...args] = process.argv.slice(2);
@@ -36,12 +36,14 @@ if (cmd === 'get') {
     const png = Buffer.concat([sig, chunk('IHDR', ihdr), idat, chunk('IEND', Buffer.alloc(0))]);
     process.stdout.write(png.toString('base64'));
 } else if (cmd === 'sse') {
-    // Every event is one "data: ..." line followed by a blank line; the last is [DONE].
+    // Every event is one "data: ..." line followed by a blank line; the last is [DONE];
+    // ": keep-alive" comment events are allowed anywhere before it.
     const raw = fs.readFileSync(0, 'utf8');
     const out = {ok: true, why: '', events: 0, text: '', role: null, finish: null, usage: null,
                  ids: new Set(), objects: new Set()};
     if (!raw.endsWith('\n\n')) { out.ok = false; out.why = 'stream does not end with a blank line'; }
-    const events = raw.split('\n\n'); events.pop();
+    const events = raw.split('\n\n').filter((e) => !e.startsWith(':')); // drop comments
+    events.pop();
     events.forEach((ev, i) => {
         if (!ev.startsWith('data: ') || ev.includes('\n')) { out.ok = false; out.why = `bad event ${i}: ${ev.slice(0, 80)}`; return; }
         const p = ev.slice(6);
@@ -62,6 +64,6 @@ if (cmd === 'get') {
 } else if (cmd === 'substr') {
     process.stdout.write(Array.from(args[0]).slice(+args[1], +args[1] + +args[2]).join(''));
 } else {
-    console.error('usage: helpers.js get|bigpng|sse|substr');
+    console.error('usage: helpers.cjs get|bigpng|sse|substr');
     process.exit(2);
 }
