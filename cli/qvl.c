@@ -211,12 +211,54 @@ static int parse_opts(int argc, char **argv, opts *o) {
 
 static int g_quant;
 
+/* A progress line on stderr for long steps, only on a terminal and after about a second. */
+typedef struct progress_state {
+    char stage[16];
+    double t0;
+    bool shown;
+} progress_state;
+static progress_state g_prog;
+
+static double mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int on_progress(const char *stage, double done, double total, void *user) {
+    (void)user;
+    if (strcmp(stage, g_prog.stage)) {
+        snprintf(g_prog.stage, sizeof g_prog.stage, "%s", stage);
+        g_prog.t0 = mono_ms();
+    }
+    bool end = done >= total;
+    if (mono_ms() - g_prog.t0 > 1000 || (g_prog.shown && end)) {
+        if (!strcmp(stage, "load"))
+            fprintf(stderr, "\rqvl: loading weights %5.1f%% ", total > 0 ? 100 * done / total : 0);
+        else
+            fprintf(stderr, "\rqvl: %s %.0f/%.0f      ", stage, done, total);
+        g_prog.shown = true;
+    }
+    if (g_prog.shown && end) {
+        fprintf(stderr, "\r%60s\r", "");
+        g_prog.shown = false;
+    }
+    return 0;
+}
+
+static bool want_progress(const opts *o) {
+    return !quiet && !o->json && isatty(2);
+}
+static bool g_want_progress;
+
 static int load_model(const char *dir, qvl_model **m) {
     char err[1024] = "";
     if (!dir)
         return die(2, "no model: give -m DIR (a Hugging Face Qwen3-VL model directory)");
     qvl_model_params mp = qvl_model_default_params();
     mp.quant = (qvl_quant)g_quant;
+    if (g_want_progress)
+        mp.progress = on_progress;
     qvl_status s = qvl_model_load(dir, &mp, m, err, sizeof err);
     if (s != QVL_OK)
         return die(1, "cannot load model: %s", err[0] ? err : qvl_status_str(s));
@@ -474,6 +516,8 @@ static int cmd_run(opts *o) {
         die(1, "context: %s", err);
         goto out;
     }
+    if (g_want_progress)
+        qvl_ctx_set_progress(c, on_progress, NULL);
     s = qvl_ctx_eval_mm(c, ids, n_ids, imgs, (size_t)n_img, vids, (size_t)n_vid);
     if (s != QVL_OK) {
         die(1, "prompt evaluation: %s", qvl_ctx_errmsg(c));
@@ -919,6 +963,7 @@ int main(int argc, char **argv) {
     if (rc)
         return rc;
     g_quant = o.quant;
+    g_want_progress = want_progress(&o);
     if (!strcmp(cmd, "run"))
         return cmd_run(&o);
     if (!strcmp(cmd, "chat"))

@@ -54,6 +54,11 @@ QVL_API void qvl_log_set(qvl_log_fn fn, void *user, qvl_log_level max_level);
 /* ---- model ------------------------------------------------------------ */
 typedef struct qvl_model qvl_model; /* weights + tokenizer + configs; read-only after load */
 
+/* Progress of a long call: stage ("load", "vision", "prefill"), work done and total in the
+ * stage's unit. Return non-zero to cancel: the call returns QVL_E_CANCELLED and the KV cache
+ * is as it was before the call (the logits must be recomputed). */
+typedef int (*qvl_progress_fn)(const char *stage, double done, double total, void *user);
+
 typedef enum qvl_quant {
     QVL_QUANT_NONE = 0, /* use the checkpoint's weights in place (bf16 as shipped) */
     QVL_QUANT_Q8 = 1,   /* 8-bit blocks (32 values + f16 scale) made at load time */
@@ -67,7 +72,8 @@ typedef struct qvl_model_params {
     int mmap;          /* 1: use the safetensors files in place through mmap (instant load, no
                           copy); 0 (default): read them into anonymous huge-page memory, which
                           streams several times faster on some virtual machines */
-    int reserved[4];
+    qvl_progress_fn progress; /* optional: weight bytes read */
+    void *progress_user;
 } qvl_model_params;
 
 QVL_API qvl_model_params qvl_model_default_params(void);
@@ -228,6 +234,8 @@ QVL_API void qvl_ctx_reset(qvl_ctx *c);
 /* Set the image budget used by later qvl_ctx_eval calls (zero fields, or o NULL: the model's
  * preprocessor defaults). Lets one context serve requests with different budgets. */
 QVL_API void qvl_ctx_set_image_opts(qvl_ctx *c, const qvl_image_opts *o);
+/* Report vision (blocks) and prefill (tokens) progress of later eval calls; NULL: none. */
+QVL_API void qvl_ctx_set_progress(qvl_ctx *c, qvl_progress_fn fn, void *user);
 /* Tokens in the KV cache, and the cache capacity. */
 QVL_API int64_t qvl_ctx_n_past(const qvl_ctx *c);
 QVL_API int64_t qvl_ctx_n_ctx(const qvl_ctx *c);

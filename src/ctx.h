@@ -21,6 +21,8 @@ struct qvl_ctx {
     float *inv_freq; /* [head_dim / 2] */
     float *decode_x; /* [hidden] */
     double vision_ms, prefill_ms;
+    qvl_progress_fn progress;
+    void *progress_user;
     float *dbg_layers; /* tests: if set, [n_layers][hidden] gets the last row after each layer */
     char err[512];
 };

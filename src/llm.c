@@ -52,6 +52,13 @@ void qvl_ctx_timings(const qvl_ctx *c, double *vision_ms, double *prefill_ms) {
         *prefill_ms = c->prefill_ms;
 }
 
+void qvl_ctx_set_progress(qvl_ctx *c, qvl_progress_fn fn, void *user) {
+    if (!c)
+        return;
+    c->progress = fn;
+    c->progress_user = user;
+}
+
 void qvl_ctx_set_image_opts(qvl_ctx *c, const qvl_image_opts *o) {
     if (!c)
         return;
@@ -238,10 +245,11 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
     }
 }
 
-/* Run n rows of embeddings (consumed: used as the residual stream) in chunks of n_batch. */
-static void forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, const uint8_t *vis,
+/* Run n rows of embeddings (consumed: used as the residual stream) in chunks of n_batch.
+ * Returns false when the progress callback cancelled: the cache is then back where it was. */
+static bool forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, const uint8_t *vis,
                     int n_ds, const float *const *ds) {
-    const int64_t H = c->m->cfg.text.hidden;
+    const int64_t H = c->m->cfg.text.hidden, start = c->n_past;
     int64_t ds_off = 0;
     for (int64_t i0 = 0; i0 < n; i0 += c->n_batch) {
         int64_t nb = n - i0 < c->n_batch ? n - i0 : c->n_batch;
@@ -250,7 +258,19 @@ static void forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, cons
         if (vis)
             for (int64_t i = 0; i < nb; i++)
                 ds_off += vis[i0 + i] != 0;
+        if (c->progress &&
+            c->progress("prefill", (double)(i0 + nb), (double)n, c->progress_user)) {
+            c->n_past = start;
+            c->has_logits = false;
+            return false;
+        }
     }
+    return true;
+}
+
+static int vit_progress(void *user, int done, int total) {
+    qvl_ctx *c = user;
+    return c->progress("vision", done, total, c->progress_user);
 }
 
 qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
@@ -308,7 +328,12 @@ qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
             pos[i] = pos[n + i] = pos[2 * n + i] = (int32_t)(next + i);
         next += n;
     }
-    forward(c, x, n, pos, b->visual_mask, b->n_deepstack, b->deepstack);
+    if (!forward(c, x, n, pos, b->visual_mask, b->n_deepstack, b->deepstack)) {
+        qvl_free(x);
+        qvl_free(pos);
+        qvl_ctx_setf(c, "cancelled");
+        return QVL_E_CANCELLED;
+    }
     for (int64_t i = 0; i < n; i++)
         c->tokens[c->n_past - n + i] = -1;
     c->next_pos = next;
@@ -444,8 +469,9 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
             s = QVL_E_NOMEM;
             break;
         }
+        qvl_vit_cb cb = {c->progress ? vit_progress : NULL, c};
         s = qvl_vit_encode(m, c->pool, md[i].px.data, md[i].px.grid_t, md[i].px.grid_h,
-                           md[i].px.grid_w, md[i].feat, md[i].ds, c->err, sizeof c->err);
+                           md[i].px.grid_w, md[i].feat, md[i].ds, &cb, c->err, sizeof c->err);
         qvl_pixels_free(&md[i].px);
     }
     c->vision_ms += qvl_time_ms() - t0;
@@ -488,8 +514,13 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
         }
     }
     double t1 = qvl_time_ms();
-    forward(c, x, n, pos, n_feat > 0 ? vis : NULL, n_ds, (const float *const *)ds);
+    bool done_ok = forward(c, x, n, pos, n_feat > 0 ? vis : NULL, n_ds, (const float *const *)ds);
     c->prefill_ms += qvl_time_ms() - t1;
+    if (!done_ok) {
+        qvl_ctx_setf(c, "prompt evaluation cancelled");
+        s = QVL_E_CANCELLED;
+        goto done;
+    }
     memcpy(c->tokens + c->n_past - n, ids, (size_t)n * sizeof(int32_t));
     c->next_pos = next;
 done:

@@ -477,6 +477,11 @@ static qvl_status read_json_file(const char *dir, const char *name, bool require
     return s;
 }
 
+static int load_progress(void *user, uint64_t done, uint64_t total) {
+    const qvl_model_params *p = user;
+    return p->progress("load", (double)done, (double)total, p->progress_user);
+}
+
 qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_model **out,
                           char *err, size_t err_len) {
     if (!out)
@@ -577,7 +582,9 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
             goto fail;
     }
 
-    s = qvl_st_open_dir_ex(m->dir, !(p && p->mmap), &m->st, err, err_len);
+    qvl_st_progress sp = {load_progress, (void *)p};
+    s = qvl_st_open_dir_ex(m->dir, !(p && p->mmap), p && p->progress ? &sp : NULL, &m->st, err,
+                           err_len);
     if (s != QVL_OK)
         goto fail;
     loader L = {.m = m, .err = err, .err_len = err_len, .st = QVL_OK};

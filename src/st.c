@@ -13,6 +13,7 @@
 #include "st.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -69,6 +70,8 @@ typedef struct st_file {
 
 struct qvl_st {
     bool copy; /* read shards into anonymous (huge-page) memory instead of mapping them */
+    qvl_st_progress prog;
+    uint64_t prog_done, prog_total;
     st_file *files;
     size_t n_files;
     size_t cap_files;
@@ -537,6 +540,13 @@ static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *er
                 return QVL_E_IO;
             }
             got += (size_t)r;
+            st->prog_done += (uint64_t)r;
+            if (st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total)) {
+                close(fd);
+                munmap(m, size);
+                qvl_errf(err, err_len, "%s: loading cancelled", path);
+                return QVL_E_CANCELLED;
+            }
         }
         close(fd);
         mprotect(m, size, PROT_READ);
@@ -834,11 +844,32 @@ out:
 }
 
 qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_len) {
-    return qvl_st_open_dir_ex(dir, false, out, err, err_len);
+    return qvl_st_open_dir_ex(dir, false, NULL, out, err, err_len);
 }
 
-qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, qvl_st **out, char *err,
-                              size_t err_len) {
+/* total bytes of the regular files named *.safetensors in dir (for progress only) */
+static uint64_t dir_weight_bytes(const char *dir) {
+    uint64_t t = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 12 || strcmp(e->d_name + l - 12, ".safetensors"))
+            continue;
+        char *p = qvl_path_join(dir, e->d_name);
+        struct stat sb;
+        if (p && stat(p, &sb) == 0 && S_ISREG(sb.st_mode))
+            t += (uint64_t)sb.st_size;
+        qvl_free(p);
+    }
+    closedir(d);
+    return t;
+}
+
+qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, const qvl_st_progress *prog,
+                              qvl_st **out, char *err, size_t err_len) {
     if (out)
         *out = NULL;
     if (!dir || !out) {
@@ -849,8 +880,13 @@ qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, qvl_st **out, char *er
     char *spath = qvl_path_join(dir, SINGLE_NAME);
     qvl_st *st = st_new();
     qvl_status s;
-    if (st)
+    if (st) {
         st->copy = copy;
+        if (prog && copy) {
+            st->prog = *prog;
+            st->prog_total = dir_weight_bytes(dir);
+        }
+    }
     if (!ipath || !spath || !st) {
         qvl_errf(err, err_len, "%s: out of memory", dir);
         s = QVL_E_NOMEM;

@@ -33,8 +33,12 @@ qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_
 /* Open one .safetensors file. Same errors as qvl_st_open_dir. */
 /* As qvl_st_open_dir; with copy, every shard is read into anonymous memory (transparent huge
  * pages requested) instead of being mapped: one copy of the weights in RAM, not in place. */
-qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, qvl_st **out, char *err,
-                              size_t err_len);
+typedef struct qvl_st_progress {
+    int (*fn)(void *user, uint64_t done, uint64_t total); /* non-zero: cancel */
+    void *user;
+} qvl_st_progress;
+qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, const qvl_st_progress *prog,
+                              qvl_st **out, char *err, size_t err_len);
 qvl_status qvl_st_open_file(const char *path, qvl_st **out, char *err, size_t err_len);
 
 /* Parse and validate an in-memory safetensors file image (header + data) without keeping

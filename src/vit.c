@@ -95,7 +95,8 @@ size_t qvl_vit_scratch_floats(const qvl_model *m, int64_t N) {
 }
 
 qvl_status qvl_vit_encode(const qvl_model *m, qvl_pool *pool, const float *pixels, int gt, int gh,
-                          int gw, float *feat, float *ds, char *err, size_t err_len) {
+                          int gw, float *feat, float *ds, const qvl_vit_cb *cb, char *err,
+                          size_t err_len) {
     const qvl_vision_cfg *vc = &m->cfg.vision;
     const int64_t D = vc->hidden, Iv = vc->intermediate, nh = vc->n_heads, hv = D / nh;
     const int64_t M2 = (int64_t)vc->merge * vc->merge;
@@ -161,6 +162,11 @@ qvl_status qvl_vit_encode(const qvl_model *m, qvl_pool *pool, const float *pixel
             if (vc->deepstack[k] == b)
                 run_merger(pool, m, &m->ds_mergers[k], true, X, N,
                            ds + (int64_t)k * n_out * vc->out_hidden, qkv, qkv + N * D);
+        if (cb && cb->fn && cb->fn(cb->user, b + 1, vc->depth)) {
+            qvl_free(buf);
+            qvl_errf(err, err_len, "vision encoding cancelled");
+            return QVL_E_CANCELLED;
+        }
     }
     run_merger(pool, m, &m->merger, false, X, N, feat, qkv, qkv + N * D);
     qvl_free(buf);

@@ -428,7 +428,7 @@ static void video_case(void) {
     float feat[18 * 64], dsv[2 * 18 * 64];
     qvl_pool *pool = NULL;
     qvl_pool_create(2, &pool);
-    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, err, sizeof err) == QVL_OK);
+    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, NULL, err, sizeof err) == QVL_OK);
     float *gpo = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_pooler_output.f32",
                           18 * 64);
     float *gd0 = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_deepstack_0.f32",

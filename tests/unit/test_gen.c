@@ -190,6 +190,32 @@ static void limits(void) {
     qvl_ctx_free(c);
 }
 
+static int calls;
+static int cancel_prefill(const char *stage, double done, double total, void *user) {
+    (void)done;
+    (void)total;
+    (void)user;
+    calls++;
+    return !strcmp(stage, "prefill");
+}
+
+/* a progress callback that cancels prefill: QVL_E_CANCELLED, the cache is as before */
+static void progress_cancel(void) {
+    qvl_ctx *c = prompt_ctx("Hello", 512);
+    int64_t before = qvl_ctx_n_past(c);
+    qvl_ctx_set_progress(c, cancel_prefill, NULL);
+    int32_t ids[600];
+    for (int i = 0; i < 600; i++)
+        ids[i] = 1000 + i;
+    qvl_ctx_params cp = qvl_ctx_default_params();
+    (void)cp;
+    CHECK(qvl_ctx_eval(c, ids, 300, NULL, 0) == QVL_E_CANCELLED);
+    CHECK(calls >= 1 && qvl_ctx_n_past(c) == before);
+    qvl_ctx_set_progress(c, NULL, NULL);
+    CHECK(qvl_ctx_eval(c, ids, 10, NULL, 0) == QVL_OK && qvl_ctx_n_past(c) == before + 10);
+    qvl_ctx_free(c);
+}
+
 int main(void) {
     char err[1024];
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
@@ -200,6 +226,7 @@ int main(void) {
     streaming_and_stops();
     sampling();
     limits();
+    progress_cancel();
     qvl_model_free(M);
     CHECK_DONE();
 }
