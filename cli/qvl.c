@@ -655,7 +655,82 @@ out:
 }
 
 /* ---- preprocess ------------------------------------------------------------------------------ */
+static int preprocess_videos(opts *o, qvl_model *m) {
+    cJSON *arr = cJSON_CreateArray();
+    int rc = 0;
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->min_pixels, o->max_pixels};
+    for (int i = 0; i < o->n_videos; i++) {
+        char err[1024] = "";
+        qvl_video *v = NULL;
+        qvl_video_plan pl;
+        qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &v, err, sizeof err);
+        if (s == QVL_OK)
+            s = qvl_video_plan_get(m, v, &pl, err, sizeof err);
+        if (s != QVL_OK) {
+            fprintf(stderr, "qvl: %s: %s\n", o->videos[i], err);
+            qvl_video_free(v);
+            rc = 1;
+            continue;
+        }
+        int64_t idx[4096];
+        double ts[2048];
+        size_t nf = qvl_video_frame_indices(v, idx, 4096);
+        size_t ng = qvl_video_timestamps(m, v, ts, 2048);
+        if (o->json) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "path", o->videos[i]);
+            cJSON *fa = cJSON_AddArrayToObject(e, "frame_indices");
+            for (size_t k = 0; k < nf && k < 4096; k++)
+                cJSON_AddItemToArray(fa, cJSON_CreateNumber((double)idx[k]));
+            cJSON_AddNumberToObject(e, "resized_width", pl.resized_width);
+            cJSON_AddNumberToObject(e, "resized_height", pl.resized_height);
+            cJSON *g = cJSON_AddArrayToObject(e, "grid_thw");
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_t));
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_h));
+            cJSON_AddItemToArray(g, cJSON_CreateNumber(pl.grid_w));
+            cJSON *ta = cJSON_AddArrayToObject(e, "timestamps");
+            for (size_t k = 0; k < ng && k < 2048; k++)
+                cJSON_AddItemToArray(ta, cJSON_CreateNumber(ts[k]));
+            cJSON_AddNumberToObject(e, "tokens", (double)pl.n_tokens);
+            cJSON_AddItemToArray(arr, e);
+        } else {
+            printf("%s: %zu frames sampled (", o->videos[i], nf);
+            for (size_t k = 0; k < nf && k < 4096; k++)
+                printf("%s%lld", k ? " " : "", (long long)idx[k]);
+            printf("), -> %dx%d, grid (%d, %d, %d), %lld tokens; pairs at", pl.resized_width,
+                   pl.resized_height, pl.grid_t, pl.grid_h, pl.grid_w, (long long)pl.n_tokens);
+            for (size_t k = 0; k < ng && k < 2048; k++)
+                printf(" %.1fs", ts[k]);
+            printf("\n");
+        }
+        qvl_video_free(v);
+    }
+    if (o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddItemToObject(j, "videos", arr);
+        char *txt = cJSON_PrintUnformatted(j);
+        printf("%s\n", txt);
+        free(txt);
+        cJSON_Delete(j);
+    } else {
+        cJSON_Delete(arr);
+    }
+    return rc;
+}
+
 static int cmd_preprocess(opts *o) {
+    if (o->n_videos > 0) {
+        qvl_model *m = NULL;
+        if (o->model) {
+            int rc = load_model(o->model, &m);
+            if (rc)
+                return rc;
+        }
+        int rc = preprocess_videos(o, m);
+        qvl_model_free(m);
+        if (o->n_pos == 0)
+            return rc;
+    }
     if (o->n_pos < 1)
         return die(2, "usage: qvl preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] "
                       "IMAGE...");
@@ -938,6 +1013,7 @@ static void usage(void) {
             "  tokenize   -m DIR TEXT          ids as a JSON array\n"
             "  detokenize -m DIR ID...         text\n"
             "  preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] IMAGE...\n"
+            "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
             "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N]\n"
             "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"

@@ -158,6 +158,13 @@ QVL_API qvl_status qvl_image_plan_get(const qvl_model *m, const qvl_image *img,
                                       const qvl_image_opts *o, qvl_image_plan *plan, char *err,
                                       size_t err_len);
 
+/* The reference processor's pixel_values of one image: *pixels is a heap array (qvl_free) of
+ * [n_rows, n_cols] floats in merge-group row order; plan gets the grid and token count. */
+QVL_API qvl_status qvl_image_pixel_values(const qvl_model *m, const qvl_image *img,
+                                          const qvl_image_opts *o, float **pixels,
+                                          int64_t *n_rows, int64_t *n_cols, qvl_image_plan *plan,
+                                          char *err, size_t err_len);
+
 /* Vision encoding of one image: features [n_tokens, hidden] and DeepStack features
  * [n_deepstack, n_tokens, hidden], heap arrays released with qvl_free(). */
 typedef struct qvl_features {
@@ -187,7 +194,8 @@ typedef struct qvl_video_opts {
 } qvl_video_opts;
 
 /* A video file (decoded with FFmpeg, only the sampled frames) or a directory of frame images
- * (.png/.jpg/.webp in name order) whose frame rate is frames_fps. */
+ * (.png/.jpg/.webp in name order) whose frame rate is frames_fps. m may be NULL for the
+ * released video processor defaults (also in qvl_video_plan_get / qvl_video_timestamps). */
 QVL_API qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fps,
                                   const qvl_video_opts *o, qvl_video **out, char *err,
                                   size_t err_len);

@@ -137,6 +137,26 @@ qvl_status qvl_image_pixels(const qvl_model *m, const qvl_image *img, const qvl_
     return qvl_img_preprocess(&rgb, &m->pp, mn, mx, out, err, err_len);
 }
 
+qvl_status qvl_image_pixel_values(const qvl_model *m, const qvl_image *img,
+                                  const qvl_image_opts *o, float **pixels, int64_t *n_rows,
+                                  int64_t *n_cols, qvl_image_plan *plan, char *err,
+                                  size_t err_len) {
+    if (!m || !img || !pixels || !n_rows || !n_cols)
+        return QVL_E_INVAL;
+    *pixels = NULL;
+    qvl_pixels px = {0};
+    qvl_status s = qvl_image_pixels(m, img, o, &px, err, err_len);
+    if (s != QVL_OK)
+        return s;
+    if (plan) {
+        qvl_image_plan_get(m, img, o, plan, err, err_len);
+    }
+    *pixels = px.data;
+    *n_rows = px.n_rows;
+    *n_cols = px.n_cols;
+    return QVL_OK;
+}
+
 qvl_status qvl_vision_encode(const qvl_model *m, const qvl_image *img, const qvl_image_opts *o,
                              int n_threads, qvl_features *out, char *err, size_t err_len) {
     if (!m || !img || !out)

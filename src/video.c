@@ -105,11 +105,20 @@ qvl_status qvl_video_smart_resize(int64_t n_frames, int64_t h, int64_t w, int fa
     return QVL_OK;
 }
 
+/* The model's video processor config, or the released defaults when there is no model. */
+static qvl_pp_config vcfg(const qvl_model *m) {
+    qvl_pp_config c;
+    if (m)
+        return m->vpp;
+    qvl_pp_config_default_video(&c);
+    return c;
+}
+
 /* ---- the video object -------------------------------------------------------------------- */
 
 static qvl_status video_new(const qvl_model *m, const qvl_video_opts *o, int64_t total,
                             double src_fps, qvl_video **out, char *err, size_t err_len) {
-    const qvl_pp_config *vc = &m->vpp;
+    const qvl_pp_config vcv = vcfg(m), *vc = &vcv;
     double fps = o && o->fps > 0 ? o->fps : vc->fps;
     int mn = o && o->min_frames > 0 ? o->min_frames : vc->min_frames;
     int mx = o && o->max_frames > 0 ? o->max_frames : vc->max_frames;
@@ -166,7 +175,7 @@ qvl_status qvl_video_from_frames(const qvl_model *m, qvl_image *const *frames, s
     if (!out)
         return QVL_E_INVAL;
     *out = NULL;
-    if (!m || (!frames && n)) {
+    if (!frames && n) {
         qvl_errf(err, err_len, "video: NULL argument");
         return QVL_E_INVAL;
     }
@@ -296,7 +305,7 @@ qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fp
     if (!out)
         return QVL_E_INVAL;
     *out = NULL;
-    if (!m || !path) {
+    if (!path) {
         qvl_errf(err, err_len, "video: NULL argument");
         return QVL_E_INVAL;
     }
@@ -326,9 +335,9 @@ qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fp
 
 qvl_status qvl_video_plan_get(const qvl_model *m, const qvl_video *v, qvl_video_plan *p,
                               char *err, size_t err_len) {
-    if (!m || !v || !p)
+    if (!v || !p)
         return QVL_E_INVAL;
-    const qvl_pp_config *vc = &m->vpp;
+    const qvl_pp_config vcv = vcfg(m), *vc = &vcv;
     int rh = 0, rw = 0;
     qvl_status s = qvl_video_smart_resize(v->n, v->frames[0].h, v->frames[0].w,
                                           vc->patch * vc->merge, vc->temporal_patch,
@@ -348,9 +357,9 @@ qvl_status qvl_video_plan_get(const qvl_model *m, const qvl_video *v, qvl_video_
 }
 
 size_t qvl_video_timestamps(const qvl_model *m, const qvl_video *v, double *ts, size_t cap) {
-    if (!m || !v)
+    if (!v)
         return 0;
-    int tp = m->vpp.temporal_patch;
+    int tp = vcfg(m).temporal_patch;
     size_t groups = (size_t)((v->n + tp - 1) / tp);
     for (size_t k = 0; k < groups && k < cap; k++) {
         /* mean of the group's frame times, summed in order (the padding repeats the last) */
@@ -378,8 +387,8 @@ qvl_status qvl_video_pixels(const qvl_model *m, const qvl_video *v, qvl_pixels *
     for (int64_t i = 0; !same && i < v->n && s == QVL_OK; i++)
         s = qvl_img_resize_bicubic(&v->frames[i], p.resized_width, p.resized_height, &rs[i]);
     if (s == QVL_OK)
-        s = qvl_pp_flatten(same ? v->frames : rs, (int)v->n, &m->vpp, QVL_PP_NORM_FUSED, out, err,
-                           err_len);
+        s = qvl_pp_flatten(same ? v->frames : rs, (int)v->n, &m->vpp, QVL_PP_NORM_FUSED, out,
+                           err, err_len);
     for (int64_t i = 0; !same && i < v->n; i++)
         qvl_rgb_free(&rs[i]);
     qvl_free(rs);

@@ -45,6 +45,8 @@ vwant=$(tr -d ' \n' < "$S/golden/tiny_video_frames.json" | grep -o '"generated_i
 got=$("$BIN" run -m "$M" --video "$S/videos/tiny_clip_96x64_4fps" --video-fps 4 -p "What happens in this video?" -n 20 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
 [ -n "$vwant" ] && [ "$got" = "$vwant" ] && ok || bad "video frames dir: $got vs $vwant"
 expect_fail "$BIN" run -m "$M" --video "$S/videos/tiny_clip_96x64_4fps"   # no --video-fps for a directory
+out=$("$BIN" preprocess --json --video "$S/videos/tiny_clip_96x64_4fps" --video-fps 4)
+echo "$out" | grep -q '"frame_indices":\[0,2,4,7,9\].*"grid_thw":\[3,4,6\],"timestamps":\[0.25,1.375,2.25\],"tokens":18' && ok || bad "preprocess --video: $out"
 if command -v ffmpeg >/dev/null; then
     ffmpeg -loglevel error -framerate 4 -i "$S/videos/tiny_clip_96x64_4fps/frame_%04d.png" -c:v libx264rgb -qp 0 -pix_fmt rgb24 "$T/clip.mp4"
     out=$("$BIN" run -m "$M" --video "$T/clip.mp4" -p "What happens in this video?" -n 20 --temp 0 --json)
