@@ -1,9 +1,26 @@
-/* pool.c - fixed-size thread pool: workers sleep on a condition variable between jobs; one job
- * (fn, arg) runs on every worker, the caller taking index 0, and run() waits for all of them. */
+/* pool.c - fixed-size thread pool: one job (fn, arg) runs on every worker, the caller taking
+ * index 0, and run() returns when all have finished.
+ *
+ * Decoding a token dispatches a few hundred short jobs, so hand-offs must be cheap: workers
+ * spin briefly on the job counter before sleeping on a condition variable, and the caller spins
+ * briefly on the pending count before sleeping. The sleep/wake paths use the usual two-flag
+ * handshake (a sleeper count and a waiting flag checked after the opposite side's sequentially
+ * consistent update), so no wake-up is lost. */
 #include "pool.h"
 #include "common.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#    include <immintrin.h>
+#    define cpu_relax() _mm_pause()
+#else
+#    define cpu_relax() ((void)0)
+#endif
+
+/* spin iterations before sleeping (a pause is ~10-60 cycles: tens of microseconds in all) */
+#define SPIN 1000
 
 struct qvl_pool {
     int n;
@@ -11,11 +28,13 @@ struct qvl_pool {
     pthread_mutex_t mu;
     pthread_cond_t cv_work;
     pthread_cond_t cv_done;
-    qvl_pool_fn fn;
+    qvl_pool_fn fn; /* written before gen is bumped (release), read after (acquire) */
     void *arg;
-    unsigned long gen; /* job generation counter */
-    int pending;       /* workers still running the current job */
-    int stop;
+    atomic_ulong gen;          /* job generation */
+    atomic_int pending;        /* workers still running the current job */
+    atomic_int sleepers;       /* workers waiting on cv_work */
+    atomic_int caller_waiting; /* the caller waits on cv_done */
+    atomic_int stop;
 };
 
 typedef struct {
@@ -29,22 +48,29 @@ static void *worker(void *a) {
     qvl_pool *p = wa.p;
     unsigned long seen = 0;
     for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (!p->stop && p->gen == seen)
-            pthread_cond_wait(&p->cv_work, &p->mu);
-        if (p->stop) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
+        unsigned long g = atomic_load(&p->gen);
+        for (int i = 0; i < SPIN && g == seen && !atomic_load_explicit(&p->stop, memory_order_relaxed);
+             i++) {
+            cpu_relax();
+            g = atomic_load(&p->gen);
         }
-        seen = p->gen;
-        qvl_pool_fn fn = p->fn;
-        void *arg = p->arg;
-        pthread_mutex_unlock(&p->mu);
-        fn(arg, wa.ith, p->n);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0)
+        if (g == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv_work, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop))
+            return NULL;
+        seen = atomic_load(&p->gen);
+        p->fn(p->arg, wa.ith, p->n);
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->caller_waiting)) {
+            pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->cv_done);
-        pthread_mutex_unlock(&p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
 }
 
@@ -57,7 +83,7 @@ qvl_status qvl_pool_create(int n_threads, qvl_pool **out) {
     qvl_pool *p = qvl_calloc(1, sizeof *p);
     if (!p)
         return QVL_E_NOMEM;
-    p->n = n_threads;
+    p->n = 1;
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
         qvl_free(p);
         return QVL_E_INTERNAL;
@@ -74,7 +100,6 @@ qvl_status qvl_pool_create(int n_threads, qvl_pool **out) {
     for (int i = 1; i < n_threads; i++) {
         worker_arg *wa = qvl_malloc(sizeof *wa);
         if (!wa) {
-            p->n = i;
             qvl_pool_free(p);
             return QVL_E_NOMEM;
         }
@@ -82,11 +107,12 @@ qvl_status qvl_pool_create(int n_threads, qvl_pool **out) {
         wa->ith = i;
         if (pthread_create(&p->threads[i], NULL, worker, wa) != 0) {
             qvl_free(wa);
-            p->n = i;
             qvl_pool_free(p);
             return QVL_E_INTERNAL;
         }
+        p->n = i + 1; /* threads started so far (joined by free) */
     }
+    p->n = n_threads;
     *out = p;
     return QVL_OK;
 }
@@ -95,7 +121,7 @@ void qvl_pool_free(qvl_pool *p) {
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++)
@@ -116,16 +142,24 @@ void qvl_pool_run(qvl_pool *p, qvl_pool_fn fn, void *arg) {
         fn(arg, 0, 1);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
-    p->pending = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store(&p->pending, p->n - 1);
+    atomic_fetch_add(&p->gen, 1); /* publishes fn/arg */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+    }
     fn(arg, 0, p->n);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0)
-        pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < SPIN && atomic_load(&p->pending) > 0; i++)
+        cpu_relax();
+    if (atomic_load(&p->pending) > 0) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->caller_waiting, 1);
+        while (atomic_load(&p->pending) > 0)
+            pthread_cond_wait(&p->cv_done, &p->mu);
+        atomic_store(&p->caller_waiting, 0);
+        pthread_mutex_unlock(&p->mu);
+    }
 }
