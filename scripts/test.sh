@@ -26,6 +26,7 @@ if [ "${QVL_SKIP_FUZZ:-0}" != "1" ] && command -v clang >/dev/null; then
         work=$(mktemp -d)
         [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
         echo "fuzz: $name for ${secs}s"
+        UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 QVL_SHARED="$(cd .. && pwd)/shared" \
         "$f" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 \
             "$work" 2>"$work.log" || { tail -40 "$work.log"; echo "fuzz: $name FAILED"; exit 1; }
         rm -rf "$work" "$work.log"

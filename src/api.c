@@ -69,10 +69,14 @@ qvl_status qvl_image_from_rgb(const uint8_t *rgb, int width, int height, qvl_ima
     *out = NULL;
     size_t n;
     if (!rgb || width <= 0 || height <= 0 ||
-        !qvl_size_mul((size_t)width * 3, (size_t)height, &n) ||
-        (uint64_t)width * (uint64_t)height > QVL_IMG_DEFAULT_MAX_PIXELS) {
+        !qvl_size_mul((size_t)width * 3, (size_t)height, &n)) {
         qvl_errf(err, err_len, "bad raw RGB image (%d x %d)", width, height);
         return QVL_E_INVAL;
+    }
+    if ((uint64_t)width * (uint64_t)height > QVL_IMG_DEFAULT_MAX_PIXELS) {
+        qvl_errf(err, err_len, "raw RGB image %d x %d is over the limit of %llu pixels", width,
+                 height, (unsigned long long)QVL_IMG_DEFAULT_MAX_PIXELS);
+        return QVL_E_LIMIT;
     }
     qvl_rgb r = {width, height, qvl_malloc(n)};
     if (!r.data) {

@@ -26,6 +26,14 @@ char *qvl_strndup(const char *s, size_t n);
 QVL_API long qvl_alloc_fail_at(long n, int sticky);
 QVL_API long qvl_alloc_count(void);
 
+/* cJSON through qvl_malloc (src/jsonhooks.c). qvl_json_parse: NULL on failure with *st
+ * QVL_E_NOMEM (an allocation failed) or QVL_E_FORMAT (*err_off: offset of the error, -1 unknown);
+ * end (may be NULL) gets the end of the parsed value. */
+struct cJSON;
+void qvl_json_init(void);
+struct cJSON *qvl_json_parse(const char *json, size_t len, const char **end, qvl_status *st,
+                             long *err_off);
+
 /* Checked arithmetic: return false on overflow. */
 static inline bool qvl_size_mul(size_t a, size_t b, size_t *out) {
     return !__builtin_mul_overflow(a, b, out);

@@ -100,11 +100,15 @@ qvl_status qvl_config_parse(const char *json, size_t len, const char *fname, qvl
                             char *err, size_t err_len) {
     memset(c, 0, sizeof *c);
     parse_ctx pc = {fname, err, err_len, QVL_OK};
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    qvl_status ps;
+    long at;
+    cJSON *root = qvl_json_parse(json, len, NULL, &ps, &at);
     if (!root) {
-        qvl_errf(err, err_len, "%s: malformed JSON near byte %ld", fname,
-                 (long)(cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - json : 0));
-        return QVL_E_FORMAT;
+        if (ps == QVL_E_NOMEM)
+            qvl_errf(err, err_len, "%s: out of memory", fname);
+        else
+            qvl_errf(err, err_len, "%s: malformed JSON near byte %ld", fname, at);
+        return ps;
     }
     if (!cJSON_IsObject(root)) {
         qvl_errf(err, err_len, "%s: top level must be a JSON object", fname);
@@ -269,7 +273,12 @@ void qvl_gen_config_default(qvl_gen_config *g) {
 qvl_status qvl_gen_config_parse(const char *json, size_t len, const char *fname, qvl_gen_config *g,
                                 char *err, size_t err_len) {
     parse_ctx pc = {fname, err, err_len, QVL_OK};
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    qvl_status ps;
+    cJSON *root = qvl_json_parse(json, len, NULL, &ps, NULL);
+    if (!root && ps == QVL_E_NOMEM) {
+        qvl_errf(err, err_len, "%s: out of memory", fname);
+        return QVL_E_NOMEM;
+    }
     if (!root || !cJSON_IsObject(root)) {
         qvl_errf(err, err_len, "%s: malformed JSON (expected an object)", fname);
         cJSON_Delete(root);

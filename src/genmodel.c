@@ -1202,7 +1202,13 @@ static qvl_status write_tokenizer_config(const char *src_dir, const char *dir, c
     st = qvl_read_file(src, 64u << 20, &text, &len, err, err_len);
     if (st != QVL_OK)
         goto done;
-    root = cJSON_ParseWithLength(text, len);
+    qvl_status pst = QVL_OK;
+    root = qvl_json_parse(text, len, NULL, &pst, NULL);
+    if (!root && pst == QVL_E_NOMEM) {
+        qvl_errf(err, err_len, "genmodel: out of memory parsing %s", src);
+        st = QVL_E_NOMEM;
+        goto done;
+    }
     if (!cJSON_IsObject(root)) {
         qvl_errf(err, err_len, "genmodel: %s is not a JSON object", src);
         st = QVL_E_FORMAT;

@@ -504,7 +504,12 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
     size_t len = 0;
     {
         char *cfgp = qvl_path_join(m->dir, "config.json");
-        bool has = cfgp && qvl_file_exists(cfgp);
+        if (!cfgp) {
+            qvl_errf(err, err_len, "out of memory");
+            s = QVL_E_NOMEM;
+            goto fail;
+        }
+        bool has = qvl_file_exists(cfgp);
         qvl_free(cfgp);
         if (!has) {
             qvl_errf(err, err_len, "%s: not a model directory (no config.json)", m->dir);

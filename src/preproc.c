@@ -211,12 +211,15 @@ qvl_status qvl_pp_config_parse_named(const char *json, size_t len, const char *n
         qvl_errf(err, err_len, "%s: no data", name);
         return QVL_E_INVAL;
     }
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    qvl_status ps;
+    long off;
+    cJSON *root = qvl_json_parse(json, len, NULL, &ps, &off);
     if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        long off = (at && at >= json && at <= json + len) ? (long)(at - json) : -1;
-        qvl_errf(err, err_len, "%s: malformed JSON (near byte %ld)", name, off);
-        return QVL_E_FORMAT;
+        if (ps == QVL_E_NOMEM)
+            qvl_errf(err, err_len, "%s: out of memory", name);
+        else
+            qvl_errf(err, err_len, "%s: malformed JSON (near byte %ld)", name, off);
+        return ps;
     }
     qvl_status st = QVL_OK;
     if (!cJSON_IsObject(root)) {

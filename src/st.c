@@ -380,10 +380,14 @@ static qvl_status parse_image(qvl_st *st, int file, char *err, size_t err_len) {
     }
     const char *json = (const char *)buf + 8;
     const char *jend = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)n, &jend, 0);
+    qvl_status ps;
+    cJSON *root = qvl_json_parse(json, (size_t)n, &jend, &ps, NULL);
     if (!root) {
-        qvl_errf(err, err_len, "%s: header is not valid JSON", fname);
-        return QVL_E_FORMAT;
+        if (ps == QVL_E_NOMEM)
+            qvl_errf(err, err_len, "%s: out of memory parsing the header", fname);
+        else
+            qvl_errf(err, err_len, "%s: header is not valid JSON", fname);
+        return ps;
     }
     qvl_status s = QVL_OK;
     hdr_ent *ents = NULL;
@@ -513,6 +517,24 @@ static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *er
     }
     void *m;
     if (st->copy) {
+        /* check the header length before reading the whole file into memory */
+        uint8_t h8[8];
+        if (pread(fd, h8, 8, 0) != 8) {
+            close(fd);
+            qvl_errf(err, err_len, "%s: cannot read the header", path);
+            return QVL_E_IO;
+        }
+        uint64_t hl = 0;
+        for (int i = 7; i >= 0; i--)
+            hl = (hl << 8) | h8[i];
+        if (hl > size - 8 || hl > QVL_ST_MAX_HEADER) {
+            close(fd);
+            qvl_errf(err, err_len,
+                     "%s: header length %llu does not fit in the file (%zu bytes) or the %u-byte "
+                     "limit",
+                     path, (unsigned long long)hl, size, QVL_ST_MAX_HEADER);
+            return hl > QVL_ST_MAX_HEADER && hl <= size - 8 ? QVL_E_LIMIT : QVL_E_FORMAT;
+        }
         /* anonymous memory, transparent huge pages where the kernel allows: streaming weights
          * through 4 KiB file pages is several times slower on some virtual machines */
         m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -653,10 +675,14 @@ static qvl_status index_parse(const char *json, size_t len, const char *fname, s
     memset(ix, 0, sizeof *ix);
     const char **sorted = NULL;
     qvl_status s = QVL_OK;
-    ix->root = cJSON_ParseWithLength(json, len);
+    qvl_status ps;
+    ix->root = qvl_json_parse(json, len, NULL, &ps, NULL);
     if (!ix->root) {
-        qvl_errf(err, err_len, "%s: not valid JSON", fname);
-        return QVL_E_FORMAT;
+        if (ps == QVL_E_NOMEM)
+            qvl_errf(err, err_len, "%s: out of memory", fname);
+        else
+            qvl_errf(err, err_len, "%s: not valid JSON", fname);
+        return ps;
     }
     if (!cJSON_IsObject(ix->root)) {
         qvl_errf(err, err_len, "%s: not a JSON object", fname);

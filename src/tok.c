@@ -599,7 +599,9 @@ static qvl_status arena_add(loader *L, const char *s, size_t n, uint32_t *off) {
         qvl_errf(L->err, L->err_len, "%s: token strings exceed 4 GiB", L->src);
         return QVL_E_LIMIT;
     }
-    if (t->arena_len + n > t->arena_cap) {
+    /* allocate on the first call even for an empty string (a vocab key ""), so callers may
+     * always form t->arena + off */
+    if (!t->arena || t->arena_len + n > t->arena_cap) {
         size_t cap = t->arena_cap ? t->arena_cap : 1 << 16;
         while (cap < t->arena_len + n)
             cap *= 2;
@@ -1427,7 +1429,8 @@ static qvl_status bpe_piece(enc_ctx *E, const char *p, size_t n) {
             grow((void **)&E->cache_ids, &E->ci_cap, E->ci_len + k, sizeof(int32_t)))
             return QVL_E_NOMEM;
         memcpy(E->cache_bytes + E->cb_len, p, n);
-        memcpy(E->cache_ids + E->ci_len, E->ids + first, k * sizeof(int32_t));
+        if (k) /* no ids (every byte dropped): E->ids may still be NULL */
+            memcpy(E->cache_ids + E->ci_len, E->ids + first, k * sizeof(int32_t));
         ce->h = h;
         ce->p_off = (uint32_t)E->cb_len;
         ce->p_len = (uint32_t)n;

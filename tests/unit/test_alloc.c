@@ -9,8 +9,10 @@
  *
  * Model loading is swept at every N up to the end of the tokenizer, then strided (every run
  * there parses the whole 11 MB tokenizer.json first; see test_model_load); everything else is
- * swept at every N. QVL_ALLOC_FULL=1 sweeps every N everywhere. cJSON's heap is routed through qvl_malloc with
- * qvl_json_init() so the JSON parsers are reached too. */
+ * swept at every N. QVL_ALLOC_FULL=1 sweeps every N everywhere. cJSON's heap is routed through
+ * qvl_malloc with qvl_json_init() so the JSON parsers are reached too. Environment:
+ * QVL_ALLOC_THREADS (context threads, default 2), QVL_ALLOC_POINTS, QVL_ALLOC_VERBOSE=1 (list
+ * the optional allocations). */
 #include "check.h"
 #include "common.h"
 #include "image.h"
@@ -108,7 +110,7 @@ static qvl_status run_one(const char *what, long n, op_fn op, ok_fn ok, undo_fn 
     return s;
 }
 
-/* Which N a sweep runs: every N below `full_until`, every N within 16 of a mark (a phase
+/* Which N a sweep runs: every N below `full_until`, every N within 8 of a mark (a phase
  * boundary), and every `stride`-th N elsewhere. QVL_ALLOC_FULL=1 runs every N. */
 typedef struct sweep_plan {
     long full_until;
@@ -121,7 +123,7 @@ static bool plan_wants(const sweep_plan *p, long n) {
     if (!p || full_sweep() || p->stride <= 1 || n < p->full_until)
         return true;
     for (int i = 0; i < p->n_marks; i++)
-        if (n >= p->marks[i] - 16 && n < p->marks[i] + 16)
+        if (n >= p->marks[i] - 8 && n < p->marks[i] + 8)
             return true;
     return (n - p->full_until) % p->stride == 0;
 }
@@ -237,7 +239,7 @@ static long count_st(void) {
 
 /* Every N up to the end of the tokenizer (cheap: each run stops early); after it every run
  * loads the whole 11 MB tokenizer.json first, so the safetensors header (cJSON nodes) and weight
- * phases are strided to about QVL_ALLOC_POINTS (default 80) runs plus 16 on each side of every
+ * phases are strided to about QVL_ALLOC_POINTS (default 30) runs plus 8 on each side of every
  * phase boundary. */
 static void test_model_load(void) {
     load_state L = {0};
@@ -259,8 +261,8 @@ static void test_model_load(void) {
     if (tok_lo < 0 || st_lo < 0)
         return;
     const char *e = getenv("QVL_ALLOC_POINTS");
-    long points = e && atol(e) > 0 ? atol(e) : 80;
-    sweep_plan plan = {tok_lo + n_tok + 16, (total - (tok_lo + n_tok)) / points + 1,
+    long points = e && atol(e) > 0 ? atol(e) : 30;
+    sweep_plan plan = {tok_lo + n_tok + 8, (total - (tok_lo + n_tok)) / points + 1,
                        {st_lo, st_lo + n_st, total}, 3};
     printf("model load: %ld allocations: configs %ld, tokenizer %ld (from #%ld), safetensors "
            "%ld (from #%ld), weights %ld; every N below #%ld, then every %ld-th%s\n",
@@ -421,7 +423,7 @@ static void test_eval_generate(const qvl_model *m) {
     s = qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &G.img,
                             err, sizeof err);
     CHECKF(s == QVL_OK, "image: %s", err);
-    qvl_message msg = {"user", "What is this?", 1};
+    qvl_message msg = {"user", "What is this?", 1, 0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
     qvl_image_opts o = {0, 0};
