@@ -5,18 +5,45 @@
  *
  * Built by CMake as bench_kern (cmake --build <dir> --target bench_kern).
  * Run: <dir>/bench_kern [quick|elem]   ("quick" skips the 622 MB lm_head case, "elem" runs only
- * the element-wise ops). The ref path is timed on a slice of the work (fewer output rows /
+ * the element-wise ops), or <dir>/bench_kern peak|attn|gemm|shapes [path [reps]]: the FMA peak
+ * of a register-only loop, the attention shapes (vision hd 64/72, causal 512 hd 128), two GEMM
+ * shapes, or every vision/prefill GEMM shape in bf16 and f16, on one path (best of reps); or
+ * <dir>/bench_kern layer [threads [reps]]: the matmuls and attention of one vision layer through
+ * the threaded ops (ops.c) on the active path (QVL_CPU), wall time. The ref path is timed on a slice of the work (fewer output rows /
  * queries) and scaled, so the whole run stays within a few seconds.
  */
 #include "common.h"
 #include "kern/kern.h"
+#include "ops.h"
+#include "pool.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t g_rng = 88172645463325252ull;
+
+/* The focused modes time with this thread's CPU clock, which does not run while the thread is
+ * descheduled: on a shared, loaded machine it is far steadier than wall time (it still sees
+ * cache and memory contention). The default modes keep wall time. */
+static bool g_cpu_clock;
+
+/* CPU time of the whole process (all threads), ms */
+static double proc_cpu_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static double bench_ms(void) {
+    if (!g_cpu_clock)
+        return qvl_time_ms();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
 
 static float rnd_f(void) {
     g_rng ^= g_rng << 13;
@@ -59,7 +86,7 @@ static double read_bw(const uint64_t *p, size_t n, int reps) {
     double best = 1e30;
     volatile uint64_t sink = 0;
     for (int r = 0; r < reps; r++) {
-        double t0 = qvl_time_ms();
+        double t0 = bench_ms();
         uint64_t a = 0, b = 0, c = 0, d = 0;
         for (size_t i = 0; i + 4 <= n / 8; i += 4) {
             a += p[i];
@@ -68,7 +95,7 @@ static double read_bw(const uint64_t *p, size_t n, int reps) {
             d += p[i + 3];
         }
         sink += a + b + c + d;
-        double t = qvl_time_ms() - t0;
+        double t = bench_ms() - t0;
         if (t < best)
             best = t;
     }
@@ -81,9 +108,9 @@ static double time_matmul(const qvl_kern *kt, float *y, const float *x, int64_t 
                           const void *w, qvl_dtype wt, int64_t nrun, int reps) {
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
-        double t0 = qvl_time_ms();
+        double t0 = bench_ms();
         kt->matmul(y, nrun, x, k, m, k, w, wt, NULL, 0, nrun);
-        double t = qvl_time_ms() - t0;
+        double t = bench_ms() - t0;
         if (t < best)
             best = t;
     }
@@ -97,6 +124,9 @@ static void *make_w(qvl_dtype wt, int64_t n, int64_t k) {
         float f = rnd_f() * 0.05f;
         if (wt == QVL_DT_BF16) {
             uint16_t h = qvl_f32_to_bf16(f);
+            memcpy(w + i * 2, &h, 2);
+        } else if (wt == QVL_DT_F16) {
+            uint16_t h = qvl_f32_to_f16(f);
             memcpy(w + i * 2, &h, 2);
         } else {
             memcpy(w + i * 4, &f, 4);
@@ -151,6 +181,14 @@ static void bench_matvec(const char *label, int64_t n, int64_t k, double mem_gbs
     qvl_free(y);
 }
 
+/* path filter for the focused modes: NULL = every path, else only the named one */
+static const char *g_only;
+static int g_reps = 3; /* repetitions of the SIMD paths (best time counts) */
+
+static bool path_skipped(int pi) {
+    return g_only && strcmp(g_only, k_paths[pi]) != 0;
+}
+
 static void bench_gemm(qvl_dtype wt, int64_t m, int64_t n, int64_t k) {
     void *w = make_w(wt, n, k);
     float *x = xmalloc(sizeof(float) * (size_t)(m * k));
@@ -160,10 +198,10 @@ static void bench_gemm(qvl_dtype wt, int64_t m, int64_t n, int64_t k) {
     double ref_ms = 0;
     for (int pi = 0; pi < 3; pi++) {
         const qvl_kern *kt = qvl_kern_by_name(k_paths[pi]);
-        if (!kt)
+        if (!kt || path_skipped(pi))
             continue;
         int64_t nrun = pi == 0 ? 64 : n;
-        double ms = time_matmul(kt, y, x, m, k, w, wt, nrun, pi == 0 ? 1 : 3) * (double)n / nrun;
+        double ms = time_matmul(kt, y, x, m, k, w, wt, nrun, pi == 0 ? 1 : g_reps) * (double)n / nrun;
         if (pi == 0)
             ref_ms = ms;
         double gflop = 2.0 * (double)m * (double)n * (double)k * 1e-9;
@@ -176,44 +214,84 @@ static void bench_gemm(qvl_dtype wt, int64_t m, int64_t n, int64_t k) {
     qvl_free(y);
 }
 
-static void bench_attn(int64_t nq, int hd, bool causal) {
-    int64_t nk = nq;
-    float *q = xmalloc(sizeof(float) * (size_t)(nq * hd));
+/* attention: rep query heads (interleaved in q and o rows, as the model lays them out) against
+ * one K/V head, run one after the other, nq queries at the last positions of nk keys when
+ * causal; the time covers all rep heads, GFLOP/s counts the keys each query really sees */
+static void bench_attn(int64_t nq, int64_t nk, int hd, bool causal, int rep) {
+    int64_t ldq = (int64_t)rep * hd;
+    float *q = xmalloc(sizeof(float) * (size_t)(nq * ldq));
     float *k = xmalloc(sizeof(float) * (size_t)(nk * hd));
     float *v = xmalloc(sizeof(float) * (size_t)(nk * hd));
-    float *o = xmalloc(sizeof(float) * (size_t)(nq * hd));
-    for (int64_t i = 0; i < nq * hd; i++) {
+    float *o = xmalloc(sizeof(float) * (size_t)(nq * ldq));
+    for (int64_t i = 0; i < nq * ldq; i++)
         q[i] = rnd_f();
+    for (int64_t i = 0; i < nk * hd; i++) {
         k[i] = rnd_f();
         v[i] = rnd_f();
     }
+    int64_t q_pos0 = causal ? nk - nq : 0;
+    double pairs = 0; /* (query, key) pairs computed, per head */
+    for (int64_t i = 0; i < nq; i++)
+        pairs += causal ? (double)(q_pos0 + i + 1) : (double)nk;
     double ref_ms = 0;
     for (int pi = 0; pi < 3; pi++) {
         const qvl_kern *kt = qvl_kern_by_name(k_paths[pi]);
-        if (!kt)
+        if (!kt || path_skipped(pi))
             continue;
-        int64_t qrun = pi == 0 ? nq / 16 : nq; /* ref: a slice of the queries, scaled */
+        /* ref: a slice of the queries, scaled (not for causal: the slice is not representative) */
+        int64_t qrun = pi == 0 && !causal && nq >= 16 ? nq / 16 : nq;
         double best = 1e30;
-        for (int r = 0; r < (pi == 0 ? 1 : 3); r++) {
-            double t0 = qvl_time_ms();
-            kt->attn(o, hd, q, hd, qrun, k, hd, v, hd, nk, hd, 1.0f / sqrtf((float)hd), causal, 0);
-            double t = qvl_time_ms() - t0;
+        for (int r = 0; r < (pi == 0 ? 1 : g_reps); r++) {
+            double t0 = bench_ms();
+            for (int h = 0; h < rep; h++)
+                kt->attn(o + h * hd, ldq, q + h * hd, ldq, qrun, k, hd, v, hd, nk, hd,
+                         1.0f / sqrtf((float)hd), causal, q_pos0);
+            double t = bench_ms() - t0;
             if (t < best)
                 best = t;
         }
         double ms = best * (double)nq / (double)qrun;
-        if (causal && pi == 0)
-            ms = NAN; /* the causal slice is not representative of the whole */
         if (pi == 0)
             ref_ms = ms;
-        double gflop = 4.0 * (double)nq * (double)nk * hd * 1e-9 * (causal ? 0.5 : 1.0);
-        printf("attn nq=nk=%lld hd=%d %-6s %-6s %8.1f ms %6.1f GFLOP/s  x%.1f vs ref\n",
-               (long long)nq, hd, causal ? "causal" : "full", kt->name, ms,
+        double gflop = 4.0 * pairs * hd * rep * 1e-9;
+        printf("attn nq=%lld nk=%lld hd=%d %-6s x%d heads %-6s %8.2f ms %6.1f GFLOP/s  x%.1f vs "
+               "ref\n",
+               (long long)nq, (long long)nk, hd, causal ? "causal" : "full", rep, kt->name, ms,
                gflop / (ms * 1e-3), ref_ms / ms);
     }
     qvl_free(q);
     qvl_free(k);
     qvl_free(v);
+    qvl_free(o);
+}
+
+/* attention of one head inside a fused QKV activation as the vision tower lays it out:
+ * q, k, v rows of [n, 3 * 16 * hd] (head 5), o rows of [n, 16 * hd] */
+static void bench_attn_fused(int64_t n, int hd) {
+    int64_t dm = 16 * (int64_t)hd, ld = 3 * dm, off = 5 * (int64_t)hd;
+    float *qkv = xmalloc(sizeof(float) * (size_t)(n * ld));
+    float *o = xmalloc(sizeof(float) * (size_t)(n * dm));
+    for (int64_t i = 0; i < n * ld; i++)
+        qkv[i] = rnd_f();
+    for (int pi = 1; pi < 3; pi++) {
+        const qvl_kern *kt = qvl_kern_by_name(k_paths[pi]);
+        if (!kt || path_skipped(pi))
+            continue;
+        double best = 1e30;
+        for (int r = 0; r < g_reps; r++) {
+            double t0 = bench_ms();
+            kt->attn(o + off, dm, qkv + off, ld, n, qkv + dm + off, ld, qkv + 2 * dm + off, ld, n,
+                     hd, 1.0f / sqrtf((float)hd), false, 0);
+            double t = bench_ms() - t0;
+            if (t < best)
+                best = t;
+        }
+        printf("attn nq=%lld nk=%lld hd=%d full   fused QKV rows (stride %lld) %-6s %8.2f ms "
+               "%6.1f GFLOP/s\n",
+               (long long)n, (long long)n, hd, (long long)ld, kt->name, best,
+               4.0 * (double)n * (double)n * hd * 1e-9 / (best * 1e-3));
+    }
+    qvl_free(qkv);
     qvl_free(o);
 }
 
@@ -267,9 +345,9 @@ static void bench_elementwise(const char *label, int64_t n, int64_t h, int reps)
             double best = 1e30;
             for (int r = 0; r < reps; r++) {
                 memcpy(x, x0, sizeof(float) * (size_t)n);
-                double t0 = qvl_time_ms();
+                double t0 = bench_ms();
                 el_run(kt, op, x, u, w, b, n, h);
-                double t = qvl_time_ms() - t0;
+                double t = bench_ms() - t0;
                 if (t < best)
                     best = t;
             }
@@ -288,9 +366,193 @@ static void bench_elementwise(const char *label, int64_t n, int64_t h, int reps)
     qvl_free(b);
 }
 
+/* Register-only FMA loop: the single-thread float32 FMA peak in GFLOP/s for vectors of vw
+ * floats (12 independent accumulators hide the FMA latency on two pipes). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#    include <immintrin.h>
+/* one round of 12 independent FMAs on registers a0..a11 (named variables, so they stay in
+ * registers), then an empty asm that pins them so the loop is not folded */
+#    define PEAK_ROUND(FMA, C)                                                                 \
+        a0 = FMA(a0, b, c); a1 = FMA(a1, b, c); a2 = FMA(a2, b, c); a3 = FMA(a3, b, c);       \
+        a4 = FMA(a4, b, c); a5 = FMA(a5, b, c); a6 = FMA(a6, b, c); a7 = FMA(a7, b, c);       \
+        a8 = FMA(a8, b, c); a9 = FMA(a9, b, c); a10 = FMA(a10, b, c); a11 = FMA(a11, b, c);   \
+        __asm__ volatile("" : "+" C(a0), "+" C(a1), "+" C(a2), "+" C(a3), "+" C(a4),          \
+                         "+" C(a5), "+" C(a6), "+" C(a7), "+" C(a8), "+" C(a9), "+" C(a10),    \
+                         "+" C(a11))
+__attribute__((target("avx512f"))) static double peak_512(int64_t iters) {
+    __m512 a0 = _mm512_set1_ps(0.1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+           a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    double t0 = bench_ms();
+    for (int64_t it = 0; it < iters; it++) {
+        PEAK_ROUND(_mm512_fmadd_ps, "v");
+    }
+    double t = bench_ms() - t0;
+    volatile float sink = _mm512_reduce_add_ps(a0) + _mm512_reduce_add_ps(a11);
+    (void)sink;
+    return (double)iters * 12 * 32 / (t * 1e6);
+}
+__attribute__((target("avx2,fma"))) static double peak_256(int64_t iters) {
+    __m256 a0 = _mm256_set1_ps(0.1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+           a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    double t0 = bench_ms();
+    for (int64_t it = 0; it < iters; it++) {
+        PEAK_ROUND(_mm256_fmadd_ps, "x");
+    }
+    double t = bench_ms() - t0;
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(a0, a11));
+    volatile float sink = out[0];
+    (void)sink;
+    return (double)iters * 12 * 16 / (t * 1e6);
+}
+
+static void bench_peak(void) {
+    double best512 = 0, best256 = 0;
+    for (int r = 0; r < 5; r++) {
+        if (qvl_kern_by_name("avx512")) {
+            double g = peak_512(20000000);
+            best512 = g > best512 ? g : best512;
+        }
+        if (qvl_kern_by_name("avx2")) {
+            double g = peak_256(20000000);
+            best256 = g > best256 ? g : best256;
+        }
+    }
+    printf("FMA peak (register-only loop, best of 5): avx512 %.1f GFLOP/s, avx2 %.1f GFLOP/s\n",
+           best512, best256);
+}
+#else
+static void bench_peak(void) {
+    printf("FMA peak: not measured on this target\n");
+}
+#endif
+
+/* the GEMM shapes of the vision tower and of 2B prefill, bf16 and f16 weights */
+static void bench_gemm_shapes(void) {
+    static const int64_t vis_nk[][2] = {{3072, 1024}, {1024, 1024}, {4096, 1024}, {1024, 4096}};
+    static const int64_t pre_nk[][2] = {{2048, 2048}, {1024, 2048}, {6144, 2048}, {2048, 6144}};
+    static const int64_t vis_m[] = {432, 3072};
+    static const qvl_dtype dts[] = {QVL_DT_BF16, QVL_DT_F16};
+    for (size_t d = 0; d < 2; d++) {
+        for (size_t a = 0; a < 2; a++)
+            for (size_t s = 0; s < 4; s++)
+                bench_gemm(dts[d], vis_m[a], vis_nk[s][0], vis_nk[s][1]);
+        for (size_t s = 0; s < 4; s++)
+            bench_gemm(dts[d], 512, pre_nk[s][0], pre_nk[s][1]);
+    }
+}
+
+/* The matmuls and the attention of one vision-tower layer for a 1024x768 image (3072 patches,
+ * D 1024, 16 heads of 64, MLP 4096, bf16 weights) through the threaded ops (ops.c) on a pool of
+ * nth threads, on the active kernel path; wall time, best of reps (element-wise ops left out). */
+static void bench_vision_layer(int nth) {
+    const int64_t m = 3072, d = 1024, f = 4096;
+    qvl_pool *pool = NULL;
+    if (qvl_pool_create(nth, &pool) != QVL_OK) {
+        fprintf(stderr, "bench_kern: cannot create a pool of %d threads\n", nth);
+        exit(1);
+    }
+    void *wqkv = make_w(QVL_DT_BF16, 3 * d, d), *wo = make_w(QVL_DT_BF16, d, d);
+    void *w1 = make_w(QVL_DT_BF16, f, d), *w2 = make_w(QVL_DT_BF16, d, f);
+    float *x = xmalloc(sizeof(float) * (size_t)(m * d));
+    float *qkv = xmalloc(sizeof(float) * (size_t)(m * 3 * d));
+    float *att = xmalloc(sizeof(float) * (size_t)(m * d));
+    float *h = xmalloc(sizeof(float) * (size_t)(m * f));
+    for (int64_t i = 0; i < m * d; i++)
+        x[i] = rnd_f();
+    qvl_mat mqkv = {wqkv, QVL_DT_BF16, 3 * d, d}, mo = {wo, QVL_DT_BF16, d, d};
+    qvl_mat m1 = {w1, QVL_DT_BF16, f, d}, m2 = {w2, QVL_DT_BF16, d, f};
+    double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, bcpu[5] = {1e30, 1e30, 1e30, 1e30, 1e30};
+    for (int r = 0; r < g_reps; r++) {
+        double t[6], c[6];
+        for (int step = 0; step < 5; step++) {
+            t[step] = qvl_time_ms();
+            c[step] = proc_cpu_ms();
+            switch (step) {
+            case 0: qvl_op_matmul(pool, qkv, x, m, &mqkv, NULL); break;
+            case 1:
+                qvl_op_attn(pool, att, d, qkv, 3 * d, m, qkv + d, 3 * d, qkv + 2 * d, 3 * d, m,
+                            16, 16, 64, 0.125f, false, 0);
+                break;
+            case 2: qvl_op_matmul(pool, x, att, m, &mo, NULL); break;
+            case 3: qvl_op_matmul(pool, h, x, m, &m1, NULL); break;
+            default: qvl_op_matmul(pool, x, h, m, &m2, NULL); break;
+            }
+            t[step + 1] = qvl_time_ms();
+            c[step + 1] = proc_cpu_ms();
+        }
+        for (int i = 0; i < 5; i++) {
+            best[i] = t[i + 1] - t[i] < best[i] ? t[i + 1] - t[i] : best[i];
+            bcpu[i] = c[i + 1] - c[i] < bcpu[i] ? c[i + 1] - c[i] : bcpu[i];
+        }
+        for (int64_t i = 0; i < m * d; i++) /* keep the activations bounded */
+            x[i] = x[i] * 1e-3f;
+    }
+    static const char *const names[5] = {"qkv", "attn", "proj", "fc1", "fc2"};
+    static const double gf[5] = {2.0 * 3072 * 3072 * 1024 * 1e-9, 4.0 * 3072 * 3072 * 1024 * 1e-9,
+                                 2.0 * 3072 * 1024 * 1024 * 1e-9, 2.0 * 3072 * 4096 * 1024 * 1e-9,
+                                 2.0 * 3072 * 1024 * 4096 * 1e-9};
+    double total = 0, tcpu = 0;
+    printf("vision layer (3072 patches) on %d thread(s), %s path, best of %d: wall time, and CPU "
+           "time of all threads (GFLOP/s per thread-second)\n",
+           nth, qvl_kern_get()->name, g_reps);
+    for (int i = 0; i < 5; i++) {
+        total += best[i];
+        tcpu += bcpu[i];
+        printf("  %-5s wall %8.1f ms %6.1f GFLOP/s   cpu %8.1f ms %6.1f GFLOP/s per thread\n",
+               names[i], best[i], gf[i] / (best[i] * 1e-3), bcpu[i], gf[i] / (bcpu[i] * 1e-3));
+    }
+    printf("  total wall %8.1f ms, cpu %8.1f ms (matmuls + attention; x24 layers: %.2f s wall)\n",
+           total, tcpu, total * 24 * 1e-3);
+    qvl_free(wqkv);
+    qvl_free(wo);
+    qvl_free(w1);
+    qvl_free(w2);
+    qvl_free(x);
+    qvl_free(qkv);
+    qvl_free(att);
+    qvl_free(h);
+    qvl_pool_free(pool);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "layer")) {
+        /* layer [threads [reps]]: one vision layer through ops.c on the active path (QVL_CPU) */
+        int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
+        g_reps = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 3;
+        bench_vision_layer(nth);
+        return 0;
+    }
     bool quick = argc > 1 && !strcmp(argv[1], "quick");
     bool elem_only = argc > 1 && !strcmp(argv[1], "elem");
+    /* focused modes: peak | attn | gemm | shapes [path] [reps] (no ref unless named) */
+    if (argc > 1 && (!strcmp(argv[1], "peak") || !strcmp(argv[1], "attn") ||
+                     !strcmp(argv[1], "gemm") || !strcmp(argv[1], "shapes"))) {
+        g_only = argc > 2 ? argv[2] : NULL;
+        g_cpu_clock = true;
+        printf("(times: this thread's CPU clock, best of the repetitions)\n");
+        if (argc > 3)
+            g_reps = atoi(argv[3]) > 0 ? atoi(argv[3]) : 3;
+        if (!g_only && strcmp(argv[1], "peak"))
+            printf("(all paths; name one, e.g. avx512, to skip the slow ref)\n");
+        if (!strcmp(argv[1], "peak")) {
+            bench_peak();
+        } else if (!strcmp(argv[1], "attn")) {
+            bench_attn(3072, 3072, 64, false, 1); /* vision tower, 1024x768 image */
+            bench_attn(3072, 3072, 72, false, 1);
+            bench_attn(512, 512, 128, true, 2);   /* prefill, two query heads per K/V head */
+            bench_attn(1, 4096, 128, true, 2);    /* decode at a 4096-token context */
+            bench_attn_fused(3072, 64);
+        } else if (!strcmp(argv[1], "gemm")) {
+            bench_gemm(QVL_DT_BF16, 512, 2048, 2048);
+            bench_gemm(QVL_DT_BF16, 3072, 1024, 1024);
+        } else {
+            bench_gemm_shapes();
+        }
+        return 0;
+    }
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     printf("cpu: %s; paths:", cpu);
@@ -317,7 +579,7 @@ int main(int argc, char **argv) {
         bench_matvec("lm_head", 151936, 2048, mem);
     bench_gemm(QVL_DT_BF16, 512, 2048, 2048);
     bench_gemm(QVL_DT_F32, 512, 2048, 2048);
-    bench_attn(3072, 64, false);
+    bench_attn(3072, 3072, 64, false, 1);
     bench_elementwise("cache", 6144, 2048, 2000);
     bench_elementwise("dram", 4 << 20, 2048, 5);
     return 0;

@@ -12,9 +12,11 @@ typedef struct {
 static void mm_task(void *arg, int ith, int nth) {
     mm_job *j = arg;
     int64_t n = j->W->rows;
-    /* contiguous slices of output features, rounded to 16 so SIMD tails stay at the end */
+    /* contiguous slices of output features, rounded to 64 (a multiple of every kernel's GEMM
+     * panel width: 16, 32 or 64 columns) so partial panels and SIMD tails only occur at the end
+     * of the matrix, not at each thread's boundary */
     int64_t per = (n + nth - 1) / nth;
-    per = (per + 15) & ~(int64_t)15;
+    per = (per + 63) & ~(int64_t)63;
     int64_t j0 = per * ith, j1 = j0 + per;
     if (j1 > n)
         j1 = n;
@@ -63,13 +65,15 @@ static void attn_task(void *arg, int ith, int nth) {
     attn_job *a = arg;
     const qvl_kern *k = qvl_kern_get();
     int rep = a->n_head / a->n_kv;
-    /* split heads; with fewer heads than threads split each head's queries too */
+    /* split heads; with fewer heads than threads split each head's queries too, at multiples
+     * of the kernels' query chunk so the results do not depend on the thread count */
     int64_t units_q = a->n_head >= nth ? 1 : (nth + a->n_head - 1) / a->n_head;
+    int64_t per = (a->nq + units_q - 1) / units_q;
+    per = (per + QVL_KERN_ATTN_QC - 1) / QVL_KERN_ATTN_QC * QVL_KERN_ATTN_QC;
     int64_t n_units = (int64_t)a->n_head * units_q;
     for (int64_t u = ith; u < n_units; u += nth) {
         int h = (int)(u / units_q);
         int64_t part = u % units_q;
-        int64_t per = (a->nq + units_q - 1) / units_q;
         int64_t i0 = part * per, i1 = i0 + per > a->nq ? a->nq : i0 + per;
         if (i0 >= i1)
             continue;

@@ -10,6 +10,8 @@
  */
 #include "kern.h"
 
+#include "common.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -102,6 +104,26 @@ ALWAYS_INLINE vf vld_m(const float *p, vmask m) {
 ALWAYS_INLINE void vst_m(float *p, vf v, vmask m) {
     _mm256_maskstore_ps(p, m, v);
 }
+/* transpose the 8 x 8 block r[i][j] in place (r[j][i] afterwards): pairs unpacked within
+ * 128-bit lanes, 64-bit pairs shuffled, then the 128-bit halves exchanged */
+ALWAYS_INLINE void vtrans(vf r[VW]) {
+    vf a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* b[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
+    for (int g = 0; g < 8; g += 4) {
+        b[g] = _mm256_shuffle_ps(a[g], a[g + 2], 0x44);
+        b[g + 1] = _mm256_shuffle_ps(a[g], a[g + 2], 0xEE);
+        b[g + 2] = _mm256_shuffle_ps(a[g + 1], a[g + 3], 0x44);
+        b[g + 3] = _mm256_shuffle_ps(a[g + 1], a[g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x31);
+    }
+}
 /* 8 bf16 -> f32: zero-extend to 32 bits and shift into the high half */
 ALWAYS_INLINE vf vld_bf16(const uint16_t *p) {
     __m128i h = _mm_loadu_si128((const __m128i *)p);
@@ -157,8 +179,11 @@ ALWAYS_INLINE vf vexp(vf x) {
 
 /* tile sizes of the kernel body (simd_body.h) */
 #define GM_MR  6   /* activation rows per GEMM micro-tile */
-#define AT_KB  16  /* keys per attention block (multiple of VW) */
-#define AT_PVN 3   /* output vectors per P.V chunk */
+#define GM_NV  2   /* column vectors per GEMM micro-tile */
+#define GM_KB  256 /* k per packed panel */
+#define AT_QT  4   /* queries per attention tile (score and P.V accumulators in registers) */
+#define AT_KB  24  /* keys per attention block (multiple of VW) */
+#define AT_PVN 3   /* head-dim vectors per P.V pass */
 
 #include "simd_body.h"
 

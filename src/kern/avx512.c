@@ -9,6 +9,8 @@
  */
 #include "kern.h"
 
+#include "common.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -95,6 +97,32 @@ ALWAYS_INLINE vf vld_m(const float *p, vmask m) {
 ALWAYS_INLINE void vst_m(float *p, vf v, vmask m) {
     _mm512_mask_storeu_ps(p, m, v);
 }
+/* transpose the 16 x 16 block r[i][j] in place (r[j][i] afterwards): pairs unpacked within
+ * 128-bit lanes, 64-bit pairs shuffled, then two rounds of 128-bit lane shuffles */
+ALWAYS_INLINE void vtrans(vf r[VW]) {
+    vf a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+        a[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        a[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* b[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
+    for (int g = 0; g < 16; g += 4) {
+        b[g] = _mm512_shuffle_ps(a[g], a[g + 2], 0x44);
+        b[g + 1] = _mm512_shuffle_ps(a[g], a[g + 2], 0xEE);
+        b[g + 2] = _mm512_shuffle_ps(a[g + 1], a[g + 3], 0x44);
+        b[g + 3] = _mm512_shuffle_ps(a[g + 1], a[g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        vf c0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x88);
+        vf c1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xDD);
+        vf c2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x88);
+        vf c3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_f32x4(c0, c2, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(c1, c3, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(c0, c2, 0xDD);
+        r[12 + c] = _mm512_shuffle_f32x4(c1, c3, 0xDD);
+    }
+}
 /* 16 bf16 -> f32: zero-extend to 32 bits and shift into the high half */
 ALWAYS_INLINE vf vld_bf16(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
@@ -146,9 +174,12 @@ ALWAYS_INLINE vf vexp(vf x) {
 }
 
 /* tile sizes of the kernel body (simd_body.h) */
-#define GM_MR  8   /* activation rows per GEMM micro-tile */
+#define GM_MR  6   /* activation rows per GEMM micro-tile */
+#define GM_NV  4   /* column vectors per GEMM micro-tile */
+#define GM_KB  128 /* k per packed panel */
+#define AT_QT  6   /* queries per attention tile (score and P.V accumulators in registers) */
 #define AT_KB  64  /* keys per attention block (multiple of VW) */
-#define AT_PVN 4   /* output vectors per P.V chunk */
+#define AT_PVN 4   /* head-dim vectors per P.V pass */
 
 #include "simd_body.h"
 

@@ -16,6 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Query chunk of the attention kernels (see attn below): a caller that splits one head's
+ * queries across threads cuts at multiples of this so results do not depend on the split. */
+#define QVL_KERN_ATTN_QC 256
+
 typedef struct qvl_kern {
     const char *name; /* "ref", "avx2", "avx512" */
 
@@ -32,7 +36,8 @@ typedef struct qvl_kern {
      *   o[i] = sum_j softmax_j(scale * q[i].k[j]) v[j]
      * q: [nq, hd] with row stride ldq; k, v: [nk, hd] with strides ldk, ldv; o: [nq, hd], ldo.
      * If causal, query i sees keys j <= q_pos0 + i (keys are positions 0..nk-1); else all nk.
-     * o must not alias q, k or v. */
+     * o must not alias q, k or v. Queries are processed in chunks of QVL_KERN_ATTN_QC: calls
+     * over query ranges cut at multiples of it give bit-identical results to one call. */
     void (*attn)(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const float *k,
                  int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd, float scale,
                  bool causal, int64_t q_pos0);

@@ -13,19 +13,29 @@
  *           vfms (a*b-c), vfnma (c-a*b), vsum, vhmax, vexp (e^x, 0 below -87.3, x <= 88)
  *   select  vlt, vgt (ordered compares: false when a lane is NaN), vsel(m, a, b) (m ? a : b),
  *           vkeep(v, vmask) (lanes outside the mask set to 0)
- *   tiles   GM_MR (GEMM rows per micro-tile), AT_KB (keys per attention block, multiple of VW),
- *           AT_PVN (output vectors per P.V chunk)
+ *           vtrans (transpose a VW x VW block held in VW vectors)
+ *   tiles   GM_MR, GM_NV (GEMM micro-tile: rows, vectors of columns; optional GM_KB, GM_NC,
+ *           GM_MC: k range, columns and rows per cache block), AT_QT (queries per attention tile, >= 4),
+ *           AT_KB (keys per attention block, multiple of VW, <= 64), AT_PVN (head-dim vectors
+ *           per P.V pass, 1..4)
  *
  * Numerics: float32 throughout; see kern.h and the comments below for each op's error.
  */
 #ifndef QVL_KERN_SIMD_BODY_H
 #define QVL_KERN_SIMD_BODY_H
 
-#define GM_NR  (2 * VW) /* output columns per GEMM micro-tile (two vectors) */
-#define GM_KB  256      /* k per packed panel (multiple of 32) */
+#define GM_NR  (GM_NV * VW) /* output columns per GEMM micro-tile and packed panel */
+#ifndef GM_KB
+#    define GM_KB 256 /* k per packed panel (multiple of 32 and of VW) */
+#endif
+#ifndef GM_NC
+#    define GM_NC (4 * GM_NR) /* columns per packed weight block (multiple of GM_NR) */
+#endif
+#ifndef GM_MC
+#    define GM_MC 144 /* activation rows per L2 block */
+#endif
 #define MV_NR  4        /* weight rows per matvec pass */
-#define AT_QB  4        /* queries per attention sub-block */
-#define AT_QC  256      /* queries per chunk sharing one transposed key block */
+#define AT_QC  QVL_KERN_ATTN_QC /* queries per chunk sharing one transposed key block */
 #define AT_HDMAX 256    /* larger heads fall back to ref */
 
 static float wscalar(qvl_dtype wt, const uint8_t *row, int64_t p) {
@@ -188,71 +198,139 @@ static void matvec(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m
     }
 }
 
-/* ---- GEMM (m larger): packed weight panel [kb][GM_NR] reused by all activation rows --------
- * Micro-tile: GM_MR activation rows x GM_NR columns held in registers over the panel's k range.
- * The tile is stored (first k block), added (later blocks) and gets the bias on the last. */
+/* ---- GEMM (m larger) ---------------------------------------------------------------------------
+ * Blocking: for each block of GM_NC output columns and each range of GM_KB along k, the weights
+ * are widened and packed once into panels of GM_NR columns, panel[p][r] (p along k), with VW x VW
+ * register transposes. Then the activation rows go in blocks of GM_MC (that x block stays in L2
+ * while every panel of the column block passes over it), and each panel (in L1) is reused by all
+ * GM_MR-row micro-tiles of the row block. The micro-tile holds GM_MR x GM_NR outputs in
+ * GM_MR x GM_NV registers over the panel's k range: per k step GM_NV panel vectors are loaded and
+ * GM_MR activation values broadcast, for GM_MR x GM_NV FMAs.
+ * The k ranges are fixed (0, GM_KB, 2 GM_KB, ...) and each output is the first range's sum, plus
+ * the next range's, ..., plus the bias: the summation order of every y[i][j] is the same whatever
+ * the column slice [j0, j1), the row count or the block sizes around it, so the results do not
+ * depend on how the caller splits the columns across threads. */
+
+/* Pack columns [jb, jb + nj) (nj <= GM_NR; the rest zero) over k range [p0, p0 + kb) of a
+ * weight matrix of type WT into panel[p * GM_NR + r]. Q types are widened row by row first. */
+ALWAYS_INLINE void gm_pack_t(const qvl_dtype WT, const uint8_t *w, size_t rb, int64_t jb, int nj,
+                             int64_t p0, int kb, float *panel) {
+    const bool quant = WT == QVL_DT_Q8_0 || WT == QVL_DT_Q4_0;
+    _Alignas(64) float tmp[VW][GM_KB]; /* Q types only */
+    for (int r0 = 0; r0 < GM_NR; r0 += VW) {
+        int live = nj - r0 < 0 ? 0 : nj - r0 > VW ? VW : nj - r0;
+        const uint8_t *rows[VW];
+        for (int i = 0; i < VW; i++)
+            rows[i] = w + (size_t)(jb + r0 + (i < live ? i : 0)) * rb;
+        if (quant)
+            for (int i = 0; i < live; i++)
+                widen_range(WT, rows[i], p0, kb, tmp[i]);
+        int p = 0;
+        for (; p + VW <= kb; p += VW) {
+            vf r[VW];
+            for (int i = 0; i < VW; i++)
+                r[i] = i >= live ? vzero() : quant ? vld(tmp[i] + p) : wload(WT, rows[i], p0 + p);
+            vtrans(r);
+            for (int c = 0; c < VW; c++)
+                vst(panel + (p + c) * GM_NR + r0, r[c]);
+        }
+        for (; p < kb; p++)
+            for (int i = 0; i < VW; i++)
+                panel[p * GM_NR + r0 + i] = i >= live ? 0.0f
+                                            : quant  ? tmp[i][p]
+                                                     : wscalar(WT, rows[i], p0 + p);
+    }
+}
+
+static void gm_pack(qvl_dtype wt, const uint8_t *w, size_t rb, int64_t jb, int nj, int64_t p0,
+                    int kb, float *panel) {
+    switch (wt) {
+    case QVL_DT_F32: gm_pack_t(QVL_DT_F32, w, rb, jb, nj, p0, kb, panel); break;
+    case QVL_DT_F16: gm_pack_t(QVL_DT_F16, w, rb, jb, nj, p0, kb, panel); break;
+    case QVL_DT_BF16: gm_pack_t(QVL_DT_BF16, w, rb, jb, nj, p0, kb, panel); break;
+    case QVL_DT_Q8_0: gm_pack_t(QVL_DT_Q8_0, w, rb, jb, nj, p0, kb, panel); break;
+    default: gm_pack_t(QVL_DT_Q4_0, w, rb, jb, nj, p0, kb, panel); break;
+    }
+}
+
+/* One micro-tile: ni (<= GM_MR) activation rows x nj (<= GM_NR) columns over kb steps of the
+ * panel. The tile is stored (first k range), added to y (later ranges) and gets the bias. */
 static void gm_tile(const float *x, int64_t ldx, int ni, const float *panel, int kb, float *y,
                     int64_t ldy, int nj, bool first, const float *bias) {
     const float *xr[GM_MR];
     for (int i = 0; i < GM_MR; i++)
         xr[i] = x + (i < ni ? i : ni - 1) * ldx;
-    vf acc[GM_MR][2];
+    vf acc[GM_MR][GM_NV];
     for (int i = 0; i < GM_MR; i++)
-        acc[i][0] = acc[i][1] = vzero();
+        for (int t = 0; t < GM_NV; t++)
+            acc[i][t] = vzero();
     for (int p = 0; p < kb; p++) {
-        vf w0 = vld(panel + p * GM_NR);
-        vf w1 = vld(panel + p * GM_NR + VW);
+        vf wv[GM_NV];
+        for (int t = 0; t < GM_NV; t++)
+            wv[t] = vld(panel + p * GM_NR + t * VW);
         for (int i = 0; i < GM_MR; i++) {
             vf xb = vset1(xr[i][p]);
-            acc[i][0] = vfma(xb, w0, acc[i][0]);
-            acc[i][1] = vfma(xb, w1, acc[i][1]);
+            for (int t = 0; t < GM_NV; t++)
+                acc[i][t] = vfma(xb, wv[t], acc[i][t]);
         }
     }
-    vmask m0 = vmask_n(nj < VW ? nj : VW);
-    vmask m1 = vmask_n(nj > VW ? nj - VW : 0);
-    vf b0 = bias ? vld_m(bias, m0) : vzero();
-    vf b1 = bias ? vld_m(bias + VW, m1) : vzero();
-    for (int i = 0; i < ni; i++) {
-        float *yr = y + i * ldy;
-        vf a0 = acc[i][0], a1 = acc[i][1];
-        if (!first) {
-            a0 = vadd(vld_m(yr, m0), a0);
-            a1 = vadd(vld_m(yr + VW, m1), a1);
+    if (nj == GM_NR) {
+        for (int i = 0; i < ni; i++) {
+            float *yr = y + i * ldy;
+            for (int t = 0; t < GM_NV; t++) {
+                vf a = acc[i][t];
+                if (!first)
+                    a = vadd(vld(yr + t * VW), a);
+                if (bias)
+                    a = vadd(a, vld(bias + t * VW));
+                vst(yr + t * VW, a);
+            }
         }
-        if (bias) {
-            a0 = vadd(a0, b0);
-            a1 = vadd(a1, b1);
+        return;
+    }
+    for (int t = 0; t < GM_NV; t++) {
+        int left = nj - t * VW;
+        vmask mk = vmask_n(left <= 0 ? 0 : left > VW ? VW : left);
+        vf bv = bias ? vld_m(bias + t * VW, mk) : vzero();
+        for (int i = 0; i < ni; i++) {
+            float *yr = y + i * ldy + t * VW;
+            vf a = acc[i][t];
+            if (!first)
+                a = vadd(vld_m(yr, mk), a);
+            if (bias)
+                a = vadd(a, bv);
+            vst_m(yr, a, mk);
         }
-        vst_m(yr, a0, m0);
-        vst_m(yr + VW, a1, m1);
     }
 }
 
 static void gemm(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                  const uint8_t *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
-    _Alignas(64) float panel[GM_KB * GM_NR];
-    _Alignas(64) float tmp[GM_KB];
+    _Alignas(64) float wpk[GM_NC * GM_KB];
     size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
-    for (int64_t jb = j0; jb < j1; jb += GM_NR) {
-        int nj = j1 - jb < GM_NR ? (int)(j1 - jb) : GM_NR;
+    for (int64_t jc = j0; jc < j1; jc += GM_NC) {
+        int nc = j1 - jc < GM_NC ? (int)(j1 - jc) : GM_NC;
+        int npan = (nc + GM_NR - 1) / GM_NR;
         for (int64_t p0 = 0; p0 < k; p0 += GM_KB) {
             int kb = k - p0 < GM_KB ? (int)(k - p0) : GM_KB;
-            for (int r = 0; r < GM_NR; r++) {
-                if (r < nj) {
-                    widen_range(wt, w + (size_t)(jb + r) * rb, p0, kb, tmp);
-                    for (int p = 0; p < kb; p++)
-                        panel[p * GM_NR + r] = tmp[p];
-                } else {
-                    for (int p = 0; p < kb; p++)
-                        panel[p * GM_NR + r] = 0.0f;
-                }
+            for (int pan = 0; pan < npan; pan++) {
+                int nj = nc - pan * GM_NR < GM_NR ? nc - pan * GM_NR : GM_NR;
+                gm_pack(wt, w, rb, jc + pan * GM_NR, nj, p0, kb, wpk + pan * (GM_KB * GM_NR));
             }
             bool first = p0 == 0;
-            const float *bias = b && p0 + kb >= k ? b + jb : NULL;
-            for (int64_t i0 = 0; i0 < m; i0 += GM_MR) {
-                int ni = m - i0 < GM_MR ? (int)(m - i0) : GM_MR;
-                gm_tile(x + i0 * ldx + p0, ldx, ni, panel, kb, y + i0 * ldy + jb, ldy, nj, first,
-                        bias);
+            bool last = p0 + kb >= k;
+            for (int64_t ic = 0; ic < m; ic += GM_MC) {
+                int64_t mc = m - ic < GM_MC ? m - ic : GM_MC;
+                for (int pan = 0; pan < npan; pan++) {
+                    int64_t jb = jc + pan * GM_NR;
+                    int nj = nc - pan * GM_NR < GM_NR ? nc - pan * GM_NR : GM_NR;
+                    const float *bias = b && last ? b + jb : NULL;
+                    for (int64_t i0 = ic; i0 < ic + mc; i0 += GM_MR) {
+                        int ni = ic + mc - i0 < GM_MR ? (int)(ic + mc - i0) : GM_MR;
+                        gm_tile(x + i0 * ldx + p0, ldx, ni, wpk + pan * (GM_KB * GM_NR), kb,
+                                y + i0 * ldy + jb, ldy, nj, first, bias);
+                    }
+                }
             }
         }
     }
@@ -298,78 +376,212 @@ static float simd_dot(const float *a, const float *b, int64_t n) {
 }
 
 /* ---- attention -------------------------------------------------------------------------------
- * Queries go in chunks of AT_QC (running max/sum per query on the stack, output rows of o used as
- * accumulators), keys in blocks of AT_KB. For each key block the scores of AT_QB queries are
- * formed either against a transposed copy of the key block (outer products, no horizontal sums:
- * used when the chunk has enough queries to repay the transpose) or by per-key dot products
- * (decode). Then an online-softmax update and P.V accumulated into o. */
+ * Queries go in chunks of AT_QC (running max, per-lane partial sums of the softmax denominator
+ * and the chunk's output rows serve as the online-softmax state), keys in blocks of AT_KB.
+ * When the call has at least AT_QT queries, each key block is transposed into kt[d][AT_KB] and
+ * its value rows packed into whole aligned vectors, once per call into a heap buffer (once per
+ * chunk on the stack if that cannot be allocated), and the chunk's query and output rows are
+ * made contiguous. Within a chunk each key block is visited once, and every tile of up to AT_QT
+ * queries
+ *   1. forms its AT_QT x AT_KB scores in registers as outer products (a column of kt is loaded
+ *      once and feeds AT_QT FMAs; a query element is broadcast once and feeds AT_KB / VW FMAs),
+ *      or, for small chunks (decode), by per-key dot products;
+ *   2. updates the online softmax per query: masked keys (past the end, past the causal
+ *      diagonal) get -inf, the running max moves only when the block holds a larger score
+ *      (then the old state is rescaled by e^(m_old - m_new), folded into the next step), and
+ *      e^(s - m) are summed lane-wise (one horizontal sum per query at the very end);
+ *   3. accumulates P.V into the output rows in passes of up to AT_PVN vectors of the head
+ *      dimension (passes of nearly equal width): each V vector loaded from L1 feeds the tile's
+ *      queries, AT_QT x AT_PVN accumulators.
+ * A tile with fewer than AT_QT live queries runs the same code with QN = 1, 2 or 4 rows (or
+ * AT_QT rows, the extra ones duplicating the last live query and never stored).
+ * Each query's arithmetic depends only on the key blocks and on whether its chunk takes the
+ * transposed path (ni >= AT_QT), not on which queries share its tile or chunk or on the buffers;
+ * so calls over query ranges cut at multiples of AT_QC give the same bits as one call.
+ * Float32 throughout; only the summation order differs from ref.c. */
 
-/* online-softmax update of AT_QB query rows against one key block; s[qi][jj] holds raw scaled
- * scores, valid[qi] how many leading keys query qi sees. On return s holds probabilities and the
- * o rows have been rescaled and accumulated. */
-static void at_update(float s[AT_QB][AT_KB], const int valid[AT_QB], int nqb, int nj, float *mrow,
-                      float *lrow, float *const orow[AT_QB], const float *v, int64_t ldv, int hd) {
-    for (int qi = 0; qi < AT_QB; qi++) {
-        int nv = qi < nqb ? valid[qi] : 0;
-        if (nv <= 0) {
-            for (int jj = 0; jj < AT_KB; jj++)
-                s[qi][jj] = 0.0f;
-            continue;
-        }
-        for (int jj = nv; jj < AT_KB; jj++)
-            s[qi][jj] = -INFINITY;
-        vf mx = vld(s[qi]);
-        for (int jj = VW; jj < AT_KB; jj += VW)
-            mx = vmax(mx, vld(s[qi] + jj));
-        float bm = vhmax(mx);
-        float mnew = bm > mrow[qi] ? bm : mrow[qi];
-        float c = expf(mrow[qi] - mnew); /* 0 on the first block (mrow = -inf) */
-        vf mv = vset1(mnew);
-        vf sum = vzero();
-        for (int jj = 0; jj < AT_KB; jj += VW) {
-            vf pv = vexp(vsub(vld(s[qi] + jj), mv));
-            vst(s[qi] + jj, pv);
-            sum = vadd(sum, pv);
-        }
-        for (int jj = nv; jj < AT_KB; jj++)
-            s[qi][jj] = 0.0f;
-        lrow[qi] = lrow[qi] * c + vsum(sum);
-        mrow[qi] = mnew;
-        if (c != 1.0f) {
-            vf cv = vset1(c);
-            float *o = orow[qi];
-            int d = 0;
-            for (; d + VW <= hd; d += VW)
-                vst(o + d, vmul(vld(o + d), cv));
-            for (; d < hd; d++)
-                o[d] *= c;
+#define AT_KV (AT_KB / VW) /* score vectors per query row of a tile */
+
+/* lane index of each key of a block, as floats (mask compares) */
+static const float at_iota[64] = {
+    0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
+    44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+};
+_Static_assert(AT_KB <= 64 && AT_KB % VW == 0, "AT_KB: a multiple of VW, at most 64");
+
+/* per-chunk online-softmax state */
+typedef struct {
+    float m[AT_QC];                /* running max of the scaled scores (-inf: none yet) */
+    _Alignas(64) float l[AT_QC][VW]; /* lane-wise partial sums of e^(s - m) */
+} at_state;
+
+/* P.V for one pass over NV vectors of the head dimension starting at d0 (the last one masked to
+ * `tail` lanes when PART): o[q][d0..] = o[q][d0..] * c[q] + sum_jj p[q][jj] v[jj][d0..].
+ * VP: v is the packed block (rows padded with zeros to whole vectors, no masked loads). */
+ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool VP, int tail,
+                         int nqb,
+                         float *const orow[AT_QT], const float p[AT_QT][AT_KB],
+                         const float cfac[AT_QT], bool rescale, const float *v, int64_t ldv,
+                         int nj, int d0) {
+    vmask mt = vmask_n(PART ? tail : VW);
+    vf acc[AT_QT][AT_PVN];
+    for (int q = 0; q < QN; q++) {
+        for (int t = 0; t < NV; t++)
+            acc[q][t] = PART && t == NV - 1 ? vld_m(orow[q] + d0 + t * VW, mt)
+                                            : vld(orow[q] + d0 + t * VW);
+        if (rescale) {
+            vf cv = vset1(cfac[q]);
+            for (int t = 0; t < NV; t++)
+                acc[q][t] = vmul(acc[q][t], cv);
         }
     }
-    /* o[qi] += sum_jj P[qi][jj] v[jj] over chunks of AT_PVN vectors of the head dim */
-    for (int d0 = 0; d0 < hd; d0 += AT_PVN * VW) {
-        vmask mk[AT_PVN];
-        for (int t = 0; t < AT_PVN; t++) {
-            int left = hd - d0 - t * VW;
-            mk[t] = vmask_n(left <= 0 ? 0 : left < VW ? left : VW);
+    const float *vj = v + d0;
+    for (int jj = 0; jj < nj; jj++, vj += ldv) {
+        vf vv[AT_PVN];
+        for (int t = 0; t < NV; t++)
+            vv[t] = !VP && PART && t == NV - 1 ? vld_m(vj + t * VW, mt) : vld(vj + t * VW);
+        for (int q = 0; q < QN; q++) {
+            vf pb = vset1(p[q][jj]);
+            for (int t = 0; t < NV; t++)
+                acc[q][t] = vfma(pb, vv[t], acc[q][t]);
         }
-        vf acc[AT_QB][AT_PVN];
-        for (int qi = 0; qi < AT_QB; qi++)
-            for (int t = 0; t < AT_PVN; t++)
-                acc[qi][t] = vld_m(orow[qi] + d0 + t * VW, mk[t]);
-        for (int jj = 0; jj < nj; jj++) {
-            const float *vj = v + jj * ldv + d0;
-            vf vv[AT_PVN];
-            for (int t = 0; t < AT_PVN; t++)
-                vv[t] = vld_m(vj + t * VW, mk[t]);
-            for (int qi = 0; qi < AT_QB; qi++) {
-                vf pb = vset1(s[qi][jj]);
-                for (int t = 0; t < AT_PVN; t++)
-                    acc[qi][t] = vfma(pb, vv[t], acc[qi][t]);
+    }
+    for (int q = 0; q < QN && q < nqb; q++)
+        for (int t = 0; t < NV; t++) {
+            if (PART && t == NV - 1)
+                vst_m(orow[q] + d0 + t * VW, acc[q][t], mt);
+            else
+                vst(orow[q] + d0 + t * VW, acc[q][t]);
+        }
+}
+
+/* One tile of QN query rows (nqb of them live) against one key block of nj keys: scores,
+ * online-softmax update of st rows [0, QN), P.V into orow. valid[q] = how many leading keys of
+ * the block query q sees (0..nj). kt: the transposed block, v then the packed value block (kt
+ * NULL: dot products with kb, v the caller's rows). */
+ALWAYS_INLINE void at_tile(const int QN, int nqb, const int valid[AT_QT],
+                           const float *const qr[AT_QT], float *const orow[AT_QT],
+                           const float *kt, const float *kb, int64_t ldk, const float *v,
+                           int64_t ldv, int nj, int hd, float scale, float *mrow,
+                           float (*lrow)[VW]) {
+    _Alignas(64) float p[AT_QT][AT_KB];
+    float cfac[AT_QT];
+    vf s[AT_QT][AT_KV];
+    if (kt) {
+        for (int q = 0; q < QN; q++)
+            for (int t = 0; t < AT_KV; t++)
+                s[q][t] = vzero();
+        for (int d = 0; d < hd; d++) {
+            vf kv[AT_KV];
+            for (int t = 0; t < AT_KV; t++)
+                kv[t] = vld(kt + d * AT_KB + t * VW);
+            for (int q = 0; q < QN; q++) {
+                vf qb = vset1(qr[q][d]);
+                for (int t = 0; t < AT_KV; t++)
+                    s[q][t] = vfma(qb, kv[t], s[q][t]);
             }
         }
-        for (int qi = 0; qi < nqb; qi++)
-            for (int t = 0; t < AT_PVN; t++)
-                vst_m(orow[qi] + d0 + t * VW, acc[qi][t], mk[t]);
+        vf sc = vset1(scale);
+        for (int q = 0; q < QN; q++)
+            for (int t = 0; t < AT_KV; t++)
+                s[q][t] = vmul(s[q][t], sc);
+    } else {
+        for (int q = 0; q < QN; q++) {
+            for (int jj = 0; jj < AT_KB; jj++)
+                p[q][jj] = jj < valid[q] ? simd_dot(qr[q], kb + jj * ldk, hd) * scale : 0.0f;
+            for (int t = 0; t < AT_KV; t++)
+                s[q][t] = vld(p[q] + t * VW);
+        }
+    }
+    bool rescale = false;
+    for (int q = 0; q < QN; q++) {
+        int nv = q < nqb ? valid[q] : 0;
+        cfac[q] = 1.0f;
+        if (nv <= 0) { /* sees no key of this block (or not a live row) */
+            for (int t = 0; t < AT_KV; t++)
+                vst(p[q] + t * VW, vzero());
+            continue;
+        }
+        if (nv < AT_KB) {
+            vf lim = vset1((float)nv), ninf = vset1(-INFINITY);
+            for (int t = 0; t < AT_KV; t++)
+                s[q][t] = vsel(vlt(vld(at_iota + t * VW), lim), s[q][t], ninf);
+        }
+        vf mx = s[q][0];
+        for (int t = 1; t < AT_KV; t++)
+            mx = vmax(mx, s[q][t]);
+        float bm = vhmax(mx);
+        if (bm > mrow[q]) {
+            cfac[q] = expf(mrow[q] - bm); /* 0 on the first block (mrow = -inf) */
+            mrow[q] = bm;
+            rescale = true;
+        }
+        vf mv = vset1(mrow[q]);
+        vf sum = vzero();
+        for (int t = 0; t < AT_KV; t++) {
+            vf e = vexp(vsub(s[q][t], mv));
+            vst(p[q] + t * VW, e);
+            sum = vadd(sum, e);
+        }
+        vf l = vld(lrow[q]);
+        vst(lrow[q], cfac[q] == 1.0f ? vadd(l, sum) : vfma(l, vset1(cfac[q]), sum));
+    }
+    /* passes of nearly equal width (4 vectors: 2 + 2, not 3 + 1: a narrow pass reloads P for
+     * few FMAs) */
+    int nvec = (hd + VW - 1) / VW, tail = hd % VW;
+    int npass = (nvec + AT_PVN - 1) / AT_PVN;
+    for (int v0 = 0, pass = 0; v0 < nvec; v0 += (nvec - v0) / (npass - pass), pass++) {
+        int nvp = (nvec - v0) / (npass - pass);
+        bool part = tail && v0 + nvp == nvec;
+        int d0 = v0 * VW;
+#define AT_PV1(NV, PART)                                                                        \
+    (kt ? at_pv(QN, NV, PART, true, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0)          \
+        : at_pv(QN, NV, PART, false, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0))
+#define AT_PV(NV) (part ? AT_PV1(NV, true) : AT_PV1(NV, false))
+        switch (nvp) {
+        case 1: AT_PV(1); break;
+#if AT_PVN >= 2
+        case 2: AT_PV(2); break;
+#endif
+#if AT_PVN >= 3
+        case 3: AT_PV(3); break;
+#endif
+#if AT_PVN >= 4
+        case 4: AT_PV(4); break;
+#endif
+        default: break;
+        }
+#undef AT_PV
+#undef AT_PV1
+    }
+}
+
+/* Pack one key block (nj keys from kb, rest zero) transposed into kt[d][AT_KB], VW x VW blocks
+ * at a time, and its value rows into vp (rows of ldvp floats, whole vectors). */
+static void at_pack_block(const float *kb, int64_t ldk, const float *vr, int64_t ldv, int nj,
+                          int hd, int64_t ldvp, float *kt, float *vp) {
+    for (int g = 0; g < AT_KB; g += VW) {
+        int live = nj - g < 0 ? 0 : nj - g > VW ? VW : nj - g;
+        int d = 0;
+        for (; d + VW <= hd; d += VW) {
+            vf r[VW];
+            for (int i = 0; i < VW; i++)
+                r[i] = i < live ? vld(kb + (g + i) * ldk + d) : vzero();
+            vtrans(r);
+            for (int c = 0; c < VW; c++)
+                vst(kt + (d + c) * AT_KB + g, r[c]);
+        }
+        for (; d < hd; d++)
+            for (int i = 0; i < VW; i++)
+                kt[d * AT_KB + g + i] = i < live ? kb[(g + i) * ldk + d] : 0.0f;
+    }
+    for (int jj = 0; jj < nj; jj++) {
+        int d = 0;
+        for (; d + VW <= hd; d += VW)
+            vst(vp + jj * ldvp + d, vld(vr + jj * ldv + d));
+        if (d < hd)
+            vst(vp + jj * ldvp + d, vld_m(vr + jj * ldv + d, vmask_n(hd - d)));
     }
 }
 
@@ -380,36 +592,70 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
         qvl_kern_ref()->attn(o, ldo, q, ldq, nq, k, ldk, v, ldv, nk, hd, scale, causal, q_pos0);
         return;
     }
-    _Alignas(64) float kt[AT_HDMAX * AT_KB];
-    _Alignas(64) float s[AT_QB][AT_KB];
-    float mrow[AT_QC], lrow[AT_QC];
+    _Alignas(64) float kt1[AT_HDMAX * AT_KB];
+    _Alignas(64) float vp1[AT_KB * AT_HDMAX];
+    int64_t ldvp = (hd + VW - 1) / VW * VW; /* packed value rows: whole vectors, aligned */
+    at_state st;
+    /* With enough queries, one heap buffer holds: the keys this call sees, transposed block by
+     * block, and the values, packed once for all query chunks (filled as the chunks reach them);
+     * each chunk's query rows, copied contiguous; its output rows, accumulated there. The
+     * caller's rows are often far apart (a head inside fused QKV rows, 12 KB), which would cost
+     * TLB misses and L1 set conflicts in every tile and a new transpose for every chunk. Small
+     * calls (decode), or no memory, work in place with one block on the stack; the arithmetic is
+     * the same either way. */
+    int64_t kmax = causal && q_pos0 + nq < nk ? q_pos0 + nq : nk;
+    int64_t nblk = kmax > 0 ? (kmax + AT_KB - 1) / AT_KB : 0;
+    size_t blkf = (size_t)hd * AT_KB + (size_t)AT_KB * (size_t)ldvp; /* floats per packed block */
+    void *raw = NULL;
+    if (nq >= AT_QT) {
+        size_t n = 0;
+        if (qvl_size_mul((size_t)nblk, blkf, &n) &&
+            qvl_size_add(n, (size_t)(2 * AT_QC * ldvp), &n) &&
+            qvl_size_mul(n, sizeof(float), &n) && qvl_size_add(n, 64, &n))
+            raw = qvl_malloc(n);
+    }
+    float *qbuf = raw ? (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63) : NULL;
+    float *obuf = qbuf ? qbuf + AT_QC * ldvp : NULL;
+    float *kvall = obuf ? obuf + AT_QC * ldvp : NULL; /* block b: kt at b * blkf, then v */
+    int64_t packed = 0; /* keys [0, packed) are in kvall */
     for (int64_t i0 = 0; i0 < nq; i0 += AT_QC) {
         int ni = nq - i0 < AT_QC ? (int)(nq - i0) : AT_QC;
+        const float *qc = qbuf ? qbuf : q + i0 * ldq;
+        int64_t ldqc = qbuf ? ldvp : ldq;
+        float *oc = obuf ? obuf : o + i0 * ldo;
+        int64_t ldoc = obuf ? ldvp : ldo;
         for (int i = 0; i < ni; i++) {
-            mrow[i] = -INFINITY;
-            lrow[i] = 0.0f;
-            memset(o + (i0 + i) * ldo, 0, (size_t)hd * sizeof(float));
+            st.m[i] = -INFINITY;
+            vst(st.l[i], vzero());
+            if (qbuf)
+                memcpy(qbuf + i * ldvp, q + (i0 + i) * ldq, (size_t)hd * sizeof(float));
+            memset(oc + i * ldoc, 0, (size_t)hd * sizeof(float));
         }
         int64_t kend = nk;
         if (causal && q_pos0 + i0 + ni < kend)
             kend = q_pos0 + i0 + ni;
-        bool transposed = ni >= 2 * AT_QB;
+        bool transposed = ni >= AT_QT;
+        for (; kvall && packed < kend; packed += AT_KB) {
+            int nj = kmax - packed < AT_KB ? (int)(kmax - packed) : AT_KB;
+            float *blk = kvall + (size_t)(packed / AT_KB) * blkf;
+            at_pack_block(k + packed * ldk, ldk, v + packed * ldv, ldv, nj, hd, ldvp, blk,
+                          blk + (size_t)hd * AT_KB);
+        }
         for (int64_t j0 = 0; j0 < kend; j0 += AT_KB) {
             int nj = kend - j0 < AT_KB ? (int)(kend - j0) : AT_KB;
             const float *kb = k + j0 * ldk;
-            if (transposed) {
-                for (int jj = 0; jj < nj; jj++)
-                    for (int d = 0; d < hd; d++)
-                        kt[d * AT_KB + jj] = kb[jj * ldk + d];
-                for (int jj = nj; jj < AT_KB; jj++)
-                    for (int d = 0; d < hd; d++)
-                        kt[d * AT_KB + jj] = 0.0f;
+            const float *kt = kt1, *vp = vp1;
+            if (kvall) {
+                kt = kvall + (size_t)(j0 / AT_KB) * blkf;
+                vp = kt + (size_t)hd * AT_KB;
+            } else if (transposed) {
+                at_pack_block(kb, ldk, v + j0 * ldv, ldv, nj, hd, ldvp, kt1, vp1);
             }
-            for (int ii = 0; ii < ni; ii += AT_QB) {
-                int nqb = ni - ii < AT_QB ? ni - ii : AT_QB;
-                int valid[AT_QB];
+            for (int ii = 0; ii < ni; ii += AT_QT) {
+                int nqb = ni - ii < AT_QT ? ni - ii : AT_QT;
+                int valid[AT_QT];
                 int any = 0;
-                for (int qi = 0; qi < AT_QB; qi++) {
+                for (int qi = 0; qi < AT_QT; qi++) {
                     int64_t end = causal ? q_pos0 + i0 + ii + qi + 1 : nk;
                     if (end > nk)
                         end = nk;
@@ -419,48 +665,40 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                 }
                 if (!any)
                     continue;
-                const float *qr[AT_QB];
-                float *orow[AT_QB];
-                for (int qi = 0; qi < AT_QB; qi++) {
-                    int64_t i = i0 + ii + (qi < nqb ? qi : nqb - 1);
-                    qr[qi] = q + i * ldq;
-                    orow[qi] = o + i * ldo;
+                const float *qr[AT_QT];
+                float *orow[AT_QT];
+                for (int qi = 0; qi < AT_QT; qi++) {
+                    int64_t i = ii + (qi < nqb ? qi : nqb - 1);
+                    qr[qi] = qc + i * ldqc;
+                    orow[qi] = oc + i * ldoc;
                 }
-                if (transposed) {
-                    vf acc[AT_QB][AT_KB / VW];
-                    for (int qi = 0; qi < AT_QB; qi++)
-                        for (int t = 0; t < AT_KB / VW; t++)
-                            acc[qi][t] = vzero();
-                    for (int d = 0; d < hd; d++) {
-                        vf kv[AT_KB / VW];
-                        for (int t = 0; t < AT_KB / VW; t++)
-                            kv[t] = vld(kt + d * AT_KB + t * VW);
-                        for (int qi = 0; qi < AT_QB; qi++) {
-                            vf qb = vset1(qr[qi][d]);
-                            for (int t = 0; t < AT_KB / VW; t++)
-                                acc[qi][t] = vfma(qb, kv[t], acc[qi][t]);
-                        }
-                    }
-                    vf sc = vset1(scale);
-                    for (int qi = 0; qi < AT_QB; qi++)
-                        for (int t = 0; t < AT_KB / VW; t++)
-                            vst(s[qi] + t * VW, vmul(acc[qi][t], sc));
-                } else {
-                    for (int qi = 0; qi < AT_QB; qi++)
-                        for (int jj = 0; jj < AT_KB; jj++)
-                            s[qi][jj] =
-                                jj < valid[qi] ? simd_dot(qr[qi], kb + jj * ldk, hd) * scale : 0.0f;
-                }
-                at_update(s, valid, nqb, nj, mrow + ii, lrow + ii, orow, v + j0 * ldv, ldv, hd);
+                const float *ktp = transposed ? kt : NULL;
+                const float *vb = transposed ? vp : v + j0 * ldv;
+                int64_t ldvb = transposed ? ldvp : ldv;
+                if (nqb == 1)
+                    at_tile(1, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                            st.m + ii, st.l + ii);
+                else if (nqb == 2)
+                    at_tile(2, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                            st.m + ii, st.l + ii);
+                else if (nqb <= 4)
+                    at_tile(4, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                            st.m + ii, st.l + ii);
+                else
+                    at_tile(AT_QT, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                            st.m + ii, st.l + ii);
             }
         }
         for (int i = 0; i < ni; i++) {
-            float inv = lrow[i] > 0 ? 1.0f / lrow[i] : 0.0f;
+            float l = vsum(vld(st.l[i]));
+            float inv = l > 0 ? 1.0f / l : 0.0f;
+            const float *src = oc + i * ldoc;
             float *oi = o + (i0 + i) * ldo;
             for (int d = 0; d < hd; d++)
-                oi[d] *= inv;
+                oi[d] = src[d] * inv;
         }
     }
+    qvl_free(raw);
 }
 
 /* ---- element-wise ----------------------------------------------------------------------------

@@ -108,9 +108,10 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
     float *y = qvl_malloc(sizeof(float) * (size_t)(m * ldy));
     float *b = qvl_malloc(sizeof(float) * (size_t)n);
     double *want = qvl_malloc(sizeof(double) * (size_t)(m * n));
+    float *yfull = qvl_malloc(sizeof(float) * (size_t)(2 * m * ldy)); /* variants 0, 1 */
     bool ok = make_weights(wt, n, k, &w, &wf);
-    CHECK(ok && x && y && b && want);
-    if (!ok || !x || !y || !b || !want)
+    CHECK(ok && x && y && b && want && yfull);
+    if (!ok || !x || !y || !b || !want || !yfull)
         goto done;
     fill(x, (size_t)(m * ldx), 1.0f);
     fill(b, (size_t)n, 1.0f);
@@ -153,9 +154,24 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
                    use_b, (long long)j0, (long long)j1, e);
             CHECKF(outside_ok, "%s matmul %s wrote outside [j0,j1) or past n", kt[pi]->name,
                    qvl_dtype_name(wt));
+            /* a column slice gives bit-identical outputs to the full range (threads split the
+             * columns, so results must not depend on the thread count) */
+            float *yf = yfull + (size_t)(variant & 1) * (size_t)(m * ldy);
+            if (!(variant & 2)) {
+                memcpy(yf, y, sizeof(float) * (size_t)(m * ldy));
+            } else {
+                bool same = true;
+                for (int64_t i = 0; i < m; i++)
+                    for (int64_t j = j0; j < j1; j++)
+                        same &= !memcmp(&y[i * ldy + j], &yf[i * ldy + j], sizeof(float));
+                CHECKF(same, "%s matmul %s m=%lld k=%lld n=%lld: slice [%lld,%lld) differs from "
+                       "the full range", kt[pi]->name, qvl_dtype_name(wt), (long long)m,
+                       (long long)k, (long long)n, (long long)j0, (long long)j1);
+            }
         }
     }
 done:
+    qvl_free(yfull);
     qvl_free(w);
     qvl_free(wf);
     qvl_free(x);
@@ -185,6 +201,10 @@ static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
                 }
         /* one larger case that crosses GEMM panel boundaries in k and n */
         check_matmul(dts[d], 70, q ? 544 : 531, 75, 1e-10, kt, &worst);
+        /* crosses the GEMM cache blocks too: rows past one row block (144) ending in a partial
+         * micro-tile, columns past one packed column block (256 on avx512) ending in a partial
+         * panel, k ranges of 128 with a tail that is not a whole vector */
+        check_matmul(dts[d], 149, q ? 320 : 300, 300, 1e-10, kt, &worst);
         printf("matmul %-5s worst nmse vs double %.3g\n", qvl_dtype_name(dts[d]), worst);
     }
     /* dtypes the SIMD kernels do not take are declined, not computed (ref takes anything) */
@@ -267,6 +287,54 @@ done:
     qvl_free(sc);
 }
 
+/* Splitting one head's queries at a multiple of QVL_KERN_ATTN_QC (as ops.c does when there are
+ * more threads than heads) gives bit-identical outputs to one call over all queries, and so
+ * does the in-place path the SIMD kernels take when their work buffer cannot be allocated. */
+static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal,
+                             const qvl_kern *const kt[N_PATHS]) {
+    int64_t ld = hd + 3, cut = QVL_KERN_ATTN_QC;
+    int64_t q_pos0 = causal ? nk - nq : 0;
+    float *q = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
+    float *k = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
+    float *v = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
+    float *o1 = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
+    float *o2 = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
+    CHECK(q && k && v && o1 && o2 && nq > cut);
+    if (q && k && v && o1 && o2 && nq > cut) {
+        fill(q, (size_t)(nq * ld), 1.0f);
+        fill(k, (size_t)(nk * ld), 1.0f);
+        fill(v, (size_t)(nk * ld), 1.0f);
+        float scale = 1.0f / sqrtf((float)hd);
+        for (int pi = 0; pi < N_PATHS; pi++) {
+            if (!kt[pi])
+                continue;
+            memset(o1, 0, sizeof(float) * (size_t)(nq * ld));
+            memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
+            kt[pi]->attn(o1, ld, q, ld, nq, k, ld, v, ld, nk, hd, scale, causal, q_pos0);
+            kt[pi]->attn(o2, ld, q, ld, cut, k, ld, v, ld, nk, hd, scale, causal, q_pos0);
+            kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, k, ld, v, ld, nk, hd,
+                         scale, causal, q_pos0 + cut);
+            CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
+                   "%s attn nq=%lld nk=%lld hd=%d causal=%d: split at %lld differs",
+                   kt[pi]->name, (long long)nq, (long long)nk, hd, causal, (long long)cut);
+            /* with every allocation failing the SIMD kernels work in place (no packed buffer):
+             * same bits */
+            memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
+            qvl_alloc_fail_at(0, 1);
+            kt[pi]->attn(o2, ld, q, ld, nq, k, ld, v, ld, nk, hd, scale, causal, q_pos0);
+            qvl_alloc_fail_at(-1, 0);
+            CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
+                   "%s attn nq=%lld nk=%lld hd=%d causal=%d: in-place fallback differs",
+                   kt[pi]->name, (long long)nq, (long long)nk, hd, causal);
+        }
+    }
+    qvl_free(q);
+    qvl_free(k);
+    qvl_free(v);
+    qvl_free(o1);
+    qvl_free(o2);
+}
+
 static void test_attn(const qvl_kern *const kt[N_PATHS]) {
     static const int hds[] = {1, 7, 16, 64, 72, 128, 300};
     static const int64_t nqs[] = {1, 3, 9, 70};
@@ -283,6 +351,18 @@ static void test_attn(const qvl_kern *const kt[N_PATHS]) {
                     check_attn(nq, nk, hds[h], scale, true, nk - nq, kt, &worst);
                 check_attn(nq, nk, hds[h], scale, true, 4, kt, &worst);
             }
+    /* longer sequences: several query chunks (256) and key blocks, tiles cut by the chunk
+     * end, causal diagonal blocks inside and across chunks, heads that are not whole vectors */
+    static const int hds_long[] = {64, 72, 128};
+    for (size_t h = 0; h < sizeof hds_long / sizeof hds_long[0]; h++) {
+        float scale = 1.0f / sqrtf((float)hds_long[h]);
+        check_attn(301, 301, hds_long[h], scale, false, 0, kt, &worst);
+        check_attn(301, 301, hds_long[h], scale, true, 0, kt, &worst);
+        check_attn(263, 400, hds_long[h], scale, true, 400 - 263, kt, &worst);
+        check_attn(517, 130, hds_long[h], scale, false, 0, kt, &worst);
+    }
+    check_attn_split(QVL_KERN_ATTN_QC + 3, QVL_KERN_ATTN_QC + 40, 72, true, kt);
+    check_attn_split(QVL_KERN_ATTN_QC + 21, 90, 64, false, kt);
     /* sharp softmax (large scores: the running max moves, tiny probabilities underflow) */
     check_attn(70, 100, 64, 4.0f, false, 0, kt, &worst);
     check_attn(70, 100, 64, 4.0f, true, 30, kt, &worst);
