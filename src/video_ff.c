@@ -528,7 +528,8 @@ static qvl_status vid_scan(vid *v, char *err, size_t err_len) {
     double tb = av_q2d(v->st->time_base);
     if (!any_nopts) {
         qsort(v->pts, (size_t)v->n, sizeof *v->pts, cmp_i64);
-        qsort(v->kf, (size_t)v->n_kf, sizeof *v->kf, cmp_i64);
+        if (v->n_kf > 0) /* no keyframe flags at all: kf was never allocated */
+            qsort(v->kf, (size_t)v->n_kf, sizeof *v->kf, cmp_i64);
         for (int64_t i = 1; i < v->n && !any_nopts; i++)
             if (v->pts[i] == v->pts[i - 1])
                 any_nopts = true; /* duplicate timestamps: the order is ambiguous */
