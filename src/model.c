@@ -385,7 +385,7 @@ static void quant_task(void *arg, int ith, int nth) {
 
 /* Replace one matrix by a quantised copy owned by the model. */
 static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dtype to,
-                               uint64_t *bytes) {
+                               bool release, uint64_t *bytes) {
     if (w->cols % QVL_QBLOCK != 0)
         return QVL_OK; /* keep as is: the kernels take any float type */
     size_t nb = qvl_dtype_row_bytes(to, (size_t)w->cols) * (size_t)w->rows;
@@ -403,6 +403,9 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
     quant_job j = {w, to, dst, scratch};
     qvl_pool_run(pool, quant_task, &j);
     qvl_free(scratch);
+    if (release) /* the checkpoint's copy of this matrix is not needed any more */
+        qvl_st_release(m->st, w->data,
+                       qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (size_t)w->rows);
     *bytes -= qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (size_t)w->rows;
     *bytes += nb;
     w->data = dst;
@@ -428,14 +431,14 @@ static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *
         qvl_llm_layer *Y = &m->layers[l];
         qvl_mat *ws[7] = {&Y->q, &Y->k, &Y->v, &Y->o, &Y->gate, &Y->up, &Y->down};
         for (int i = 0; i < 7 && s == QVL_OK; i++)
-            s = quantize_mat(m, pool, ws[i], to, &m->bytes_text);
+            s = quantize_mat(m, pool, ws[i], to, true, &m->bytes_text);
     }
     if (s == QVL_OK && !m->lm_head_tied)
-        s = quantize_mat(m, pool, &m->lm_head, to, &m->bytes_text);
+        s = quantize_mat(m, pool, &m->lm_head, to, true, &m->bytes_text);
     else if (s == QVL_OK) { /* tied: a quantised copy for the head, the embeddings stay */
         qvl_mat head = m->embed;
         uint64_t extra = qvl_dtype_row_bytes(head.dt, (size_t)head.cols) * (size_t)head.rows;
-        s = quantize_mat(m, pool, &head, to, &extra);
+        s = quantize_mat(m, pool, &head, to, false, &extra); /* rows still embed tokens */
         if (s == QVL_OK && head.data != m->embed.data) {
             m->lm_head = head;
             m->lm_head_tied = false;
@@ -447,7 +450,7 @@ static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *
             qvl_vit_block *B = &m->blocks[b];
             qvl_mat *ws[4] = {&B->qkv, &B->proj, &B->fc1, &B->fc2};
             for (int i = 0; i < 4 && s == QVL_OK; i++)
-                s = quantize_mat(m, pool, ws[i], to, &m->bytes_vision);
+                s = quantize_mat(m, pool, ws[i], to, true, &m->bytes_vision);
         }
     }
     qvl_pool_free(pool);

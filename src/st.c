@@ -940,6 +940,17 @@ out:
     return QVL_OK;
 }
 
+void qvl_st_release(qvl_st *st, const void *p, size_t n) {
+    if (!st || !st->copy || !p || n == 0)
+        return;
+    uintptr_t a = (uintptr_t)p, e = a + n;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a2 = (a + pg - 1) & ~(pg - 1), e2 = e & ~(pg - 1);
+    if (e2 <= a2)
+        return;
+    madvise((void *)a2, e2 - a2, MADV_DONTNEED);
+}
+
 /* ---- accessors --------------------------------------------------------------------------- */
 
 const qvl_st_tensor *qvl_st_find(const qvl_st *st, const char *canonical_name) {

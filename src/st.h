@@ -53,6 +53,10 @@ qvl_status qvl_st_parse_index(const char *json, size_t len, char *err, size_t er
 
 /* Unmap every shard and free. NULL is a no-op. */
 void qvl_st_free(qvl_st *st);
+/* The caller no longer needs bytes [p, p + n) of a tensor (e.g. it made a quantised copy): in
+ * copy mode the whole pages inside the range are returned to the system (reading them later
+ * gives zeros); with mapped files nothing happens. */
+void qvl_st_release(qvl_st *st, const void *p, size_t n);
 
 /* Tensor by canonical name, or NULL. O(1) on average. */
 const qvl_st_tensor *qvl_st_find(const qvl_st *st, const char *canonical_name);
