@@ -120,6 +120,16 @@ static double time_matmul(const qvl_kern *kt, float *y, const float *x, int64_t 
 static void *make_w(qvl_dtype wt, int64_t n, int64_t k) {
     size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
     uint8_t *w = xmalloc(rb * (size_t)n);
+    if (wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0) {
+        float *row = xmalloc(sizeof(float) * (size_t)k);
+        for (int64_t j = 0; j < n; j++) {
+            for (int64_t p = 0; p < k; p++)
+                row[p] = rnd_f() * 0.05f;
+            qvl_quantize_row(wt, row, w + (size_t)j * rb, k);
+        }
+        qvl_free(row);
+        return w;
+    }
     for (size_t i = 0; i < (size_t)(n * k); i++) {
         float f = rnd_f() * 0.05f;
         if (wt == QVL_DT_BF16) {
@@ -137,11 +147,12 @@ static void *make_w(qvl_dtype wt, int64_t n, int64_t k) {
 
 static const char *const k_paths[] = {"ref", "avx2", "avx512"};
 
-/* m = 1 over a bf16 [n, k] matrix. Small matrices are replicated to ~200 MB and the passes cycle
- * through the copies, so every pass streams its weights from DRAM as in real decoding rather
- * than from the L3 cache. */
-static void bench_matvec(const char *label, int64_t n, int64_t k, double mem_gbs) {
-    size_t bytes = (size_t)n * (size_t)k * 2;
+/* m = 1 over a [n, k] matrix of type wt (BF16, Q8_0, Q4_0). Small matrices are replicated to
+ * ~200 MB and the passes cycle through the copies, so every pass streams its weights from DRAM
+ * as in real decoding rather than from the L3 cache. */
+static void bench_matvec(const char *label, qvl_dtype wt, int64_t n, int64_t k,
+                         double mem_gbs) {
+    size_t bytes = (size_t)n * qvl_dtype_row_bytes(wt, (size_t)k);
     int copies = (int)((200u << 20) / bytes);
     if (copies < 1)
         copies = 1;
@@ -149,7 +160,7 @@ static void bench_matvec(const char *label, int64_t n, int64_t k, double mem_gbs
         copies = 16;
     void *w[16];
     for (int c = 0; c < copies; c++)
-        w[c] = make_w(QVL_DT_BF16, n, k);
+        w[c] = make_w(wt, n, k);
     float *x = xmalloc(sizeof(float) * (size_t)k);
     float *y = xmalloc(sizeof(float) * (size_t)n);
     for (int64_t i = 0; i < k; i++)
@@ -163,16 +174,17 @@ static void bench_matvec(const char *label, int64_t n, int64_t k, double mem_gbs
         int reps = copies > 1 ? 2 * copies : 3;
         double best = 1e30;
         for (int r = 0; r < reps; r++) {
-            double t = time_matmul(kt, y, x, 1, k, w[r % copies], QVL_DT_BF16, nrun, 1);
+            double t = time_matmul(kt, y, x, 1, k, w[r % copies], wt, nrun, 1);
             if (t < best)
                 best = t;
         }
         double ms = best * (double)n / (double)nrun;
         if (pi == 0)
             ref_ms = ms;
-        printf("matvec bf16 %-8s %6lldx%-5lld %-6s %8.2f ms %6.1f GB/s (%3.0f%% of read loop)"
+        printf("matvec %-4s %-8s %6lldx%-5lld %-6s %8.2f ms %6.1f GB/s (%3.0f%% of read loop)"
                "  x%.1f vs ref\n",
-               label, (long long)n, (long long)k, kt->name, ms, (double)bytes / (ms * 1e6),
+               qvl_dtype_name(wt), label, (long long)n, (long long)k, kt->name, ms,
+               (double)bytes / (ms * 1e6),
                100.0 * (double)bytes / (ms * 1e6) / mem_gbs, ref_ms / ms);
     }
     for (int c = 0; c < copies; c++)
@@ -574,9 +586,11 @@ int main(int argc, char **argv) {
     qvl_free(buf);
     printf("plain read loop 256 MB: %.1f GB/s\n", mem);
 
-    bench_matvec("ffn_down", 2048, 6144, mem);
+    bench_matvec("ffn_down", QVL_DT_BF16, 2048, 6144, mem);
+    bench_matvec("ffn_down", QVL_DT_Q8_0, 2048, 6144, mem);
+    bench_matvec("ffn_down", QVL_DT_Q4_0, 2048, 6144, mem);
     if (!quick)
-        bench_matvec("lm_head", 151936, 2048, mem);
+        bench_matvec("lm_head", QVL_DT_BF16, 151936, 2048, mem);
     bench_gemm(QVL_DT_BF16, 512, 2048, 2048);
     bench_gemm(QVL_DT_F32, 512, 2048, 2048);
     bench_attn(3072, 3072, 64, false, 1);

@@ -4,8 +4,9 @@
  * bf16/f16/Q8_0/Q4_0 widening, exp, compares) and the tile sizes, then includes simd_body.h, the
  * kernel body shared with avx2.c, and fills the table from it.
  *
- * Numerics: float32 accumulation throughout (activations are never rounded to bf16/int8), so
- * results agree with ref.c to float32 rounding (different summation order only).
+ * Numerics: float32 accumulation throughout, so results agree with ref.c to float32 rounding
+ * (different summation order only), except the decode matvec with Q8_0 / Q4_0 weights (m <= 4),
+ * which rounds the activations to int8 blocks for integer dot products (see avx512_matmul).
  */
 #include "kern.h"
 
@@ -13,6 +14,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -183,9 +185,220 @@ ALWAYS_INLINE vf vexp(vf x) {
 
 #include "simd_body.h"
 
+/* ---- int8 decode matvec: Q8_0 / Q4_0 weights, m <= 4 ------------------------------------------
+ * The float path (simd_body.h mv_quant) widens every weight to float and is bound by the widening,
+ * not by memory. Here each activation row is quantised once per call to int8 blocks of 32 with a
+ * float scale per block (dx = amax / 127, q = round(x / dx)), and each pair of weight blocks is
+ * dotted with it in int32 lanes (lane l of a 512-bit vector sums bytes 4l..4l+3: lanes 0-7 are
+ * the first block, 8-15 the second), then converted and scaled lane-wise by d_w * d_x into float
+ * accumulators (one horizontal sum per output at the end).
+ * Integer dot of unsigned weight bytes u with signed activation bytes s:
+ *   VNNI (vpdpbusd, emitted with inline asm so this file needs no extra ISA flag; used only when
+ *   the CPU reports avx512vnni): Q8_0 u = w + 128, Q4_0 u = nibble; the offset (128 or 8) times
+ *   the block's activation sum is subtracted by starting each block's lanes at -(off/8) sum.
+ *   AVX512BW (vpmaddubsw + vpmaddwd): Q4_0 as above (15 * 127 * 2 fits int16); Q8_0 with
+ *   u = |w| and s = x with w's sign (no int16 saturation, no offset).
+ * Numerics: the integer dots are exact; the only extra error against the float path is the
+ * activation rounding, at most dx / 2 = amax / 254 per element of each block (so per output at
+ * most sum over blocks of amax_b / 254 * sum |w| in the block), plus float32 accumulation.
+ * Larger k (more than MV8_KMAX) keeps the float path. */
+#define MV8_KMAX 16384 /* activation bytes per row on the stack */
+#define MV8_NB (MV8_KMAX / QVL_QBLOCK + 1) /* blocks per row, one zero block of padding */
+
+typedef struct {
+    _Alignas(64) int8_t q[4][MV8_KMAX + QVL_QBLOCK]; /* quantised rows, zero padding block */
+    _Alignas(64) float d[4][MV8_NB];                   /* per-block scale dx */
+    _Alignas(64) int32_t c[4][MV8_NB];                 /* per-lane start: -(off/8) * sum(q) */
+} mv8_act;
+
+/* Quantise k floats (k a multiple of 32) into q/d/c with lane offset off8 (16, 1 or 0); the block
+ * after the last one is zeroed (read by the odd-block tail). */
+static void mv8_quant_row(const float *x, int64_t k, int off8, int8_t *q, float *d, int32_t *c) {
+    int64_t nb = k / QVL_QBLOCK;
+    for (int64_t ib = 0; ib < nb; ib++) {
+        __m512 v0 = _mm512_loadu_ps(x + ib * QVL_QBLOCK);
+        __m512 v1 = _mm512_loadu_ps(x + ib * QVL_QBLOCK + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+        __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+        _mm_storeu_si128((__m128i *)(q + ib * QVL_QBLOCK), _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128((__m128i *)(q + ib * QVL_QBLOCK + 16), _mm512_cvtsepi32_epi8(i1));
+        /* the sum of the saturated bytes, as the dot products see them */
+        __m512i s0 = _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(i0));
+        __m512i s1 = _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(i1));
+        d[ib] = amax / 127.0f;
+        c[ib] = -off8 * _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+    }
+    memset(q + nb * QVL_QBLOCK, 0, QVL_QBLOCK);
+    d[nb] = 0.0f;
+    c[nb] = 0;
+}
+
+/* lanes 0-7 <- element 0, lanes 8-15 <- element 1 */
+#define MV8_IDX _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+
+/* Weight bytes of blocks blk and blk + bs (or zeros for the second when !two) as 64 unsigned
+ * (VNNI Q8: w + 128; BW Q8: raw signed w; Q4: nibbles) and their scales, lanes as above. */
+ALWAYS_INLINE void mv8_wpair(const bool Q8, const bool VNNI, const uint8_t *blk, bool two,
+                             __m512i *u, __m512 *dw) {
+    const size_t bs = Q8 ? 34 : 18;
+    uint16_t ha, hb = 0;
+    memcpy(&ha, blk, 2);
+    if (two)
+        memcpy(&hb, blk + bs, 2);
+    __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)ha | (uint32_t)hb << 16)));
+    *dw = _mm512_permutexvar_ps(MV8_IDX, _mm512_castps128_ps512(f));
+    if (Q8) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        __m256i b = two ? _mm256_loadu_si256((const __m256i *)(blk + bs + 2))
+                        : _mm256_setzero_si256();
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+        *u = VNNI ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : v;
+    } else {
+        __m128i a = _mm_loadu_si128((const __m128i *)(blk + 2));
+        __m128i b = two ? _mm_loadu_si128((const __m128i *)(blk + bs + 2)) : _mm_setzero_si128();
+        __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(ab), _mm256_srli_epi16(ab, 4), 1);
+        v = _mm512_and_si512(v, _mm512_set1_epi8(15)); /* [a lo, b lo, a hi, b hi] */
+        *u = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0)); /* [a lo, a hi, b lo, b hi] */
+    }
+}
+
+/* t (int32 lanes, starting at the offset correction) += dot of 4-byte groups of u and s */
+ALWAYS_INLINE __m512i mv8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i u, __m512i s) {
+    if (VNNI) {
+        __asm__("vpdpbusd %2, %1, %0" : "+v"(t) : "v"(u), "v"(s));
+        return t;
+    }
+    if (Q8) { /* sign of w moved onto s */
+        __mmask64 neg = _mm512_movepi8_mask(u);
+        s = _mm512_mask_sub_epi8(s, neg, _mm512_setzero_si512(), s);
+        u = _mm512_abs_epi8(u);
+    }
+    __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+    return _mm512_add_epi32(t, p);
+}
+
+/* NR weight rows (rows[], duplicates past nr) x MR activation rows (a, duplicates past ni) over
+ * the whole k; stores y[i * ldy + r] (+ b[r]) for r < nr, i < ni. */
+ALWAYS_INLINE void mv8_pass(const int NR, const int MR, const bool Q8, const bool VNNI,
+                            const uint8_t *const *rows, int nr, const mv8_act *a,
+                            const int ai[4], int ni, int64_t k, float *y, int64_t ldy,
+                            const float *b) {
+    const size_t bs = Q8 ? 34 : 18;
+    __m512 acc[8][4];
+    for (int r = 0; r < NR; r++)
+        for (int i = 0; i < MR; i++)
+            acc[r][i] = _mm512_setzero_ps();
+    int64_t nb = k / QVL_QBLOCK;
+    for (int64_t ib = 0; ib < nb; ib += 2) {
+        bool two = ib + 1 < nb;
+        __m512i u[8];
+        __m512 dw[8];
+        for (int r = 0; r < NR; r++)
+            mv8_wpair(Q8, VNNI, rows[r] + (size_t)ib * bs, two, &u[r], &dw[r]);
+        for (int i = 0; i < MR; i++) {
+            const int ii = ai[i];
+            __m512i s = _mm512_loadu_si512((const void *)(a->q[ii] + ib * QVL_QBLOCK));
+            __m512 dx = _mm512_permutexvar_ps(
+                MV8_IDX, _mm512_castps128_ps512(_mm_castsi128_ps(
+                             _mm_loadl_epi64((const __m128i *)(a->d[ii] + ib)))));
+            __m512i c = _mm512_permutexvar_epi32(
+                MV8_IDX, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(a->c[ii] + ib))));
+            for (int r = 0; r < NR; r++) {
+                __m512i t = mv8_dot(Q8, VNNI, c, u[r], s);
+                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dw[r], dx),
+                                            acc[r][i]);
+            }
+        }
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int i = 0; i < MR && i < ni; i++)
+            y[i * ldy + r] = _mm512_reduce_add_ps(acc[r][i]) + (b ? b[r] : 0.0f);
+}
+
+/* all output columns [j0, j1) for the m <= 4 rows already quantised in a */
+ALWAYS_INLINE void mv8_cols(const bool Q8, const bool VNNI, float *y, int64_t ldy,
+                            const mv8_act *a, int m, int64_t k, const uint8_t *w, size_t rb,
+                            const float *b, int64_t j0, int64_t j1) {
+    const int NR = m == 1 ? 8 : 4;
+    int ai[4];
+    for (int i = 0; i < 4; i++)
+        ai[i] = i < m ? i : m - 1;
+    for (int64_t j = j0; j < j1; j += NR) {
+        int nr = j1 - j < NR ? (int)(j1 - j) : NR;
+        const uint8_t *rows[8];
+        for (int r = 0; r < NR; r++)
+            rows[r] = w + (size_t)(j + (r < nr ? r : nr - 1)) * rb;
+        float *yy = y + j;
+        const float *bb = b ? b + j : NULL;
+        if (m == 1)
+            mv8_pass(8, 1, Q8, VNNI, rows, nr, a, ai, 1, k, yy, ldy, bb);
+        else if (m == 2)
+            mv8_pass(4, 2, Q8, VNNI, rows, nr, a, ai, 2, k, yy, ldy, bb);
+        else
+            mv8_pass(4, 4, Q8, VNNI, rows, nr, a, ai, m, k, yy, ldy, bb);
+    }
+}
+
+static void mv8_q8_vnni(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
+                        const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
+    mv8_cols(true, true, y, ldy, a, m, k, w, rb, b, j0, j1);
+}
+static void mv8_q8_bw(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
+                      const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
+    mv8_cols(true, false, y, ldy, a, m, k, w, rb, b, j0, j1);
+}
+static void mv8_q4_vnni(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
+                        const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
+    mv8_cols(false, true, y, ldy, a, m, k, w, rb, b, j0, j1);
+}
+static void mv8_q4_bw(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
+                      const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
+    mv8_cols(false, false, y, ldy, a, m, k, w, rb, b, j0, j1);
+}
+
+/* 1 if the int8 path may use vpdpbusd: the CPU reports avx512vnni and QVL_VNNI is not "0"
+ * (QVL_VNNI=0 forces the AVX512BW dot, for tests). Decided once. */
+static int mv8_use_vnni(void) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        const char *e = getenv("QVL_VNNI");
+        v = __builtin_cpu_supports("avx512vnni") && !(e && !strcmp(e, "0"));
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* The table's matmul: Q8_0 / Q4_0 with m <= 4 and k <= MV8_KMAX (a multiple of 32) go through
+ * the int8 path above; everything else through simd_matmul. */
+static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m,
+                          int64_t k, const void *w, qvl_dtype wt, const float *b, int64_t j0,
+                          int64_t j1) {
+    if ((wt != QVL_DT_Q8_0 && wt != QVL_DT_Q4_0) || m <= 0 || m > 4 || k <= 0 ||
+        k > MV8_KMAX || k % QVL_QBLOCK || j1 <= j0)
+        return simd_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
+    bool vnni = mv8_use_vnni();
+    bool q8 = wt == QVL_DT_Q8_0;
+    int off8 = q8 ? (vnni ? 16 : 0) : 1;
+    mv8_act a;
+    for (int64_t i = 0; i < m; i++)
+        mv8_quant_row(x + i * ldx, k, off8, a.q[i], a.d[i], a.c[i]);
+    size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
+    const uint8_t *wb = w;
+    if (q8)
+        (vnni ? mv8_q8_vnni : mv8_q8_bw)(y, ldy, &a, (int)m, k, wb, rb, b, j0, j1);
+    else
+        (vnni ? mv8_q4_vnni : mv8_q4_bw)(y, ldy, &a, (int)m, k, wb, rb, b, j0, j1);
+    return true;
+}
+
 static const qvl_kern k_avx512 = {
     .name = "avx512",
-    .matmul = simd_matmul,
+    .matmul = avx512_matmul,
     .attn = simd_attn,
     .dot = simd_dot,
     .rmsnorm = simd_rmsnorm,

@@ -26,7 +26,9 @@ typedef struct qvl_kern {
     /* Dense layer on a slice of output features:
      *   y[i*ldy + j] = sum_p x[i*ldx + p] * W[j][p] (+ b[j] if b)   for i < m, j in [j0, j1)
      * W is row-major [n, k] in dtype wt (F32, F16, BF16, Q8_0, Q4_0), row j at
-     * w + j*qvl_dtype_row_bytes(wt, k). x, y, b are float32. Accumulation in float32.
+     * w + j*qvl_dtype_row_bytes(wt, k). x, y, b are float32. Accumulation in float32, except
+     * that the AVX-512 path rounds the activations to int8 blocks (32 values + a float scale) for
+     * Q8_0/Q4_0 weights when m <= 4 and multiplies with integer dot products.
      * Returns false if this implementation does not take wt (the caller falls back to ref,
      * which takes every type above). */
     bool (*matmul)(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
