@@ -153,6 +153,7 @@ qvl_status qvl_demo_model_write(const char *dir, char *err, size_t err_len) {
         p.preset = "tiny";
         p.seed = 1234;
         p.tokenizer_dir = tdir;
+        p.embed_std = 0.25f; /* tied head: logits with a std of about 2, varied text */
         s = qvl_genmodel_write(dir, &p, err, err_len);
     }
     char path[64];

@@ -578,7 +578,7 @@ static qvl_status plan_build(const qvl_genmodel_params *p, gen_plan *pl, char *e
     float sq = (float)(1.0 / sqrt((double)qd));
     float si = (float)(1.0 / sqrt((double)I));
     snprintf(rest, sizeof rest, "embed_tokens.weight");
-    ADD(tp, tc, 2, 0.0f, 1.0f, d->vocab, H);
+    ADD(tp, tc, 2, 0.0f, p->embed_std > 0 ? p->embed_std : 1.0f, d->vocab, H);
     for (int l = 0; l < d->n_layers; l++) {
         snprintf(rest, sizeof rest, "layers.%d.input_layernorm.weight", l);
         ADD(tp, tc, 1, 1.0f, bstd, H);

@@ -32,6 +32,8 @@ typedef struct qvl_genmodel_params {
     int vision_hidden;
     int vision_heads;
     int vision_intermediate;
+    float embed_std;           /* std of embed_tokens (0: 1.0); smaller values flatten the logits
+                                  of a tied head, for varied sampled text from random weights */
     int n_deepstack;           /* taps, 0 = preset, -1 = none; indexes spread evenly over the
                                   depth unless preset depth and count are kept */
     const char *tokenizer_dir; /* dir with tokenizer.json + tokenizer_config.json to copy;
