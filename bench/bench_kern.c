@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 static uint64_t g_rng = 88172645463325252ull;
@@ -529,12 +530,178 @@ static void bench_vision_layer(int nth) {
     qvl_pool_free(pool);
 }
 
+
+/* Decode through the threaded ops: n_layers decoder layers of the 2B text model's shapes
+ * (q 2048, k/v 1024, o 2048, gate/up 6144, down; k = 2048 or 6144) in dtype wt, one activation
+ * row, nth threads, the matrices of each layer in the order the decoder runs them, each through
+ * qvl_op_matmul (one pool job per matrix) or, with fused, the q/k/v and gate/up groups as one
+ * job each (qvl_op_matmul_multi). Weights live in huge-page memory as the model loader puts them.
+ * Prints GB/s of weights streamed and the fraction of a same-run nth-thread read loop. */
+typedef struct {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sink;
+} bk_read;
+
+/* vector loads, as qvl bench's read loop (scalar 8-byte loads stream much slower here) */
+#if defined(__x86_64__)
+#    include <immintrin.h>
+__attribute__((target("avx2"))) static uint64_t bk_read_avx2(const uint64_t *p, size_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    return (uint64_t)_mm256_extract_epi64(a0, 0) ^ (uint64_t)_mm256_extract_epi64(a0, 3);
+}
+#endif
+
+static void bk_read_task(void *arg, int ith, int nth) {
+    bk_read *r = arg;
+    size_t per = r->n / (size_t)nth / 16 * 16, i0 = per * (size_t)ith;
+    uint64_t a = 0;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2"))
+        a = bk_read_avx2(r->p + i0, per);
+    else
+#endif
+        for (size_t i = i0; i < i0 + per; i++)
+            a ^= r->p[i];
+    __atomic_fetch_xor(&r->sink, a, __ATOMIC_RELAXED);
+}
+
+static void *bk_huge(size_t n) {
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "bench_kern: cannot map %zu bytes\n", n);
+        exit(1);
+    }
+    madvise(p, n, MADV_HUGEPAGE);
+    return p;
+}
+
+/* random weights of type wt without the cost of quantising: random bytes, block scales fixed */
+static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
+    size_t rb = qvl_dtype_row_bytes(wt, (size_t)k), bytes = rb * (size_t)n;
+    uint64_t s = g_rng;
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        uint64_t v = s;
+        if (wt == QVL_DT_BF16) /* keep every bf16 small and finite: exponent 0x3c.. */
+            v = (v & 0x807f807f807f807full) | 0x3c003c003c003c00ull;
+        memcpy(w + i, &v, 8);
+    }
+    uint16_t d = qvl_f32_to_f16(0.001f);
+    if (wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0) {
+        size_t bs = wt == QVL_DT_Q8_0 ? 34 : 18;
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t b = 0; b < k / QVL_QBLOCK; b++)
+                memcpy(w + (size_t)j * rb + (size_t)b * bs, &d, 2);
+    } else if (qvl_dtype_is_x16(wt)) { /* the 16 scales open each block of a group */
+        size_t gb = rb * QVL_X16 / (size_t)(k / QVL_QBLOCK);
+        for (size_t o = 0; o < bytes; o += gb)
+            for (int r = 0; r < QVL_X16; r++)
+                memcpy(w + o + 2 * (size_t)r, &d, 2);
+    }
+}
+
+static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool fused) {
+    static const int64_t shp[7][2] = {{2048, 2048}, {1024, 2048}, {1024, 2048}, {2048, 2048},
+                                      {6144, 2048}, {6144, 2048}, {2048, 6144}};
+    qvl_pool *pool = NULL;
+    if (qvl_pool_create(nth, &pool) != QVL_OK) {
+        fprintf(stderr, "bench_kern: cannot create a pool of %d threads\n", nth);
+        exit(1);
+    }
+    size_t layer_bytes = 0;
+    for (int i = 0; i < 7; i++)
+        layer_bytes += qvl_dtype_mat_bytes(wt, (size_t)shp[i][0], (size_t)shp[i][1]);
+    size_t total = layer_bytes * (size_t)n_layers;
+    uint8_t *base = bk_huge(total);
+    qvl_mat W[64][7];
+    size_t off = 0;
+    for (int l = 0; l < n_layers; l++)
+        for (int i = 0; i < 7; i++) {
+            bk_fill(base + off, wt, shp[i][0], shp[i][1]);
+            W[l][i] = (qvl_mat){base + off, wt, shp[i][0], shp[i][1]};
+            off += qvl_dtype_mat_bytes(wt, (size_t)shp[i][0], (size_t)shp[i][1]);
+        }
+    float *x = xmalloc(sizeof(float) * 6144), *y = xmalloc(sizeof(float) * 6144 * 3);
+    for (int i = 0; i < 6144; i++)
+        x[i] = rnd_f();
+    /* same-run read loop over the same bytes with the same pool */
+    bk_read rr = {(const uint64_t *)base, total / 8, 0};
+    double best_rd = 1e30;
+    for (int r = 0; r < 3; r++) {
+        double t0 = qvl_time_ms();
+        qvl_pool_run(pool, bk_read_task, &rr);
+        double t = qvl_time_ms() - t0;
+        if (t < best_rd)
+            best_rd = t;
+    }
+    double rd_gbs = (double)total / (best_rd * 1e6);
+    double best = 1e30, sum = 0;
+    for (int t = 0; t <= tokens; t++) {
+        double t0 = qvl_time_ms();
+        for (int l = 0; l < n_layers; l++) {
+            if (fused) {
+                qvl_mat_job qkv[3] = {{y, &W[l][0], NULL}, {y + 2048, &W[l][1], NULL},
+                                      {y + 3072, &W[l][2], NULL}};
+                qvl_op_matmul_multi(pool, x, 1, qkv, 3);
+                qvl_op_matmul(pool, y, x, 1, &W[l][3], NULL);
+                qvl_mat_job gu[2] = {{y, &W[l][4], NULL}, {y + 6144, &W[l][5], NULL}};
+                qvl_op_matmul_multi(pool, x, 1, gu, 2);
+                qvl_op_matmul(pool, y, x, 1, &W[l][6], NULL);
+            } else {
+                for (int i = 0; i < 7; i++)
+                    qvl_op_matmul(pool, y, x, 1, &W[l][i], NULL);
+            }
+        }
+        double ms = qvl_time_ms() - t0;
+        if (t == 0)
+            continue; /* warm-up */
+        sum += ms;
+        if (ms < best)
+            best = ms;
+    }
+    double med = sum / tokens;
+    printf("decode %-4s %d layers (%.0f MB) %d threads %s: best %.2f ms (%.1f GB/s), mean %.2f ms"
+           " (%.1f GB/s); read loop %.1f GB/s; best = %.0f%% of it\n",
+           qvl_dtype_name(wt), n_layers, total / 1e6, nth, fused ? "fused" : "one job/matrix",
+           best, total / (best * 1e6), med, total / (med * 1e6), rd_gbs,
+           100.0 * total / (best * 1e6) / rd_gbs);
+    munmap(base, total);
+    qvl_free(x);
+    qvl_free(y);
+    qvl_pool_free(pool);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "layer")) {
         /* layer [threads [reps]]: one vision layer through ops.c on the active path (QVL_CPU) */
         int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
         g_reps = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 3;
         bench_vision_layer(nth);
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "decode")) {
+        /* decode [bf16|q8|q4|q8row|q4row [threads [layers [fused]]]]: layers of 2B decoder
+         * matvecs (q8/q4: the interleaved layout; q8row/q4row: plain row-major blocks) */
+        qvl_dtype wt = QVL_DT_BF16;
+        if (argc > 2 && !strcmp(argv[2], "q8"))
+            wt = QVL_DT_Q8_0X16; /* the layout the model loader makes */
+        else if (argc > 2 && !strcmp(argv[2], "q4"))
+            wt = QVL_DT_Q4_0X16;
+        else if (argc > 2 && !strcmp(argv[2], "q8row"))
+            wt = QVL_DT_Q8_0;
+        else if (argc > 2 && !strcmp(argv[2], "q4row"))
+            wt = QVL_DT_Q4_0;
+        int nth = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 2;
+        int nl = argc > 4 && atoi(argv[4]) > 0 ? atoi(argv[4]) : 8;
+        bench_decode(wt, nth, nl > 64 ? 64 : nl, 20, argc > 5 && atoi(argv[5]) != 0);
         return 0;
     }
     bool quick = argc > 1 && !strcmp(argv[1], "quick");

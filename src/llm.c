@@ -197,9 +197,8 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
         const qvl_llm_layer *Y = &m->layers[l];
         for (int64_t i = 0; i < n; i++)
             qvl_rmsnorm(a + i * H, x + i * H, Y->in_norm, H, tc->rms_eps);
-        qvl_op_matmul(c->pool, q, a, n, &Y->q, NULL);
-        qvl_op_matmul(c->pool, k, a, n, &Y->k, NULL);
-        qvl_op_matmul(c->pool, v, a, n, &Y->v, NULL);
+        const qvl_mat_job qkv[3] = {{q, &Y->q, NULL}, {k, &Y->k, NULL}, {v, &Y->v, NULL}};
+        qvl_op_matmul_multi(c->pool, a, n, qkv, 3);
         for (int64_t i = 0; i < n; i++) {
             for (int64_t h = 0; h < nh; h++) {
                 float *qh = q + i * nq + h * hd;
@@ -222,8 +221,8 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
         qvl_add(x, a, n * H);
         for (int64_t i = 0; i < n; i++)
             qvl_rmsnorm(a + i * H, x + i * H, Y->post_norm, H, tc->rms_eps);
-        qvl_op_matmul(c->pool, g, a, n, &Y->gate, NULL);
-        qvl_op_matmul(c->pool, u, a, n, &Y->up, NULL);
+        const qvl_mat_job gu[2] = {{g, &Y->gate, NULL}, {u, &Y->up, NULL}};
+        qvl_op_matmul_multi(c->pool, a, n, gu, 2);
         qvl_silu_mul(g, u, n * I);
         qvl_op_matmul(c->pool, a, g, n, &Y->down, NULL);
         qvl_add(x, a, n * H);

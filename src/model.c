@@ -370,16 +370,26 @@ typedef struct quant_job {
     qvl_dtype to;
     uint8_t *dst;
     float *scratch; /* [nth][cols] */
+    uint8_t *plain; /* [nth][16 rows of plain blocks] */
 } quant_job;
 
+/* Groups of 16 rows, strided across the threads: each row widened, quantised to plain blocks,
+ * then the group interleaved (dtype.h). */
 static void quant_task(void *arg, int ith, int nth) {
     quant_job *j = arg;
-    const int64_t k = j->src->cols;
-    size_t sb = qvl_dtype_row_bytes(j->src->dt, (size_t)k), db = qvl_dtype_row_bytes(j->to, (size_t)k);
+    const int64_t k = j->src->cols, n = j->src->rows;
+    const qvl_dtype base = qvl_dtype_x16_base(j->to);
+    size_t sb = qvl_dtype_row_bytes(j->src->dt, (size_t)k), db = qvl_dtype_row_bytes(base, (size_t)k);
     float *row = j->scratch + (size_t)ith * (size_t)k;
-    for (int64_t r = ith; r < j->src->rows; r += nth) {
-        qvl_row_to_f32(j->src->dt, (const uint8_t *)j->src->data + (size_t)r * sb, row, k);
-        qvl_quantize_row(j->to, row, j->dst + (size_t)r * db, k);
+    uint8_t *plain = j->plain + (size_t)ith * db * QVL_X16;
+    for (int64_t g = ith; g * QVL_X16 < n; g += nth) {
+        int nr = n - g * QVL_X16 < QVL_X16 ? (int)(n - g * QVL_X16) : QVL_X16;
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *src = (const uint8_t *)j->src->data + (size_t)(g * QVL_X16 + r) * sb;
+            qvl_row_to_f32(j->src->dt, src, row, k);
+            qvl_quantize_row(base, row, plain + (size_t)r * db, k);
+        }
+        qvl_x16_pack(base, plain, nr, k, j->dst + (size_t)g * QVL_X16 * db);
     }
 }
 
@@ -388,7 +398,7 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
                                bool release, uint64_t *bytes) {
     if (w->cols % QVL_QBLOCK != 0)
         return QVL_OK; /* keep as is: the kernels take any float type */
-    size_t nb = qvl_dtype_row_bytes(to, (size_t)w->cols) * (size_t)w->rows;
+    size_t nb = qvl_dtype_mat_bytes(to, (size_t)w->rows, (size_t)w->cols);
     void **no = qvl_realloc(m->owned, (m->n_owned + 1) * sizeof *no);
     if (!no)
         return QVL_E_NOMEM;
@@ -397,12 +407,18 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
     if (!dst)
         return QVL_E_NOMEM;
     m->owned[m->n_owned++] = dst;
-    float *scratch = qvl_malloc((size_t)qvl_pool_size(pool) * (size_t)w->cols * sizeof(float));
-    if (!scratch)
+    size_t nth = (size_t)qvl_pool_size(pool);
+    float *scratch = qvl_malloc(nth * (size_t)w->cols * sizeof(float));
+    uint8_t *plain = qvl_malloc(nth * QVL_X16 * qvl_dtype_row_bytes(to, (size_t)w->cols));
+    if (!scratch || !plain) {
+        qvl_free(scratch);
+        qvl_free(plain);
         return QVL_E_NOMEM;
-    quant_job j = {w, to, dst, scratch};
+    }
+    quant_job j = {w, to, dst, scratch, plain};
     qvl_pool_run(pool, quant_task, &j);
     qvl_free(scratch);
+    qvl_free(plain);
     if (release) /* the checkpoint's copy of this matrix is not needed any more */
         qvl_st_release(m->st, w->data,
                        qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (size_t)w->rows);
@@ -415,7 +431,8 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
 
 static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *err,
                                  size_t err_len) {
-    qvl_dtype to = p->quant == QVL_QUANT_Q8 ? QVL_DT_Q8_0 : QVL_DT_Q4_0;
+    /* interleaved storage: the decode kernels read 16 rows per load (dtype.h) */
+    qvl_dtype to = p->quant == QVL_QUANT_Q8 ? QVL_DT_Q8_0X16 : QVL_DT_Q4_0X16;
     if (p->quant != QVL_QUANT_Q8 && p->quant != QVL_QUANT_Q4) {
         qvl_errf(err, err_len, "unknown quantisation %d", (int)p->quant);
         return QVL_E_INVAL;

@@ -2,48 +2,66 @@
 #include "ops.h"
 
 typedef struct {
-    float *y;
     const float *x;
     int64_t m;
-    const qvl_mat *W;
-    const float *bias;
+    const qvl_mat_job *jobs;
+    int n_jobs;
 } mm_job;
 
-static void mm_task(void *arg, int ith, int nth) {
-    mm_job *j = arg;
-    int64_t n = j->W->rows;
-    /* contiguous slices of output features, rounded to 64 (a multiple of every kernel's GEMM
-     * panel width: 16, 32 or 64 columns) so partial panels and SIMD tails only occur at the end
-     * of the matrix, not at each thread's boundary */
+/* this thread's slice of output features [j0, j1) of an n-row matrix */
+static void mm_slice(int64_t n, int ith, int nth, int64_t *j0, int64_t *j1) {
+    /* contiguous slices rounded to 64 (a multiple of every kernel's GEMM panel width: 16, 32 or
+     * 64 columns) so partial panels and SIMD tails only occur at the end of the matrix, not at
+     * each thread's boundary */
     int64_t per = (n + nth - 1) / nth;
     per = (per + 63) & ~(int64_t)63;
-    int64_t j0 = per * ith, j1 = j0 + per;
-    if (j1 > n)
-        j1 = n;
+    *j0 = per * ith;
+    *j1 = *j0 + per > n ? n : *j0 + per;
+}
+
+static void mm_one(const float *xs, int64_t m, const qvl_mat_job *jb, int ith, int nth) {
+    const qvl_mat *W = jb->W;
+    int64_t n = W->rows, j0, j1;
+    mm_slice(n, ith, nth, &j0, &j1);
     if (j0 >= j1)
         return;
     const qvl_kern *k = qvl_kern_get();
     /* a few rows stream the weights once per group of up to 4 rows (the kernels' matrix-vector
      * path); from SMALL_M rows on, the blocked matrix-matrix path pays off */
     const int64_t SMALL_M = 16;
-    int64_t step = j->m < SMALL_M ? 4 : j->m;
-    for (int64_t i0 = 0; i0 < j->m; i0 += step) {
-        int64_t mi = j->m - i0 < step ? j->m - i0 : step;
-        const float *x = j->x + i0 * j->W->cols;
-        float *y = j->y + i0 * n;
-        if (!k->matmul(y, n, x, j->W->cols, mi, j->W->cols, j->W->data, j->W->dt, j->bias, j0, j1))
-            qvl_kern_ref()->matmul(y, n, x, j->W->cols, mi, j->W->cols, j->W->data, j->W->dt,
-                                   j->bias, j0, j1);
+    int64_t step = m < SMALL_M ? 4 : m;
+    for (int64_t i0 = 0; i0 < m; i0 += step) {
+        int64_t mi = m - i0 < step ? m - i0 : step;
+        const float *x = xs + i0 * W->cols;
+        float *y = jb->y + i0 * n;
+        if (!k->matmul(y, n, x, W->cols, mi, W->cols, W->data, W->dt, jb->bias, j0, j1))
+            qvl_kern_ref()->matmul(y, n, x, W->cols, mi, W->cols, W->data, W->dt, jb->bias, j0,
+                                   j1);
     }
+}
+
+static void mm_task(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    for (int i = 0; i < j->n_jobs; i++)
+        mm_one(j->x, j->m, &j->jobs[i], ith, nth);
+}
+
+void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_mat_job *jobs,
+                         int n_jobs) {
+    mm_job j = {x, m, jobs, n_jobs};
+    int64_t work = 0;
+    for (int i = 0; i < n_jobs; i++)
+        work += m * jobs[i].W->rows * jobs[i].W->cols;
+    if (work < 65536)
+        mm_task(&j, 0, 1);
+    else
+        qvl_pool_run(pool, mm_task, &j);
 }
 
 void qvl_op_matmul(qvl_pool *pool, float *y, const float *x, int64_t m, const qvl_mat *W,
                    const float *bias) {
-    mm_job j = {y, x, m, W, bias};
-    if (m * W->rows * W->cols < 65536)
-        mm_task(&j, 0, 1);
-    else
-        qvl_pool_run(pool, mm_task, &j);
+    qvl_mat_job jb = {y, W, bias};
+    qvl_op_matmul_multi(pool, x, m, &jb, 1);
 }
 
 typedef struct {

@@ -18,6 +18,19 @@ typedef struct qvl_mat {
 void qvl_op_matmul(qvl_pool *pool, float *y, const float *x, int64_t m, const qvl_mat *W,
                    const float *bias);
 
+/* One matrix of a group sharing the same input: y[m, W->rows] = x . W^T (+ bias). */
+typedef struct qvl_mat_job {
+    float *y;
+    const qvl_mat *W;
+    const float *bias;
+} qvl_mat_job;
+
+/* Several matrices with the same input x[m, cols] (every W->cols equal) in one pool job: each
+ * thread takes its slice of every matrix, so the results equal separate qvl_op_matmul calls
+ * while the threads meet once instead of n_jobs times (decode runs q/k/v and gate/up so). */
+void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_mat_job *jobs,
+                         int n_jobs);
+
 /* Multi-head attention over one sequence segment.
  * q: [nq, n_head * hd] (row stride ldq); k, v: [nk, n_kv * hd] (row strides ldk, ldv);
  * o: [nq, n_head * hd] (row stride ldo). Head h uses kv head h / (n_head / n_kv). */

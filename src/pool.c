@@ -20,7 +20,7 @@
 #endif
 
 /* spin iterations before sleeping (a pause is ~10-60 cycles: tens of microseconds in all) */
-#define SPIN 1000
+#define SPIN 20000
 
 struct qvl_pool {
     int n;

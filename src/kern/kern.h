@@ -26,7 +26,9 @@ typedef struct qvl_kern {
     /* Dense layer on a slice of output features:
      *   y[i*ldy + j] = sum_p x[i*ldx + p] * W[j][p] (+ b[j] if b)   for i < m, j in [j0, j1)
      * W is row-major [n, k] in dtype wt (F32, F16, BF16, Q8_0, Q4_0), row j at
-     * w + j*qvl_dtype_row_bytes(wt, k). x, y, b are float32. Accumulation in float32, except
+     * w + j*qvl_dtype_row_bytes(wt, k), or in an interleaved type (Q8_0X16, Q4_0X16; dtype.h),
+     * whose groups of 16 rows callers should not split across threads (any [j0, j1) works, but
+     * a split group is read twice). x, y, b are float32. Accumulation in float32, except
      * that the AVX-512 path rounds the activations to int8 blocks (32 values + a float scale) for
      * Q8_0/Q4_0 weights when m <= 4 and multiplies with integer dot products.
      * Returns false if this implementation does not take wt (the caller falls back to ref,
@@ -97,7 +99,14 @@ void qvl_add(float *x, const float *y, int64_t n);
 
 /* Quantise one row of k floats (k a multiple of 32) into Q8_0 or Q4_0 blocks. */
 void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k);
-/* Widen one row of k elements of dtype t to float. */
+/* Widen one row of k elements of dtype t to float (not the interleaved types: see below). */
 void qvl_row_to_f32(qvl_dtype t, const void *row, float *out, int64_t k);
+
+/* Interleaved Q types (dtype.h): pack nr <= 16 rows of Q8_0/Q4_0 type base (row r at
+ * src + r * row_bytes) into one group of the matching X16 type; rows nr..15 become zero. */
+void qvl_x16_pack(qvl_dtype base, const uint8_t *src, int nr, int64_t k, uint8_t *group);
+/* Blocks [b0, b0 + nb) of row j of an interleaved matrix w (k columns) as Q8_0/Q4_0 blocks. */
+void qvl_x16_blocks(qvl_dtype xt, const void *w, int64_t k, int64_t j, int64_t b0, int64_t nb,
+                    uint8_t *out);
 
 #endif /* QVL_KERN_H */

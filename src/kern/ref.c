@@ -144,10 +144,47 @@ void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
     }
 }
 
+/* bytes of one block and of its quant part */
+static size_t q_bs(qvl_dtype base) {
+    return base == QVL_DT_Q8_0 ? 34 : 18;
+}
+
+void qvl_x16_pack(qvl_dtype base, const uint8_t *src, int nr, int64_t k, uint8_t *group) {
+    const size_t bs = q_bs(base), qb = bs - 2, rb = qvl_dtype_row_bytes(base, (size_t)k);
+    const int64_t nb = k / QVL_QBLOCK;
+    memset(group, 0, rb * QVL_X16);
+    for (int r = 0; r < nr && r < QVL_X16; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = src + (size_t)r * rb + (size_t)b * bs;
+            uint8_t *g = group + (size_t)b * bs * QVL_X16;
+            memcpy(g + 2 * r, blk, 2);
+            for (size_t t = 0; t < qb / 4; t++)
+                memcpy(g + 2 * QVL_X16 + t * 4 * QVL_X16 + 4 * (size_t)r, blk + 2 + 4 * t, 4);
+        }
+}
+
+void qvl_x16_blocks(qvl_dtype xt, const void *w, int64_t k, int64_t j, int64_t b0, int64_t nb,
+                    uint8_t *out) {
+    const qvl_dtype base = qvl_dtype_x16_base(xt);
+    const size_t bs = q_bs(base), qb = bs - 2, rb = qvl_dtype_row_bytes(base, (size_t)k);
+    const uint8_t *grp = (const uint8_t *)w + (size_t)(j / QVL_X16) * QVL_X16 * rb;
+    const size_t r = (size_t)(j % QVL_X16);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *g = grp + (size_t)(b0 + b) * bs * QVL_X16;
+        uint8_t *o = out + (size_t)b * bs;
+        memcpy(o, g + 2 * r, 2);
+        for (size_t t = 0; t < qb / 4; t++)
+            memcpy(o + 2 + 4 * t, g + 2 * QVL_X16 + t * 4 * QVL_X16 + 4 * r, 4);
+    }
+}
+
 static bool ref_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                        const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
     size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
     float buf[512];
+    uint8_t qbuf[512 / QVL_QBLOCK * 34]; /* interleaved types: one chunk as plain blocks */
+    const bool x16 = qvl_dtype_is_x16(wt);
+    const qvl_dtype bt = qvl_dtype_x16_base(wt);
     for (int64_t j = j0; j < j1; j++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)j * rb;
         float bias = b ? b[j] : 0.0f;
@@ -156,8 +193,12 @@ static bool ref_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64
         /* widen the weight row in chunks (multiples of the quant block) and accumulate */
         for (int64_t p0 = 0; p0 < k; p0 += 512) {
             int64_t n = k - p0 < 512 ? k - p0 : 512;
-            size_t off = qvl_dtype_row_bytes(wt, (size_t)p0);
-            qvl_row_to_f32(wt, row + off, buf, n);
+            if (x16) {
+                qvl_x16_blocks(wt, w, k, j, p0 / QVL_QBLOCK, n / QVL_QBLOCK, qbuf);
+                qvl_row_to_f32(bt, qbuf, buf, n);
+            } else {
+                qvl_row_to_f32(wt, row + qvl_dtype_row_bytes(wt, (size_t)p0), buf, n);
+            }
             for (int64_t i = 0; i < m; i++) {
                 const float *xi = x + i * ldx + p0;
                 float s = 0.0f;

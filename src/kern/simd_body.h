@@ -198,6 +198,24 @@ static void matvec(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m
     }
 }
 
+/* Interleaved Q types on this generic path: MV_NR rows at a time are unpacked to plain blocks
+ * on the stack (rows up to MV_X16_ROWMAX bytes; larger ones take the GEMM, which unpacks per
+ * panel) and go through matvec.
+ * (The AVX-512 table has its own kernel for these types, which does not unpack.) */
+#define MV_X16_ROWMAX (16384 / QVL_QBLOCK * 34) /* k up to 16384 at Q8_0 */
+static void matvec_x16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
+                       const uint8_t *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
+    const qvl_dtype bt = qvl_dtype_x16_base(wt);
+    const size_t rb = qvl_dtype_row_bytes(bt, (size_t)k);
+    _Alignas(64) uint8_t rows[MV_NR * MV_X16_ROWMAX];
+    for (int64_t j = j0; j < j1; j += MV_NR) {
+        int nr = j1 - j < MV_NR ? (int)(j1 - j) : MV_NR;
+        for (int r = 0; r < nr; r++)
+            qvl_x16_blocks(wt, w, k, j + r, 0, k / QVL_QBLOCK, rows + (size_t)r * rb);
+        matvec(y + j, ldy, x, ldx, m, k, rows, bt, b ? b + j : NULL, 0, nr);
+    }
+}
+
 /* ---- GEMM (m larger) ---------------------------------------------------------------------------
  * Blocking: for each block of GM_NC output columns and each range of GM_KB along k, the weights
  * are widened and packed once into panels of GM_NR columns, panel[p][r] (p along k), with VW x VW
@@ -215,16 +233,26 @@ static void matvec(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m
  * weight matrix of type WT into panel[p * GM_NR + r]. Q types are widened row by row first. */
 ALWAYS_INLINE void gm_pack_t(const qvl_dtype WT, const uint8_t *w, size_t rb, int64_t jb, int nj,
                              int64_t p0, int kb, float *panel) {
-    const bool quant = WT == QVL_DT_Q8_0 || WT == QVL_DT_Q4_0;
+    const bool x16 = qvl_dtype_is_x16(WT);
+    const bool quant = x16 || WT == QVL_DT_Q8_0 || WT == QVL_DT_Q4_0;
     _Alignas(64) float tmp[VW][GM_KB]; /* Q types only */
+    uint8_t qb[GM_KB / QVL_QBLOCK * 34]; /* interleaved types: a row's blocks, plain */
     for (int r0 = 0; r0 < GM_NR; r0 += VW) {
         int live = nj - r0 < 0 ? 0 : nj - r0 > VW ? VW : nj - r0;
         const uint8_t *rows[VW];
         for (int i = 0; i < VW; i++)
             rows[i] = w + (size_t)(jb + r0 + (i < live ? i : 0)) * rb;
-        if (quant)
+        if (x16) {
+            const qvl_dtype bt = qvl_dtype_x16_base(WT);
+            const int64_t k = (int64_t)(rb / qvl_dtype_row_bytes(bt, QVL_QBLOCK)) * QVL_QBLOCK;
+            for (int i = 0; i < live; i++) {
+                qvl_x16_blocks(WT, w, k, jb + r0 + i, p0 / QVL_QBLOCK, kb / QVL_QBLOCK, qb);
+                widen_range(bt, qb, 0, kb, tmp[i]);
+            }
+        } else if (quant) {
             for (int i = 0; i < live; i++)
                 widen_range(WT, rows[i], p0, kb, tmp[i]);
+        }
         int p = 0;
         for (; p + VW <= kb; p += VW) {
             vf r[VW];
@@ -249,7 +277,9 @@ static void gm_pack(qvl_dtype wt, const uint8_t *w, size_t rb, int64_t jb, int n
     case QVL_DT_F16: gm_pack_t(QVL_DT_F16, w, rb, jb, nj, p0, kb, panel); break;
     case QVL_DT_BF16: gm_pack_t(QVL_DT_BF16, w, rb, jb, nj, p0, kb, panel); break;
     case QVL_DT_Q8_0: gm_pack_t(QVL_DT_Q8_0, w, rb, jb, nj, p0, kb, panel); break;
-    default: gm_pack_t(QVL_DT_Q4_0, w, rb, jb, nj, p0, kb, panel); break;
+    case QVL_DT_Q4_0: gm_pack_t(QVL_DT_Q4_0, w, rb, jb, nj, p0, kb, panel); break;
+    case QVL_DT_Q8_0X16: gm_pack_t(QVL_DT_Q8_0X16, w, rb, jb, nj, p0, kb, panel); break;
+    default: gm_pack_t(QVL_DT_Q4_0X16, w, rb, jb, nj, p0, kb, panel); break;
     }
 }
 
@@ -338,11 +368,13 @@ static void gemm(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, 
 
 static bool simd_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                         const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
+    const bool x16 = qvl_dtype_is_x16(wt);
     if (wt != QVL_DT_F32 && wt != QVL_DT_F16 && wt != QVL_DT_BF16 && wt != QVL_DT_Q8_0 &&
-        wt != QVL_DT_Q4_0)
+        wt != QVL_DT_Q4_0 && !x16)
         return false;
-    if ((wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0) && k % QVL_QBLOCK)
+    if ((x16 || wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0) && k % QVL_QBLOCK)
         return false;
+
     if (m <= 0 || j1 <= j0)
         return true;
     if (k <= 0) {
@@ -351,7 +383,9 @@ static bool simd_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int6
                 y[i * ldy + j] = b ? b[j] : 0.0f;
         return true;
     }
-    if (m <= 4)
+    if (m <= 4 && x16 && qvl_dtype_row_bytes(wt, (size_t)k) <= MV_X16_ROWMAX)
+        matvec_x16(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
+    else if (m <= 4 && !x16)
         matvec(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
     else
         gemm(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);

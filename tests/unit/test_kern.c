@@ -57,6 +57,44 @@ static const char *const k_paths[] = {"ref", "avx2", "avx512"};
 
 /* Random [n, k] weights of type wt (f16 rows include negative subnormals and signed zeros) and
  * their exact float32 widening. Returns false on allocation failure. */
+static bool make_weights(qvl_dtype wt, int64_t n, int64_t k, uint8_t **w, float **wf);
+
+/* An interleaved matrix (Q8_0X16 / Q4_0X16) made from a plain one of the base type; *plain
+ * keeps the plain copy for comparisons. Every row read back through qvl_x16_blocks must equal
+ * its plain row, and the padding rows of the last group must be zero. */
+static bool make_x16(qvl_dtype xt, int64_t n, int64_t k, uint8_t **w, float **wf,
+                     uint8_t **plain) {
+    qvl_dtype bt = qvl_dtype_x16_base(xt);
+    *w = NULL;
+    if (!make_weights(bt, n, k, plain, wf))
+        return false;
+    size_t rb = qvl_dtype_row_bytes(bt, (size_t)k);
+    *w = qvl_malloc(qvl_dtype_mat_bytes(xt, (size_t)n, (size_t)k));
+    uint8_t *row = qvl_malloc(rb);
+    if (!*w || !row) {
+        qvl_free(row);
+        return false;
+    }
+    for (int64_t g = 0; g * QVL_X16 < n; g++) {
+        int nr = n - g * QVL_X16 < QVL_X16 ? (int)(n - g * QVL_X16) : QVL_X16;
+        qvl_x16_pack(bt, *plain + (size_t)g * QVL_X16 * rb, nr, k, *w + (size_t)g * QVL_X16 * rb);
+    }
+    bool same = true, pad0 = true;
+    int64_t np = (n + QVL_X16 - 1) / QVL_X16 * QVL_X16;
+    for (int64_t j = 0; j < np; j++) {
+        qvl_x16_blocks(xt, *w, k, j, 0, k / QVL_QBLOCK, row);
+        if (j < n)
+            same &= !memcmp(row, *plain + (size_t)j * rb, rb);
+        else
+            for (size_t i = 0; i < rb; i++)
+                pad0 &= row[i] == 0;
+    }
+    CHECKF(same && pad0, "%s: interleaved rows do not read back (n=%lld k=%lld)",
+           qvl_dtype_name(xt), (long long)n, (long long)k);
+    qvl_free(row);
+    return true;
+}
+
 static bool make_weights(qvl_dtype wt, int64_t n, int64_t k, uint8_t **w, float **wf) {
     size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
     *w = qvl_malloc(rb * (size_t)n + 1);
@@ -110,9 +148,12 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
     float *b = qvl_malloc(sizeof(float) * (size_t)n);
     double *want = qvl_malloc(sizeof(double) * (size_t)(m * n));
     float *yfull = qvl_malloc(sizeof(float) * (size_t)(2 * m * ldy)); /* variants 0, 1 */
-    bool ok = make_weights(wt, n, k, &w, &wf);
-    CHECK(ok && x && y && b && want && yfull);
-    if (!ok || !x || !y || !b || !want || !yfull)
+    float *yplain = qvl_malloc(sizeof(float) * (size_t)(m * ldy));
+    uint8_t *plain = NULL; /* interleaved types: the same weights as plain blocks */
+    const bool x16 = qvl_dtype_is_x16(wt);
+    bool ok = x16 ? make_x16(wt, n, k, &w, &wf, &plain) : make_weights(wt, n, k, &w, &wf);
+    CHECK(ok && x && y && b && want && yfull && yplain);
+    if (!ok || !x || !y || !b || !want || !yfull || !yplain)
         goto done;
     fill(x, (size_t)(m * ldx), 1.0f);
     fill(b, (size_t)n, 1.0f);
@@ -127,7 +168,7 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
      * int8: element error at most amax / 254 of its block. Per output that is bounded by
      * qerr[i][j] = sum over blocks of amax_b(x_i) / 254 * sum_{p in b} |w_jp| (5% slack for
      * the float rounding of the scales), plus float32 accumulation (1e-5 of sum |x||w|). */
-    bool wq = wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0;
+    bool wq = x16 || wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0;
     bool xq_shape = wq && m <= 4 && k <= 16384;
     if (xq_shape) {
         qerr = qvl_malloc(sizeof(double) * (size_t)(m * n));
@@ -195,6 +236,24 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
                    use_b, (long long)j0, (long long)j1, e);
             CHECKF(outside_ok, "%s matmul %s wrote outside [j0,j1) or past n", kt[pi]->name,
                    qvl_dtype_name(wt));
+            /* the interleaved layout changes nothing but the memory order on the paths that
+             * unpack it (ref, avx2; avx512 too where it takes the float GEMM): bit-identical to
+             * the plain blocks there (except past k = 16384 with m <= 4, where the SIMD paths
+             * take the GEMM for interleaved rows, the matvec for plain ones) */
+            if (x16 && (!xq || m > 4) && (k <= 16384 || m > 4 || pi == 0)) {
+                qvl_dtype bt = qvl_dtype_x16_base(wt);
+                for (int64_t i = 0; i < m * ldy; i++)
+                    yplain[i] = SENTINEL;
+                bool t2 = kt[pi]->matmul(yplain, ldy, x, ldx, m, k, plain, bt,
+                                         use_b ? b : NULL, j0, j1);
+                if (!t2) /* plain type declined: ref takes it, as ops.c does */
+                    qvl_kern_ref()->matmul(yplain, ldy, x, ldx, m, k, plain, bt,
+                                           use_b ? b : NULL, j0, j1);
+                CHECKF(!memcmp(yplain, y, sizeof(float) * (size_t)(m * ldy)),
+                       "%s matmul %s m=%lld k=%lld n=%lld: differs from the plain layout",
+                       kt[pi]->name, qvl_dtype_name(wt), (long long)m, (long long)k,
+                       (long long)n);
+            }
             /* a column slice gives bit-identical outputs to the full range (threads split the
              * columns, so results must not depend on the thread count) */
             float *yf = yfull + (size_t)(variant & 1) * (size_t)(m * ldy);
@@ -214,6 +273,8 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
 done:
     qvl_free(qerr);
     qvl_free(yfull);
+    qvl_free(yplain);
+    qvl_free(plain);
     qvl_free(w);
     qvl_free(wf);
     qvl_free(x);
@@ -227,9 +288,10 @@ static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
     static const int64_t ns[] = {1, 7, 33, 130};
     static const int64_t kf[] = {1, 17, 32, 64, 96, 4097};
     static const int64_t kq[] = {32, 64, 96, 4096};
-    static const qvl_dtype dts[] = {QVL_DT_F32, QVL_DT_F16, QVL_DT_BF16, QVL_DT_Q8_0, QVL_DT_Q4_0};
+    static const qvl_dtype dts[] = {QVL_DT_F32,  QVL_DT_F16,     QVL_DT_BF16,   QVL_DT_Q8_0,
+                                    QVL_DT_Q4_0, QVL_DT_Q8_0X16, QVL_DT_Q4_0X16};
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
-        bool q = dts[d] == QVL_DT_Q8_0 || dts[d] == QVL_DT_Q4_0;
+        bool q = dts[d] == QVL_DT_Q8_0 || dts[d] == QVL_DT_Q4_0 || qvl_dtype_is_x16(dts[d]);
         const int64_t *ks = q ? kq : kf;
         size_t nks = q ? sizeof kq / sizeof kq[0] : sizeof kf / sizeof kf[0];
         double worst = 0, worst_xq = 0;
