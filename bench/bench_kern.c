@@ -258,7 +258,7 @@ static void bench_attn(int64_t nq, int64_t nk, int hd, bool causal, int rep) {
             double t0 = bench_ms();
             for (int h = 0; h < rep; h++)
                 kt->attn(o + h * hd, ldq, q + h * hd, ldq, qrun, k, hd, v, hd, nk, hd,
-                         1.0f / sqrtf((float)hd), causal, q_pos0);
+                         1.0f / sqrtf((float)hd), causal, q_pos0, QVL_DT_F32);
             double t = bench_ms() - t0;
             if (t < best)
                 best = t;
@@ -294,7 +294,7 @@ static void bench_attn_fused(int64_t n, int hd) {
         for (int r = 0; r < g_reps; r++) {
             double t0 = bench_ms();
             kt->attn(o + off, dm, qkv + off, ld, n, qkv + dm + off, ld, qkv + 2 * dm + off, ld, n,
-                     hd, 1.0f / sqrtf((float)hd), false, 0);
+                     hd, 1.0f / sqrtf((float)hd), false, 0, QVL_DT_F32);
             double t = bench_ms() - t0;
             if (t < best)
                 best = t;
@@ -487,7 +487,7 @@ static void bench_vision_layer(int nth) {
             case 0: qvl_op_matmul(pool, qkv, x, m, &mqkv, NULL); break;
             case 1:
                 qvl_op_attn(pool, att, d, qkv, 3 * d, m, qkv + d, 3 * d, qkv + 2 * d, 3 * d, m,
-                            16, 16, 64, 0.125f, false, 0);
+                            16, 16, 64, 0.125f, false, 0, QVL_DT_F32);
                 break;
             case 2: qvl_op_matmul(pool, x, att, m, &mo, NULL); break;
             case 3: qvl_op_matmul(pool, h, x, m, &m1, NULL); break;

@@ -175,6 +175,7 @@ int qvl_cli_bench(int argc, char **argv) {
     const char *dir = NULL;
     int threads = 0, reps = 3;
     bool json = false, large = true;
+    qvl_kv_type kv = QVL_KV_F32;
     qvl_model_params mp = qvl_model_default_params();
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -194,13 +195,18 @@ int qvl_cli_bench(int argc, char **argv) {
                 fprintf(stderr, "qvl bench: --quant takes q8, q4 or none\n");
                 return 2;
             }
+        } else if (!strcmp(a, "--kv") && i + 1 < argc) {
+            if (!qvl_kv_type_from_name(argv[++i], &kv)) {
+                fprintf(stderr, "qvl bench: --kv takes f32, bf16 or f16\n");
+                return 2;
+            }
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else if (!strcmp(a, "--no-large")) {
             large = false;
         } else {
-            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [-t N] [--reps N] [--json] "
-                            "[--no-large]\n");
+            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [-t N] [--reps N] "
+                            "[--json] [--no-large]\n");
             return 2;
         }
     }
@@ -264,6 +270,7 @@ int qvl_cli_bench(int argc, char **argv) {
     qvl_ctx_params cp = qvl_ctx_default_params();
     cp.n_ctx = 4096;
     cp.n_threads = threads;
+    cp.kv_type = kv;
     qvl_ctx *c = NULL;
     if (qvl_ctx_create(m, &cp, &c, err, sizeof err) != QVL_OK) {
         fprintf(stderr, "qvl bench: %s\n", err);
@@ -396,6 +403,7 @@ int qvl_cli_bench(int argc, char **argv) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "model", dir);
         cJSON_AddStringToObject(j, "quant", qn);
+        cJSON_AddStringToObject(j, "kv", qvl_kv_type_name(kv));
         cJSON_AddNumberToObject(j, "threads", threads);
         cJSON_AddNumberToObject(j, "reps", reps);
         cJSON_AddNumberToObject(j, "load_ms", load.med);
@@ -427,7 +435,8 @@ int qvl_cli_bench(int argc, char **argv) {
         free(s);
         cJSON_Delete(j);
     } else {
-        printf("model %s, quant %s, %d threads, median of %d (min)\n", dir, qn, threads, reps);
+        printf("model %s, quant %s, KV %s, %d threads, median of %d (min)\n", dir, qn,
+               qvl_kv_type_name(kv), threads, reps);
         printf("  memory read bandwidth   %8.1f GB/s\n", gbs);
         printf("  load                    %8.0f ms (%.0f)\n", load.med, load.min);
         printf("  tokenize 1 MB mixed     %8.1f MB/s\n", tok.med);

@@ -74,6 +74,7 @@ typedef struct opts {
     long min_pixels, max_pixels;
     bool json, ignore_eos, skip_special;
     int quant;
+    qvl_kv_type kv;
     const char *positional[256];
     int n_pos;
 } opts;
@@ -179,6 +180,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
             FLT(presence, -10, 10);
         } else if (!strcmp(a, "--frequency-penalty")) {
             FLT(frequency, -10, 10);
+        } else if (!strcmp(a, "--kv")) {
+            NEED_ARG();
+            if (!qvl_kv_type_from_name(argv[++i], &o->kv))
+                return die(2, "--kv takes f32, bf16 or f16");
         } else if (!strcmp(a, "--quant")) {
             NEED_ARG();
             const char *q = argv[++i];
@@ -499,6 +504,7 @@ static int cmd_run(opts *o) {
     qvl_ctx_params cp = qvl_ctx_default_params();
     cp.n_ctx = (int)o->n_ctx;
     cp.n_threads = (int)o->threads;
+    cp.kv_type = o->kv;
     cp.image.min_pixels = o->min_pixels;
     cp.image.max_pixels = o->max_pixels;
     qvl_status s = qvl_prompt_build_mm(m, msgs, (size_t)nm, 1, imgs, (size_t)n_img, &cp.image,
@@ -874,6 +880,7 @@ static int cmd_chat(opts *o) {
     qvl_ctx_params cp = qvl_ctx_default_params();
     cp.n_ctx = o->n_ctx ? (int)o->n_ctx : 8192;
     cp.n_threads = (int)o->threads;
+    cp.kv_type = o->kv;
     cp.image.min_pixels = o->min_pixels;
     cp.image.max_pixels = o->max_pixels;
     qvl_ctx *c = NULL;
@@ -1004,7 +1011,7 @@ static void usage(void) {
             "             [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
-            "             [--json] [--top-logits K] [-q] [--quant q8|q4]\n"
+            "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
             "             random-weight demo model\n"
@@ -1015,11 +1022,12 @@ static void usage(void) {
             "  preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] IMAGE...\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
-            "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N]\n"
+            "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N] [--kv T]\n"
             "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"
             "             OpenAI-compatible HTTP server (POST /v1/chat/completions)\n"
-            "  bench      -m DIR [--quant q8|q4] [-t N] [--reps N] [--json] [--no-large]\n"
-            "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n");
+            "  bench      -m DIR [--quant q8|q4] [--kv T] [-t N] [--reps N] [--json] [--no-large]\n"
+            "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n"
+            "  --kv: KV cache element type (default f32; bf16/f16 halve its memory).\n");
 }
 
 int main(int argc, char **argv) {

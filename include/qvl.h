@@ -224,14 +224,27 @@ QVL_API size_t qvl_video_frame_indices(const qvl_video *v, int64_t *idx, size_t 
 /* ---- context (one conversation) --------------------------------------- */
 typedef struct qvl_ctx qvl_ctx; /* KV cache, scratch, RNG, thread pool; one thread at a time */
 
+/* Element type of the KV cache. F32 keeps the decoder's float32 keys and values exactly;
+ * BF16 and F16 halve the cache (keys and values rounded to nearest even when stored; BF16 keeps
+ * float32's range, F16 has 3 more bits of precision but overflows past 65504). */
+typedef enum qvl_kv_type {
+    QVL_KV_F32 = 0,
+    QVL_KV_BF16 = 1,
+    QVL_KV_F16 = 2,
+} qvl_kv_type;
+
 typedef struct qvl_ctx_params {
     int n_ctx;     /* KV cache length in tokens; 0: min(max_position_embeddings, 8192) */
     int n_threads; /* 0: number of online CPUs */
     int n_batch;   /* prefill chunk; 0: 512 */
     qvl_image_opts image; /* default image budget for this context */
+    qvl_kv_type kv_type;  /* KV cache element type; default QVL_KV_F32 */
 } qvl_ctx_params;
 
 QVL_API qvl_ctx_params qvl_ctx_default_params(void);
+/* "f32", "bf16", "f16" <-> qvl_kv_type; from_name returns 0 for an unknown name. */
+QVL_API int qvl_kv_type_from_name(const char *name, qvl_kv_type *out);
+QVL_API const char *qvl_kv_type_name(qvl_kv_type t);
 QVL_API qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx **out,
                                   char *err, size_t err_len);
 QVL_API void qvl_ctx_free(qvl_ctx *c);

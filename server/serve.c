@@ -574,6 +574,7 @@ static void serve_usage(void) {
             "                 [--ctx N] [--queue N] [--api-key KEY] [--max-image-pixels N]\n"
             "                 [--max-body-bytes N] [--allow-local-files DIR] [--timeout SEC]\n"
             "                 [--max-connections N] [--alias NAME] [--quant q8|q4|none]\n"
+            "                 [--kv f32|bf16|f16]\n"
             "  -t is per slot (default: CPUs / slots); --ctx is per slot (default 4096);\n"
             "  --max-image-pixels caps the decoded pixels of all images of one request\n"
             "  (default 16777216); --max-body-bytes defaults to 32 MiB; --timeout (idle\n"
@@ -641,6 +642,10 @@ static int parse_args(int argc, char **argv, srv_opts *o) {
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
             NUMOPT(16, 1 << 22);
             o->n_ctx = (int)n;
+        } else if (!strcmp(a, "--kv")) {
+            NEED();
+            if (!qvl_kv_type_from_name(v, &o->kv))
+                return usage_err("option --kv takes f32, bf16 or f16, not '%s'", v);
         } else if (!strcmp(a, "--queue")) {
             NUMOPT(0, 100000);
             o->queue_max = (int)n;
@@ -808,6 +813,7 @@ int qvl_cli_serve(int argc, char **argv) {
         qvl_ctx_params cp = qvl_ctx_default_params();
         cp.n_ctx = S->o.n_ctx;
         cp.n_threads = S->o.n_threads;
+        cp.kv_type = S->o.kv;
         st = srv_pool_create(m, S->o.n_slots, &cp, S->o.queue_max, &S->pool, err, sizeof err);
     }
     if (st != QVL_OK) {

@@ -28,6 +28,7 @@ typedef struct srv_opts {
     int n_slots;
     int n_threads; /* per slot */
     int n_ctx;     /* per slot */
+    qvl_kv_type kv; /* KV cache element type */
     int queue_max; /* requests waiting for a slot */
     int timeout_s; /* idle connection timeout */
     int max_conns;

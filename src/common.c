@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -56,6 +57,24 @@ void *qvl_realloc(void *p, size_t n) {
 
 void qvl_free(void *p) {
     free(p);
+}
+
+void *qvl_malloc_big(size_t n) {
+    if (alloc_should_fail())
+        return NULL;
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    if (n >= ((size_t)2 << 20))
+        madvise(p, n, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+void qvl_free_big(void *p, size_t n) {
+    if (p)
+        munmap(p, n ? n : 1);
 }
 
 char *qvl_strndup(const char *s, size_t n) {

@@ -21,6 +21,12 @@ void *qvl_calloc(size_t n, size_t size);
 void *qvl_realloc(void *p, size_t n);
 char *qvl_strdup(const char *s);
 char *qvl_strndup(const char *s, size_t n);
+/* Large buffers read at memory speed (quantised weights, the KV cache): anonymous memory with
+ * transparent huge pages where the kernel allows (plain malloc memory is not eligible when THP
+ * is in "madvise" mode, and streaming weights through 4 KiB pages costs TLB misses). Counted
+ * by the failure hook like qvl_malloc; qvl_free_big needs the size given at allocation. */
+void *qvl_malloc_big(size_t n);
+void qvl_free_big(void *p, size_t n);
 /* Test hook: fail the allocation with index `n` (0-based) counted from this call, and every
  * later one if `sticky`. n < 0 disables. Returns the number of allocations since last reset. */
 QVL_API long qvl_alloc_fail_at(long n, int sticky);

@@ -29,6 +29,20 @@ qvl_ctx_params qvl_ctx_default_params(void) {
     return p;
 }
 
+int qvl_kv_type_from_name(const char *name, qvl_kv_type *out) {
+    static const char *const names[] = {"f32", "bf16", "f16"};
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, names[i])) {
+            *out = (qvl_kv_type)i;
+            return 1;
+        }
+    return 0;
+}
+
+const char *qvl_kv_type_name(qvl_kv_type t) {
+    return t == QVL_KV_BF16 ? "bf16" : t == QVL_KV_F16 ? "f16" : t == QVL_KV_F32 ? "f32" : "?";
+}
+
 const char *qvl_ctx_errmsg(const qvl_ctx *c) {
     return c ? c->err : "no context";
 }
@@ -104,6 +118,10 @@ qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx *
         qvl_errf(err, err_len, "negative or too large context parameters");
         return QVL_E_INVAL;
     }
+    if (p->kv_type != QVL_KV_F32 && p->kv_type != QVL_KV_BF16 && p->kv_type != QVL_KV_F16) {
+        qvl_errf(err, err_len, "unknown KV cache type %d", (int)p->kv_type);
+        return QVL_E_INVAL;
+    }
     int n_threads = p->n_threads;
     if (n_threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -122,15 +140,19 @@ qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx *
     const int64_t H = tc->hidden, hd = tc->head_dim, L = tc->n_layers;
     const int64_t nq = (int64_t)tc->n_heads * hd, nkv = (int64_t)tc->n_kv_heads * hd;
     const int64_t I = tc->intermediate, B = n_batch;
-    size_t kv_floats, kv_bytes;
-    if (!qvl_size_mul((size_t)L * (size_t)n_ctx, (size_t)nkv, &kv_floats) ||
-        !qvl_size_mul(kv_floats, sizeof(float), &kv_bytes)) {
+    c->kv_dt = p->kv_type == QVL_KV_BF16  ? QVL_DT_BF16
+               : p->kv_type == QVL_KV_F16 ? QVL_DT_F16
+                                          : QVL_DT_F32;
+    size_t kv_elems, kv_bytes;
+    if (!qvl_size_mul((size_t)L * (size_t)n_ctx, (size_t)nkv, &kv_elems) ||
+        !qvl_size_mul(kv_elems, qvl_dtype_row_bytes(c->kv_dt, 1), &kv_bytes)) {
         qvl_errf(err, err_len, "KV cache size overflows");
         qvl_free(c);
         return QVL_E_LIMIT;
     }
-    c->k_cache = qvl_malloc(kv_bytes);
-    c->v_cache = qvl_malloc(kv_bytes);
+    c->kv_bytes = kv_bytes;
+    c->k_cache = qvl_malloc_big(kv_bytes);
+    c->v_cache = qvl_malloc_big(kv_bytes);
     c->logits = qvl_malloc((size_t)tc->vocab_size * sizeof(float));
     c->tokens = qvl_malloc((size_t)n_ctx * sizeof(int32_t));
     size_t scratch = (size_t)(B * (2 * H + 2 * nq + 2 * nkv + 2 * I) + hd * 2 * B);
@@ -162,8 +184,8 @@ void qvl_ctx_free(qvl_ctx *c) {
     if (!c)
         return;
     qvl_pool_free(c->pool);
-    qvl_free(c->k_cache);
-    qvl_free(c->v_cache);
+    qvl_free_big(c->k_cache, c->kv_bytes);
+    qvl_free_big(c->v_cache, c->kv_bytes);
     qvl_free(c->logits);
     qvl_free(c->tokens);
     qvl_free(c->scratch);
@@ -176,6 +198,18 @@ void qvl_ctx_free(qvl_ctx *c) {
  * pos: 3 x n (stride n). DeepStack: for l < n_ds, ds[l] rows are added in order at the rows
  * with vis[i] != 0; ds_off is the index of this chunk's first visual row. Writes K/V at
  * [n_past, n_past + n) and, if want_logits, the logits of the last row. */
+/* n floats into the KV cache as its element type (16-bit types rounded to nearest even) */
+static void kv_store(qvl_dtype dt, uint8_t *dst, const float *src, int64_t n) {
+    if (dt == QVL_DT_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h = dt == QVL_DT_BF16 ? qvl_f32_to_bf16(src[i]) : qvl_f32_to_f16(src[i]);
+        memcpy(dst + 2 * i, &h, 2);
+    }
+}
+
 static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, int64_t pos_stride,
                           const uint8_t *vis, int n_ds, const float *const *ds, int64_t ds_off,
                           bool want_logits) {
@@ -211,12 +245,13 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
                 qvl_rope_rotate(kh, cs + i * half, sn + i * half, (int)half);
             }
         }
-        float *kc = c->k_cache + ((int64_t)l * c->n_ctx) * nkv;
-        float *vc = c->v_cache + ((int64_t)l * c->n_ctx) * nkv;
-        memcpy(kc + c->n_past * nkv, k, (size_t)(n * nkv) * sizeof(float));
-        memcpy(vc + c->n_past * nkv, v, (size_t)(n * nkv) * sizeof(float));
+        const size_t es = qvl_dtype_row_bytes(c->kv_dt, 1);
+        uint8_t *kc = (uint8_t *)c->k_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
+        uint8_t *vc = (uint8_t *)c->v_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
+        kv_store(c->kv_dt, kc + (size_t)(c->n_past * nkv) * es, k, n * nkv);
+        kv_store(c->kv_dt, vc + (size_t)(c->n_past * nkv) * es, v, n * nkv);
         qvl_op_attn(c->pool, att, nq, q, nq, n, kc, nkv, vc, nkv, c->n_past + n, (int)nh,
-                    (int)nkvh, (int)hd, scale, true, c->n_past);
+                    (int)nkvh, (int)hd, scale, true, c->n_past, c->kv_dt);
         qvl_op_matmul(c->pool, a, att, n, &Y->o, NULL);
         qvl_add(x, a, n * H);
         for (int64_t i = 0; i < n; i++)

@@ -399,14 +399,14 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
     if (w->cols % QVL_QBLOCK != 0)
         return QVL_OK; /* keep as is: the kernels take any float type */
     size_t nb = qvl_dtype_mat_bytes(to, (size_t)w->rows, (size_t)w->cols);
-    void **no = qvl_realloc(m->owned, (m->n_owned + 1) * sizeof *no);
+    struct qvl_owned_buf *no = qvl_realloc(m->owned, (m->n_owned + 1) * sizeof *no);
     if (!no)
         return QVL_E_NOMEM;
     m->owned = no;
-    uint8_t *dst = qvl_malloc(nb);
+    uint8_t *dst = qvl_malloc_big(nb);
     if (!dst)
         return QVL_E_NOMEM;
-    m->owned[m->n_owned++] = dst;
+    m->owned[m->n_owned++] = (struct qvl_owned_buf){dst, nb};
     size_t nth = (size_t)qvl_pool_size(pool);
     float *scratch = qvl_malloc(nth * (size_t)w->cols * sizeof(float));
     uint8_t *plain = qvl_malloc(nth * QVL_X16 * qvl_dtype_row_bytes(to, (size_t)w->cols));
@@ -674,7 +674,7 @@ void qvl_model_free(qvl_model *m) {
     qvl_free(m->patch_b);
     qvl_free(m->pos_embed);
     for (size_t i = 0; i < m->n_owned; i++)
-        qvl_free(m->owned[i]);
+        qvl_free_big(m->owned[i].p, m->owned[i].n);
     qvl_free(m->owned);
     qvl_st_free(m->st);
     qvl_tok_free(m->tok);

@@ -58,7 +58,10 @@ struct qvl_model {
     uint64_t bytes_vision, bytes_text;
     qvl_dtype weight_dtype;
     qvl_quant quant;
-    void **owned; /* buffers of quantised matrices */
+    struct qvl_owned_buf {
+        void *p;
+        size_t n;
+    } *owned; /* buffers of quantised matrices (qvl_malloc_big) */
     size_t n_owned;
 };
 

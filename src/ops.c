@@ -69,14 +69,15 @@ typedef struct {
     int64_t ldo;
     const float *q;
     int64_t ldq, nq;
-    const float *k;
+    const void *k;
     int64_t ldk;
-    const float *v;
+    const void *v;
     int64_t ldv, nk;
     int n_head, n_kv, hd;
     float scale;
     bool causal;
     int64_t q_pos0;
+    qvl_dtype kvt;
 } attn_job;
 
 static void attn_task(void *arg, int ith, int nth) {
@@ -95,17 +96,18 @@ static void attn_task(void *arg, int ith, int nth) {
         int64_t i0 = part * per, i1 = i0 + per > a->nq ? a->nq : i0 + per;
         if (i0 >= i1)
             continue;
-        int kvh = h / rep;
+        size_t kvo = (size_t)(h / rep) * (size_t)a->hd * (a->kvt == QVL_DT_F32 ? 4 : 2);
         k->attn(a->o + i0 * a->ldo + (int64_t)h * a->hd, a->ldo,
                 a->q + i0 * a->ldq + (int64_t)h * a->hd, a->ldq, i1 - i0,
-                a->k + (int64_t)kvh * a->hd, a->ldk, a->v + (int64_t)kvh * a->hd, a->ldv, a->nk,
-                a->hd, a->scale, a->causal, a->q_pos0 + i0);
+                (const uint8_t *)a->k + kvo, a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk,
+                a->hd, a->scale, a->causal, a->q_pos0 + i0, a->kvt);
     }
 }
 
 void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
-                 const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t nk, int n_head,
-                 int n_kv, int hd, float scale, bool causal, int64_t q_pos0) {
-    attn_job a = {o, ldo, q, ldq, nq, k, ldk, v, ldv, nk, n_head, n_kv, hd, scale, causal, q_pos0};
+                 const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t nk, int n_head,
+                 int n_kv, int hd, float scale, bool causal, int64_t q_pos0, qvl_dtype kvt) {
+    attn_job a = {o,      ldo, q,     ldq,    nq,     k,      ldk, v,
+                  ldv,    nk,  n_head, n_kv,  hd,     scale,  causal, q_pos0, kvt};
     qvl_pool_run(pool, attn_task, &a);
 }

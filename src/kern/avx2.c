@@ -198,6 +198,7 @@ static const qvl_kern k_avx2 = {
     .gelu_erf = simd_gelu_erf,
     .silu_mul = simd_silu_mul,
     .add = simd_add,
+    .quantize_row = qvl_quantize_row_ref,
 };
 
 const qvl_kern *qvl_kern_avx2(void) {

@@ -373,13 +373,21 @@ static void mv8_q4_bw(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
  * correction -off * sum(activation block), off = 128 for VNNI Q8 (w + 128 unsigned), 8 for Q4,
  * 0 for BW Q8), converted and scaled by d_w * d_x into one float accumulator per row. The
  * weights stream sequentially, one group after the other. Activations are rounded to int8
- * blocks exactly as in the row-major path above (same error bound). */
+ * blocks exactly as in the row-major path above (same error bound). More rows (prefill, the
+ * vision tower with quantised weights) run the same kernel 8 activation rows at a time over
+ * blocks of groups that stay in L2: an int8 GEMM (vpdpbusd does 4x the multiply-adds of an
+ * FMA), with every output computed the same way whatever m or the column slice. */
 #define MVX_PF 1024 /* prefetch distance, bytes (the groups are one sequential stream) */
 
+static int mv8_use_vnni(void);
+
+/* quantised activation rows: row i at q + i * k (int8), d + i * nb (scales dx), c + i * nb
+ * (offset corrections) */
 typedef struct {
-    _Alignas(64) int8_t q[4][MV8_KMAX];
-    float d[4][MV8_KMAX / QVL_QBLOCK];
-    int32_t c[4][MV8_KMAX / QVL_QBLOCK];
+    int8_t *q;
+    float *d;
+    int32_t *c;
+    int64_t k, nb;
 } mvx_act;
 
 static void mvx_quant_row(const float *x, int64_t k, int off, int8_t *q, float *d, int32_t *c) {
@@ -398,91 +406,138 @@ static void mvx_quant_row(const float *x, int64_t k, int off, int8_t *q, float *
     }
 }
 
-/* one group of 16 rows (g at its first block) x MR activation rows over all nb blocks */
-ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const uint8_t *g,
-                             int64_t nb, const mvx_act *a, __m512 acc[4]) {
+/* One group of 16 weight rows (g at its first block) x MR (<= 8) activation rows starting at
+ * row i0 of a, over all blocks; stores the 16 x MR outputs (+ bias) under mask mk. */
+ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const bool PF,
+                             const uint8_t *g, const mvx_act *a, int64_t i0, float *y,
+                             int64_t ldy, __mmask16 mk, __m512 bv) {
     const size_t gs = (Q8 ? 34 : 18) * QVL_X16; /* bytes per block of the group */
     const int NC = Q8 ? 8 : 4;                  /* 64-byte chunks per block */
+    __m512 acc[8];
     for (int i = 0; i < MR; i++)
         acc[i] = _mm512_setzero_ps();
-    for (int64_t ib = 0; ib < nb; ib++, g += gs) {
-        _mm_prefetch((const char *)(g + MVX_PF), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + MVX_PF + 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + MVX_PF + 128), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + MVX_PF + 192), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + MVX_PF + 256), _MM_HINT_T0);
-        if (Q8) {
-            _mm_prefetch((const char *)(g + MVX_PF + 320), _MM_HINT_T0);
-            _mm_prefetch((const char *)(g + MVX_PF + 384), _MM_HINT_T0);
-            _mm_prefetch((const char *)(g + MVX_PF + 448), _MM_HINT_T0);
-            _mm_prefetch((const char *)(g + MVX_PF + 512), _MM_HINT_T0);
-        }
+    const int8_t *xq0 = a->q + i0 * a->k;
+    for (int64_t ib = 0; ib < a->nb; ib++, g += gs) {
+        if (PF)
+            for (int l = 0; l < (Q8 ? 9 : 5); l++)
+                _mm_prefetch((const char *)(g + MVX_PF + 64 * l), _MM_HINT_T0);
         __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-        __m512i t0[4], t1[4];
+        __m512i t0[8], t1[8];
         for (int i = 0; i < MR; i++) {
-            t0[i] = _mm512_set1_epi32(a->c[i][ib]);
+            t0[i] = _mm512_set1_epi32(a->c[(i0 + i) * a->nb + ib]);
             t1[i] = _mm512_setzero_si512();
         }
-        const int32_t *xq[4];
-        for (int i = 0; i < MR; i++)
-            xq[i] = (const int32_t *)(a->q[i] + ib * QVL_QBLOCK);
+        const int8_t *xb = xq0 + ib * QVL_QBLOCK;
         for (int t = 0; t < NC; t++) {
             __m512i w = _mm512_loadu_si512((const void *)(g + 2 * QVL_X16 + 64 * t));
             if (Q8) {
                 __m512i u = VNNI ? _mm512_xor_si512(w, _mm512_set1_epi8((char)0x80)) : w;
                 for (int i = 0; i < MR; i++) {
-                    __m512i s = _mm512_set1_epi32(xq[i][t]);
+                    int32_t xv;
+                    memcpy(&xv, xb + i * a->k + 4 * t, 4);
                     if (t & 1)
-                        t1[i] = mv8_dot(true, VNNI, t1[i], u, s);
+                        t1[i] = mv8_dot(true, VNNI, t1[i], u, _mm512_set1_epi32(xv));
                     else
-                        t0[i] = mv8_dot(true, VNNI, t0[i], u, s);
+                        t0[i] = mv8_dot(true, VNNI, t0[i], u, _mm512_set1_epi32(xv));
                 }
             } else { /* quant byte e: element e (low nibble) and e + 16 (high nibble) */
                 __m512i lo = _mm512_and_si512(w, _mm512_set1_epi8(15));
                 __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), _mm512_set1_epi8(15));
                 for (int i = 0; i < MR; i++) {
-                    t0[i] = mv8_dot(false, VNNI, t0[i], lo, _mm512_set1_epi32(xq[i][t]));
-                    t1[i] = mv8_dot(false, VNNI, t1[i], hi, _mm512_set1_epi32(xq[i][t + 4]));
+                    int32_t xl, xh;
+                    memcpy(&xl, xb + i * a->k + 4 * t, 4);
+                    memcpy(&xh, xb + i * a->k + 16 + 4 * t, 4);
+                    t0[i] = mv8_dot(false, VNNI, t0[i], lo, _mm512_set1_epi32(xl));
+                    t1[i] = mv8_dot(false, VNNI, t1[i], hi, _mm512_set1_epi32(xh));
                 }
             }
         }
         for (int i = 0; i < MR; i++)
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(t0[i], t1[i])),
-                                     _mm512_mul_ps(dw, _mm512_set1_ps(a->d[i][ib])), acc[i]);
+            acc[i] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(_mm512_add_epi32(t0[i], t1[i])),
+                _mm512_mul_ps(dw, _mm512_set1_ps(a->d[(i0 + i) * a->nb + ib])), acc[i]);
     }
+    for (int i = 0; i < MR; i++)
+        _mm512_mask_storeu_ps(y + i * ldy, mk, _mm512_add_ps(acc[i], bv));
 }
 
-ALWAYS_INLINE void mvx_cols(const int MR, const bool Q8, const bool VNNI, float *y, int64_t ldy,
-                            const mvx_act *a, int64_t k, const uint8_t *w, const float *b,
+/* Output columns [j0, j1) for all a's rows: groups in blocks that stay in L2 (MVX_L2 bytes),
+ * each block passed over by the activation rows 8 at a time (decode: m <= 4, one pass, the
+ * weights streamed once with prefetch). */
+#define MVX_L2 (384 * 1024)
+ALWAYS_INLINE void mvx_cols(const bool Q8, const bool VNNI, float *y, int64_t ldy,
+                            const mvx_act *a, int64_t m, const uint8_t *w, const float *b,
                             int64_t j0, int64_t j1) {
-    const size_t grp = (size_t)(k / QVL_QBLOCK) * (Q8 ? 34 : 18) * QVL_X16;
-    for (int64_t jg = j0 / QVL_X16 * QVL_X16; jg < j1; jg += QVL_X16) {
-        __m512 acc[4];
-        mvx_group(MR, Q8, VNNI, w + (size_t)(jg / QVL_X16) * grp, k / QVL_QBLOCK, a, acc);
-        int64_t lo = jg < j0 ? j0 - jg : 0, hi = j1 - jg < QVL_X16 ? j1 - jg : QVL_X16;
-        __mmask16 mk = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-        __m512 bv = b ? _mm512_maskz_loadu_ps(mk, b + jg) : _mm512_setzero_ps();
-        for (int i = 0; i < MR; i++)
-            _mm512_mask_storeu_ps(y + i * ldy + jg, mk, _mm512_add_ps(acc[i], bv));
+    const size_t grp = (size_t)a->nb * (Q8 ? 34 : 18) * QVL_X16;
+    const int64_t gblk = m <= 4 ? INT64_MAX : (int64_t)(MVX_L2 / grp > 0 ? MVX_L2 / grp : 1);
+    const int64_t g0 = j0 / QVL_X16, g1 = (j1 + QVL_X16 - 1) / QVL_X16;
+    for (int64_t gb = g0, ge; gb < g1; gb = ge) {
+        ge = g1 - gb <= gblk ? g1 : gb + gblk;
+        for (int64_t i0 = 0; i0 < m; i0 += 8) {
+            int mr = m - i0 < 8 ? (int)(m - i0) : 8;
+            for (int64_t gi = gb; gi < ge; gi++) {
+                int64_t jg = gi * QVL_X16;
+                int64_t lo = jg < j0 ? j0 - jg : 0, hi = j1 - jg < QVL_X16 ? j1 - jg : QVL_X16;
+                __mmask16 mk = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+                __m512 bv = b ? _mm512_maskz_loadu_ps(mk, b + jg) : _mm512_setzero_ps();
+                const uint8_t *g = w + (size_t)gi * grp;
+                float *yy = y + i0 * ldy + jg;
+                switch (mr) {
+                case 1: mvx_group(1, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
+                case 2: mvx_group(2, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
+                case 3: mvx_group(3, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
+                case 4: mvx_group(4, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
+                case 5: mvx_group(5, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
+                case 6: mvx_group(6, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
+                case 7: mvx_group(7, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
+                default: mvx_group(8, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
+                }
+            }
+        }
     }
 }
 
 #define MVX_FN(name, Q8, VNNI)                                                                   \
-    static void name(float *y, int64_t ldy, const mvx_act *a, int m, int64_t k,                 \
-                     const uint8_t *w, const float *b, int64_t j0, int64_t j1) {                \
-        if (m == 1)                                                                              \
-            mvx_cols(1, Q8, VNNI, y, ldy, a, k, w, b, j0, j1);                                   \
-        else if (m == 2)                                                                         \
-            mvx_cols(2, Q8, VNNI, y, ldy, a, k, w, b, j0, j1);                                   \
-        else if (m == 3)                                                                         \
-            mvx_cols(3, Q8, VNNI, y, ldy, a, k, w, b, j0, j1);                                   \
-        else                                                                                     \
-            mvx_cols(4, Q8, VNNI, y, ldy, a, k, w, b, j0, j1);                                   \
+    static void name(float *y, int64_t ldy, const mvx_act *a, int64_t m, const uint8_t *w,      \
+                     const float *b, int64_t j0, int64_t j1) {                                   \
+        mvx_cols(Q8, VNNI, y, ldy, a, m, w, b, j0, j1);                                          \
     }
 MVX_FN(mvx_q8_vnni, true, true)
 MVX_FN(mvx_q8_bw, true, false)
 MVX_FN(mvx_q4_vnni, false, true)
 MVX_FN(mvx_q4_bw, false, false)
+
+/* Interleaved Q types, any m: quantise the activation rows (on the stack for decode, on the
+ * heap for more rows) and run the group kernel. False only when the heap buffer cannot be had
+ * (the caller then takes the float path). */
+static bool mvx_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
+                       const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
+    enum { SK = 4 * 8192 }; /* stack: 4 rows of k <= 8192 */
+    _Alignas(64) int8_t sq[SK];
+    float sd[SK / QVL_QBLOCK];
+    int32_t sc[SK / QVL_QBLOCK];
+    const int64_t nb = k / QVL_QBLOCK;
+    mvx_act a = {sq, sd, sc, k, nb};
+    void *heap = NULL;
+    if (m * k > SK) {
+        size_t n = 0;
+        if (!qvl_size_mul((size_t)m, (size_t)k + (size_t)nb * 8, &n) || !(heap = qvl_malloc(n)))
+            return false;
+        a.d = heap;
+        a.c = (int32_t *)(a.d + m * nb);
+        a.q = (int8_t *)(a.c + m * nb);
+    }
+    bool vnni = mv8_use_vnni(), q8 = wt == QVL_DT_Q8_0X16;
+    int off = q8 ? (vnni ? 128 : 0) : 8;
+    for (int64_t i = 0; i < m; i++)
+        mvx_quant_row(x + i * ldx, k, off, a.q + i * k, a.d + i * nb, a.c + i * nb);
+    if (q8)
+        (vnni ? mvx_q8_vnni : mvx_q8_bw)(y, ldy, &a, m, (const uint8_t *)w, b, j0, j1);
+    else
+        (vnni ? mvx_q4_vnni : mvx_q4_bw)(y, ldy, &a, m, (const uint8_t *)w, b, j0, j1);
+    qvl_free(heap);
+    return true;
+}
 
 /* 1 if the int8 path may use vpdpbusd: the CPU reports avx512vnni and QVL_VNNI is not "0"
  * (QVL_VNNI=0 forces the AVX512BW dot, for tests). Decided once. */
@@ -574,19 +629,9 @@ static void mvb_cols(float *y, int64_t ldy, const float *x, int64_t ldx, int m, 
 static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m,
                           int64_t k, const void *w, qvl_dtype wt, const float *b, int64_t j0,
                           int64_t j1) {
-    if (qvl_dtype_is_x16(wt) && m > 0 && m <= 4 && k > 0 && k <= MV8_KMAX &&
-        k % QVL_QBLOCK == 0 && j1 > j0) {
-        bool vnni = mv8_use_vnni(), q8 = wt == QVL_DT_Q8_0X16;
-        int off = q8 ? (vnni ? 128 : 0) : 8;
-        mvx_act a;
-        for (int64_t i = 0; i < m; i++)
-            mvx_quant_row(x + i * ldx, k, off, a.q[i], a.d[i], a.c[i]);
-        if (q8)
-            (vnni ? mvx_q8_vnni : mvx_q8_bw)(y, ldy, &a, (int)m, k, w, b, j0, j1);
-        else
-            (vnni ? mvx_q4_vnni : mvx_q4_bw)(y, ldy, &a, (int)m, k, w, b, j0, j1);
+    if (qvl_dtype_is_x16(wt) && m > 0 && k > 0 && k % QVL_QBLOCK == 0 && j1 > j0 &&
+        mvx_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1))
         return true;
-    }
     if (wt == QVL_DT_BF16 && m > 0 && m <= 4 && k > 0 && k % 32 == 0 && j1 > j0) {
         mvb_cols(y, ldy, x, ldx, (int)m, k, w, b, j0, j1);
         return true;
@@ -609,6 +654,75 @@ static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, in
     return true;
 }
 
+
+/* ---- load-time quantisation: the bytes of qvl_quantize_row_ref, 32 values per step --------------
+ * Same arithmetic: amax over the block ignoring NaNs (lane-wise max against a running 0), the
+ * f16 scale rounded to nearest even by the F16C conversion after the same clamp, scaled values
+ * clamped (NaN to 0) then rounded to nearest even (the default MXCSR mode, as lrintf). Q4_0
+ * takes the sign of the first element of largest magnitude, as the scalar loop's strict
+ * comparison does. */
+static uint16_t q_scale_f16(float f) { /* f32_to_f16_scale of ref.c */
+    if (!(f > 0))
+        return 0;
+    if (f > 65504.0f)
+        f = 65504.0f;
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+/* ref's q_clamp on 16 lanes: NaN -> 0, then [lo, hi] */
+static inline __m512 q_clamp16(__m512 t, float lo, float hi) {
+    t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, t, _CMP_ORD_Q), t);
+    return _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+}
+
+static void avx512_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
+    uint8_t *b = out;
+    const __m512 sgn = _mm512_set1_ps(-0.0f);
+    for (int64_t i = 0; i < k; i += QVL_QBLOCK) {
+        __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+        __m512 a0 = _mm512_andnot_ps(sgn, v0), a1 = _mm512_andnot_ps(sgn, v1);
+        __m512 m = _mm512_max_ps(a0, _mm512_setzero_ps()); /* NaN lanes -> 0 */
+        m = _mm512_max_ps(a1, m);
+        float amax = _mm512_reduce_max_ps(m);
+        if (t == QVL_DT_Q8_0) {
+            uint16_t d16 = q_scale_f16(amax / 127.0f);
+            float d = _cvtsh_ss(d16);
+            float id = d > 0 ? 1.0f / d : 0.0f;
+            memcpy(b, &d16, 2);
+            __m512 vid = _mm512_set1_ps(id);
+            __m512i q0 = _mm512_cvtps_epi32(q_clamp16(_mm512_mul_ps(v0, vid), -127.0f, 127.0f));
+            __m512i q1 = _mm512_cvtps_epi32(q_clamp16(_mm512_mul_ps(v1, vid), -127.0f, 127.0f));
+            _mm_storeu_si128((__m128i *)(b + 2), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(b + 18), _mm512_cvtepi32_epi8(q1));
+            b += 34;
+        } else {
+            /* the first element whose magnitude equals amax (0 when the block is all zero) */
+            __mmask16 e0 = _mm512_cmp_ps_mask(a0, _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            __mmask16 e1 = _mm512_cmp_ps_mask(a1, _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            float vmax = amax > 0 ? (e0 ? x[i + __builtin_ctz(e0)] : x[i + 16 + __builtin_ctz(e1)])
+                                  : 0.0f;
+            float dsigned = vmax / -8.0f;
+            uint16_t d16 = q_scale_f16(fabsf(dsigned));
+            float d = _cvtsh_ss(d16);
+            if (dsigned < 0) {
+                d = -d;
+                d16 |= 0x8000u;
+            }
+            float id = d != 0 ? 1.0f / d : 0.0f;
+            memcpy(b, &d16, 2);
+            __m512 vid = _mm512_set1_ps(id);
+            __m512i eight = _mm512_set1_epi32(8);
+            __m512i q0 = _mm512_add_epi32(
+                _mm512_cvtps_epi32(q_clamp16(_mm512_mul_ps(v0, vid), -8.0f, 7.0f)), eight);
+            __m512i q1 = _mm512_add_epi32(
+                _mm512_cvtps_epi32(q_clamp16(_mm512_mul_ps(v1, vid), -8.0f, 7.0f)), eight);
+            __m512i q = _mm512_or_si512(q0, _mm512_slli_epi32(q1, 4));
+            _mm_storeu_si128((__m128i *)(b + 2), _mm512_cvtepi32_epi8(q));
+            b += 18;
+        }
+    }
+}
+
 static const qvl_kern k_avx512 = {
     .name = "avx512",
     .matmul = avx512_matmul,
@@ -620,6 +734,7 @@ static const qvl_kern k_avx512 = {
     .gelu_erf = simd_gelu_erf,
     .silu_mul = simd_silu_mul,
     .add = simd_add,
+    .quantize_row = avx512_quantize_row,
 };
 
 const qvl_kern *qvl_kern_avx512(void) {

@@ -92,3 +92,7 @@ void qvl_silu_mul(float *g, const float *u, int64_t n) {
 void qvl_add(float *x, const float *y, int64_t n) {
     qvl_kern_get()->add(x, y, n);
 }
+
+void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
+    qvl_kern_get()->quantize_row(t, x, out, k);
+}

@@ -30,7 +30,8 @@ typedef struct qvl_kern {
      * whose groups of 16 rows callers should not split across threads (any [j0, j1) works, but
      * a split group is read twice). x, y, b are float32. Accumulation in float32, except
      * that the AVX-512 path rounds the activations to int8 blocks (32 values + a float scale) for
-     * Q8_0/Q4_0 weights when m <= 4 and multiplies with integer dot products.
+     * Q8_0/Q4_0 weights when m <= 4, and for Q8_0X16/Q4_0X16 weights always, and multiplies with
+     * integer dot products.
      * Returns false if this implementation does not take wt (the caller falls back to ref,
      * which takes every type above). */
     bool (*matmul)(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
@@ -41,10 +42,13 @@ typedef struct qvl_kern {
      * q: [nq, hd] with row stride ldq; k, v: [nk, hd] with strides ldk, ldv; o: [nq, hd], ldo.
      * If causal, query i sees keys j <= q_pos0 + i (keys are positions 0..nk-1); else all nk.
      * o must not alias q, k or v. Queries are processed in chunks of QVL_KERN_ATTN_QC: calls
-     * over query ranges cut at multiples of it give bit-identical results to one call. */
-    void (*attn)(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const float *k,
-                 int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd, float scale,
-                 bool causal, int64_t q_pos0);
+     * over query ranges cut at multiples of it give bit-identical results to one call.
+     * k and v hold elements of type kvt (F32, or F16 / BF16 for a compact KV cache; strides in
+     * elements): they are widened to float exactly, so the arithmetic is that of float K/V
+     * holding the same values. */
+    void (*attn)(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const void *k,
+                 int64_t ldk, const void *v, int64_t ldv, int64_t nk, int hd, float scale,
+                 bool causal, int64_t q_pos0, qvl_dtype kvt);
 
     /* dot product of two float vectors */
     float (*dot)(const float *a, const float *b, int64_t n);
@@ -69,6 +73,9 @@ typedef struct qvl_kern {
     void (*silu_mul)(float *g, const float *u, int64_t n);
     /* x += y */
     void (*add)(float *x, const float *y, int64_t n);
+    /* Quantise one row of k floats (k a multiple of 32) into Q8_0 or Q4_0 blocks: every path
+     * gives the same bytes as ref (qvl_quantize_row_ref defines the format). */
+    void (*quantize_row)(qvl_dtype t, const float *x, void *out, int64_t k);
 } qvl_kern;
 
 /* The active table (after qvl_kern_init; initialises on first use). */
@@ -97,8 +104,11 @@ void qvl_silu_mul(float *g, const float *u, int64_t n);
 /* x += y */
 void qvl_add(float *x, const float *y, int64_t n);
 
-/* Quantise one row of k floats (k a multiple of 32) into Q8_0 or Q4_0 blocks. */
+/* Quantise one row of k floats (k a multiple of 32) into Q8_0 or Q4_0 blocks (active table;
+ * the bytes do not depend on the path). */
 void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k);
+/* The scalar definition (ref's table entry). */
+void qvl_quantize_row_ref(qvl_dtype t, const float *x, void *out, int64_t k);
 /* Widen one row of k elements of dtype t to float (not the interleaved types: see below). */
 void qvl_row_to_f32(qvl_dtype t, const void *row, float *out, int64_t k);
 

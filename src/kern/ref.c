@@ -99,7 +99,15 @@ void qvl_row_to_f32(qvl_dtype t, const void *row, float *out, int64_t k) {
     }
 }
 
-void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
+/* a scaled value clamped to [-lim - (lim < 127), lim] before rounding: [-127, 127] for Q8_0,
+ * [-8, 7] for Q4_0 (clamping to integer bounds first rounds the same); NaN becomes 0 (so huge
+ * or non-finite inputs never reach lrintf's undefined range) */
+static inline float q_clamp(float t, float lim) {
+    float lo = lim == 127.0f ? -127.0f : -lim - 1.0f;
+    return t != t ? 0.0f : t > lim ? lim : t < lo ? lo : t;
+}
+
+void qvl_quantize_row_ref(qvl_dtype t, const float *x, void *out, int64_t k) {
     uint8_t *b = out;
     for (int64_t i = 0; i < k; i += QVL_QBLOCK) {
         float amax = 0, vmax = 0;
@@ -116,10 +124,8 @@ void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
             float id = d > 0 ? 1.0f / d : 0.0f;
             memcpy(b, &d16, 2);
             int8_t *q = (int8_t *)(b + 2);
-            for (int e = 0; e < QVL_QBLOCK; e++) {
-                long v = lrintf(x[i + e] * id);
-                q[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-            }
+            for (int e = 0; e < QVL_QBLOCK; e++)
+                q[e] = (int8_t)lrintf(q_clamp(x[i + e] * id, 127.0f));
             b += 34;
         } else { /* Q4_0: signed scale so the largest magnitude maps to -8 */
             float dsigned = vmax / -8.0f;
@@ -133,10 +139,8 @@ void qvl_quantize_row(qvl_dtype t, const float *x, void *out, int64_t k) {
             memcpy(b, &d16, 2);
             uint8_t *q = b + 2;
             for (int e = 0; e < 16; e++) {
-                long v0 = lrintf(x[i + e] * id) + 8;
-                long v1 = lrintf(x[i + e + 16] * id) + 8;
-                v0 = v0 < 0 ? 0 : v0 > 15 ? 15 : v0;
-                v1 = v1 < 0 ? 0 : v1 > 15 ? 15 : v1;
+                long v0 = lrintf(q_clamp(x[i + e] * id, 7.0f)) + 8;
+                long v1 = lrintf(q_clamp(x[i + e + 16] * id, 7.0f)) + 8;
                 q[e] = (uint8_t)(v0 | (v1 << 4));
             }
             b += 18;
@@ -220,9 +224,21 @@ static float ref_dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const float *k,
-                     int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd, float scale,
-                     bool causal, int64_t q_pos0) {
+/* element i of a K/V row of type t (F32, F16, BF16) */
+static inline float kv_at(qvl_dtype t, const void *row, int64_t i) {
+    uint16_t h;
+    float f;
+    switch (t) {
+    case QVL_DT_F16: memcpy(&h, (const uint8_t *)row + 2 * i, 2); return f16_to_f32(h);
+    case QVL_DT_BF16: memcpy(&h, (const uint8_t *)row + 2 * i, 2); return bf16_to_f32(h);
+    default: memcpy(&f, (const uint8_t *)row + 4 * i, 4); return f;
+    }
+}
+
+static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const void *k,
+                     int64_t ldk, const void *v, int64_t ldv, int64_t nk, int hd, float scale,
+                     bool causal, int64_t q_pos0, qvl_dtype kvt) {
+    const size_t es = kvt == QVL_DT_F32 ? 4 : 2;
     for (int64_t i = 0; i < nq; i++) {
         const float *qi = q + i * ldq;
         float *oi = o + i * ldo;
@@ -233,8 +249,12 @@ static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t
         for (int d = 0; d < hd; d++)
             oi[d] = 0.0f;
         for (int64_t j = 0; j < end; j++) {
-            float s = ref_dot(qi, k + j * ldk, hd) * scale;
-            const float *vj = v + j * ldv;
+            const uint8_t *kj = (const uint8_t *)k + (size_t)(j * ldk) * es;
+            const uint8_t *vj = (const uint8_t *)v + (size_t)(j * ldv) * es;
+            float s = 0.0f;
+            for (int d = 0; d < hd; d++)
+                s += qi[d] * kv_at(kvt, kj, d);
+            s *= scale;
             if (s > mx) {
                 float c = expf(mx - s); /* rescale what was accumulated so far */
                 sum *= c;
@@ -245,7 +265,7 @@ static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t
             float p = expf(s - mx);
             sum += p;
             for (int d = 0; d < hd; d++)
-                oi[d] += p * vj[d];
+                oi[d] += p * kv_at(kvt, vj, d);
         }
         float inv = sum > 0 ? 1.0f / sum : 0.0f;
         for (int d = 0; d < hd; d++)
@@ -314,6 +334,7 @@ static const qvl_kern k_ref = {
     .gelu_erf = ref_gelu_erf,
     .silu_mul = ref_silu_mul,
     .add = ref_add,
+    .quantize_row = qvl_quantize_row_ref,
 };
 
 const qvl_kern *qvl_kern_ref(void) {

@@ -591,41 +591,70 @@ ALWAYS_INLINE void at_tile(const int QN, int nqb, const int valid[AT_QT],
     }
 }
 
-/* Pack one key block (nj keys from kb, rest zero) transposed into kt[d][AT_KB], VW x VW blocks
- * at a time, and its value rows into vp (rows of ldvp floats, whole vectors). */
-static void at_pack_block(const float *kb, int64_t ldk, const float *vr, int64_t ldv, int nj,
-                          int hd, int64_t ldvp, float *kt, float *vp) {
+/* Widen hd elements of a K/V row of type kvt to float (exact). */
+static void at_row(qvl_dtype kvt, const uint8_t *row, int hd, float *out) {
+    int d = 0;
+    for (; d + VW <= hd; d += VW)
+        vst(out + d, wload(kvt, row, d));
+    for (; d < hd; d++)
+        out[d] = wscalar(kvt, row, d);
+}
+
+/* Pack one key block (nj keys from kb, rest zero; rows of type kvt, ldk elements apart)
+ * transposed into kt[d][AT_KB], VW x VW blocks at a time, and its value rows into vp (rows of
+ * ldvp floats, whole vectors, zero past hd). */
+static void at_pack_block(const uint8_t *kb, int64_t ldk, const uint8_t *vr, int64_t ldv, int nj,
+                          int hd, int64_t ldvp, float *kt, float *vp, qvl_dtype kvt) {
+    const size_t es = kvt == QVL_DT_F32 ? 4 : 2;
     for (int g = 0; g < AT_KB; g += VW) {
         int live = nj - g < 0 ? 0 : nj - g > VW ? VW : nj - g;
         int d = 0;
         for (; d + VW <= hd; d += VW) {
             vf r[VW];
             for (int i = 0; i < VW; i++)
-                r[i] = i < live ? vld(kb + (g + i) * ldk + d) : vzero();
+                r[i] = i < live ? wload(kvt, kb + (size_t)((g + i) * ldk) * es, d) : vzero();
             vtrans(r);
             for (int c = 0; c < VW; c++)
                 vst(kt + (d + c) * AT_KB + g, r[c]);
         }
         for (; d < hd; d++)
             for (int i = 0; i < VW; i++)
-                kt[d * AT_KB + g + i] = i < live ? kb[(g + i) * ldk + d] : 0.0f;
+                kt[d * AT_KB + g + i] =
+                    i < live ? wscalar(kvt, kb + (size_t)((g + i) * ldk) * es, d) : 0.0f;
     }
     for (int jj = 0; jj < nj; jj++) {
+        const uint8_t *row = vr + (size_t)(jj * ldv) * es;
+        float *out = vp + jj * ldvp;
         int d = 0;
         for (; d + VW <= hd; d += VW)
-            vst(vp + jj * ldvp + d, vld(vr + jj * ldv + d));
-        if (d < hd)
-            vst(vp + jj * ldvp + d, vld_m(vr + jj * ldv + d, vmask_n(hd - d)));
+            vst(out + d, wload(kvt, row, d));
+        if (d < hd) {
+            if (kvt == QVL_DT_F32) {
+                vst(out + d, vld_m((const float *)row + d, vmask_n(hd - d)));
+            } else {
+                vst(out + d, vzero());
+                for (; d < hd; d++)
+                    out[d] = wscalar(kvt, row, d);
+            }
+        }
     }
 }
 
 static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
-                      const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t nk, int hd,
-                      float scale, bool causal, int64_t q_pos0) {
-    if (hd > AT_HDMAX || hd <= 0) {
-        qvl_kern_ref()->attn(o, ldo, q, ldq, nq, k, ldk, v, ldv, nk, hd, scale, causal, q_pos0);
+                      const void *kp, int64_t ldk, const void *vp_, int64_t ldv, int64_t nk,
+                      int hd, float scale, bool causal, int64_t q_pos0, qvl_dtype kvt) {
+    if (hd > AT_HDMAX || hd <= 0 ||
+        (kvt != QVL_DT_F32 && kvt != QVL_DT_F16 && kvt != QVL_DT_BF16)) {
+        qvl_kern_ref()->attn(o, ldo, q, ldq, nq, kp, ldk, vp_, ldv, nk, hd, scale, causal, q_pos0,
+                             kvt);
         return;
     }
+    /* float K/V are read in place; 16-bit ones are widened block by block (into the packed
+     * buffers, or for the in-place path into kt1/vp1 as plain rows) */
+    const bool kf32 = kvt == QVL_DT_F32;
+    const size_t es = kf32 ? 4 : 2;
+    const uint8_t *kbytes = kp, *vbytes = vp_;
+    const float *k = kp, *v = vp_;
     _Alignas(64) float kt1[AT_HDMAX * AT_KB];
     _Alignas(64) float vp1[AT_KB * AT_HDMAX];
     int64_t ldvp = (hd + VW - 1) / VW * VW; /* packed value rows: whole vectors, aligned */
@@ -672,18 +701,28 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
         for (; kvall && packed < kend; packed += AT_KB) {
             int nj = kmax - packed < AT_KB ? (int)(kmax - packed) : AT_KB;
             float *blk = kvall + (size_t)(packed / AT_KB) * blkf;
-            at_pack_block(k + packed * ldk, ldk, v + packed * ldv, ldv, nj, hd, ldvp, blk,
-                          blk + (size_t)hd * AT_KB);
+            at_pack_block(kbytes + (size_t)(packed * ldk) * es, ldk,
+                          vbytes + (size_t)(packed * ldv) * es, ldv, nj, hd, ldvp, blk,
+                          blk + (size_t)hd * AT_KB, kvt);
         }
         for (int64_t j0 = 0; j0 < kend; j0 += AT_KB) {
             int nj = kend - j0 < AT_KB ? (int)(kend - j0) : AT_KB;
-            const float *kb = k + j0 * ldk;
+            const float *kb = kf32 ? k + j0 * ldk : NULL, *vrows = kf32 ? v + j0 * ldv : NULL;
+            int64_t ldkb = ldk, ldvr = ldv;
             const float *kt = kt1, *vp = vp1;
             if (kvall) {
                 kt = kvall + (size_t)(j0 / AT_KB) * blkf;
                 vp = kt + (size_t)hd * AT_KB;
             } else if (transposed) {
-                at_pack_block(kb, ldk, v + j0 * ldv, ldv, nj, hd, ldvp, kt1, vp1);
+                at_pack_block(kbytes + (size_t)(j0 * ldk) * es, ldk,
+                              vbytes + (size_t)(j0 * ldv) * es, ldv, nj, hd, ldvp, kt1, vp1, kvt);
+            }
+            if (!transposed && !kf32) { /* widen this block's rows: keys into kt1, values into vp1 */
+                for (int jj = 0; jj < nj; jj++) {
+                    at_row(kvt, kbytes + (size_t)((j0 + jj) * ldk) * es, hd, kt1 + jj * hd);
+                    at_row(kvt, vbytes + (size_t)((j0 + jj) * ldv) * es, hd, vp1 + jj * ldvp);
+                }
+                kb = kt1, ldkb = hd, vrows = vp1, ldvr = ldvp;
             }
             for (int ii = 0; ii < ni; ii += AT_QT) {
                 int nqb = ni - ii < AT_QT ? ni - ii : AT_QT;
@@ -707,19 +746,19 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                     orow[qi] = oc + i * ldoc;
                 }
                 const float *ktp = transposed ? kt : NULL;
-                const float *vb = transposed ? vp : v + j0 * ldv;
-                int64_t ldvb = transposed ? ldvp : ldv;
+                const float *vb = transposed ? vp : vrows;
+                int64_t ldvb = transposed ? ldvp : ldvr;
                 if (nqb == 1)
-                    at_tile(1, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                    at_tile(1, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
                             st.m + ii, st.l + ii);
                 else if (nqb == 2)
-                    at_tile(2, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                    at_tile(2, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
                             st.m + ii, st.l + ii);
                 else if (nqb <= 4)
-                    at_tile(4, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                    at_tile(4, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
                             st.m + ii, st.l + ii);
                 else
-                    at_tile(AT_QT, nqb, valid, qr, orow, ktp, kb, ldk, vb, ldvb, nj, hd, scale,
+                    at_tile(AT_QT, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
                             st.m + ii, st.l + ii);
             }
         }

@@ -164,12 +164,13 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
                 s += (double)x[i * ldx + p] * wf[j * k + p];
             want[i * n + j] = s;
         }
-    /* The avx512 decode path (Q8_0 / Q4_0, m <= 4, k <= 16384) rounds each activation block to
+    /* The avx512 decode path (Q8_0 / Q4_0, m <= 4, k <= 16384; interleaved types always)
+     * rounds each activation block to
      * int8: element error at most amax / 254 of its block. Per output that is bounded by
      * qerr[i][j] = sum over blocks of amax_b(x_i) / 254 * sum_{p in b} |w_jp| (5% slack for
      * the float rounding of the scales), plus float32 accumulation (1e-5 of sum |x||w|). */
     bool wq = x16 || wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0;
-    bool xq_shape = wq && m <= 4 && k <= 16384;
+    bool xq_shape = x16 || (wq && m <= 4 && k <= 16384); /* interleaved: every m and k */
     if (xq_shape) {
         qerr = qvl_malloc(sizeof(double) * (size_t)(m * n));
         CHECK(qerr != NULL);
@@ -240,7 +241,7 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
              * unpack it (ref, avx2; avx512 too where it takes the float GEMM): bit-identical to
              * the plain blocks there (except past k = 16384 with m <= 4, where the SIMD paths
              * take the GEMM for interleaved rows, the matvec for plain ones) */
-            if (x16 && (!xq || m > 4) && (k <= 16384 || m > 4 || pi == 0)) {
+            if (x16 && !xq && (k <= 16384 || m > 4 || pi == 0)) {
                 qvl_dtype bt = qvl_dtype_x16_base(wt);
                 for (int64_t i = 0; i < m * ldy; i++)
                     yplain[i] = SENTINEL;
@@ -332,8 +333,26 @@ static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
 
 /* ---- attention --------------------------------------------------------------------------- */
 
+/* K/V of type kvt for the kernels: float rows rounded in place to kvt's values (so the double
+ * reference sees what the kernels see) and, for 16-bit types, packed into *h (NULL for F32) */
+static bool kv_as(qvl_dtype kvt, float *x, size_t n, uint16_t **h) {
+    *h = NULL;
+    if (kvt == QVL_DT_F32)
+        return true;
+    *h = qvl_malloc(n * 2 + 2);
+    if (!*h)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t b = kvt == QVL_DT_BF16 ? qvl_f32_to_bf16(x[i]) : qvl_f32_to_f16(x[i]);
+        (*h)[i] = b;
+        qvl_row_to_f32(kvt, &b, &x[i], 1);
+    }
+    return true;
+}
+
 static void check_attn(int64_t nq, int64_t nk, int hd, float scale, bool causal, int64_t q_pos0,
-                       const qvl_kern *const kt[N_PATHS], double *worst) {
+                       qvl_dtype kvt, const qvl_kern *const kt[N_PATHS], double *worst) {
+    uint16_t *kh = NULL, *vh = NULL;
     int64_t ldq = hd + 1, ldk = hd + 3, ldv = hd + 2, ldo = hd + 5;
     float *q = qvl_malloc(sizeof(float) * (size_t)(nq * ldq + 1));
     float *k = qvl_malloc(sizeof(float) * (size_t)(nk * ldk + 1));
@@ -347,6 +366,10 @@ static void check_attn(int64_t nq, int64_t nk, int hd, float scale, bool causal,
     fill(q, (size_t)(nq * ldq), 1.0f);
     fill(k, (size_t)(nk * ldk), 1.0f);
     fill(v, (size_t)(nk * ldv), 1.0f);
+    CHECK(kv_as(kvt, k, (size_t)(nk * ldk), &kh) && kv_as(kvt, v, (size_t)(nk * ldv), &vh));
+    const void *kp = kh ? (const void *)kh : k, *vp = vh ? (const void *)vh : v;
+    if (kvt != QVL_DT_F32 && (!kh || !vh))
+        goto done;
     for (int64_t i = 0; i < nq; i++) {
         int64_t end = causal ? q_pos0 + i + 1 : nk;
         if (end > nk)
@@ -376,7 +399,7 @@ static void check_attn(int64_t nq, int64_t nk, int hd, float scale, bool causal,
             continue;
         for (int64_t i = 0; i < nq * ldo; i++)
             o[i] = SENTINEL;
-        kt[pi]->attn(o, ldo, q, ldq, nq, k, ldk, v, ldv, nk, hd, scale, causal, q_pos0);
+        kt[pi]->attn(o, ldo, q, ldq, nq, kp, ldk, vp, ldv, nk, hd, scale, causal, q_pos0, kvt);
         nmse_acc a = {0, 0};
         bool outside_ok = true;
         for (int64_t i = 0; i < nq; i++)
@@ -389,14 +412,17 @@ static void check_attn(int64_t nq, int64_t nk, int hd, float scale, bool causal,
         double e = nmse(&a);
         if (e > *worst)
             *worst = e;
-        CHECKF(e < 1e-10, "%s attn nq=%lld nk=%lld hd=%d causal=%d pos0=%lld: nmse %.3g",
-               kt[pi]->name, (long long)nq, (long long)nk, hd, causal, (long long)q_pos0, e);
+        CHECKF(e < 1e-10, "%s attn %s nq=%lld nk=%lld hd=%d causal=%d pos0=%lld: nmse %.3g",
+               kt[pi]->name, qvl_dtype_name(kvt), (long long)nq, (long long)nk, hd, causal,
+               (long long)q_pos0, e);
         CHECKF(outside_ok, "%s attn wrote past hd", kt[pi]->name);
     }
 done:
     qvl_free(q);
     qvl_free(k);
     qvl_free(v);
+    qvl_free(kh);
+    qvl_free(vh);
     qvl_free(o);
     qvl_free(want);
     qvl_free(sc);
@@ -405,8 +431,9 @@ done:
 /* Splitting one head's queries at a multiple of QVL_KERN_ATTN_QC (as ops.c does when there are
  * more threads than heads) gives bit-identical outputs to one call over all queries, and so
  * does the in-place path the SIMD kernels take when their work buffer cannot be allocated. */
-static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal,
+static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal, qvl_dtype kvt,
                              const qvl_kern *const kt[N_PATHS]) {
+    uint16_t *kh = NULL, *vh = NULL;
     int64_t ld = hd + 3, cut = QVL_KERN_ATTN_QC;
     int64_t q_pos0 = causal ? nk - nq : 0;
     float *q = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
@@ -419,16 +446,18 @@ static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal,
         fill(q, (size_t)(nq * ld), 1.0f);
         fill(k, (size_t)(nk * ld), 1.0f);
         fill(v, (size_t)(nk * ld), 1.0f);
+        CHECK(kv_as(kvt, k, (size_t)(nk * ld), &kh) && kv_as(kvt, v, (size_t)(nk * ld), &vh));
+        const void *kp = kh ? (const void *)kh : k, *vp = vh ? (const void *)vh : v;
         float scale = 1.0f / sqrtf((float)hd);
         for (int pi = 0; pi < N_PATHS; pi++) {
             if (!kt[pi])
                 continue;
             memset(o1, 0, sizeof(float) * (size_t)(nq * ld));
             memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
-            kt[pi]->attn(o1, ld, q, ld, nq, k, ld, v, ld, nk, hd, scale, causal, q_pos0);
-            kt[pi]->attn(o2, ld, q, ld, cut, k, ld, v, ld, nk, hd, scale, causal, q_pos0);
-            kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, k, ld, v, ld, nk, hd,
-                         scale, causal, q_pos0 + cut);
+            kt[pi]->attn(o1, ld, q, ld, nq, kp, ld, vp, ld, nk, hd, scale, causal, q_pos0, kvt);
+            kt[pi]->attn(o2, ld, q, ld, cut, kp, ld, vp, ld, nk, hd, scale, causal, q_pos0, kvt);
+            kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, kp, ld, vp, ld, nk, hd,
+                         scale, causal, q_pos0 + cut, kvt);
             CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
                    "%s attn nq=%lld nk=%lld hd=%d causal=%d: split at %lld differs",
                    kt[pi]->name, (long long)nq, (long long)nk, hd, causal, (long long)cut);
@@ -436,7 +465,7 @@ static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal,
              * same bits */
             memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
             qvl_alloc_fail_at(0, 1);
-            kt[pi]->attn(o2, ld, q, ld, nq, k, ld, v, ld, nk, hd, scale, causal, q_pos0);
+            kt[pi]->attn(o2, ld, q, ld, nq, kp, ld, vp, ld, nk, hd, scale, causal, q_pos0, kvt);
             qvl_alloc_fail_at(-1, 0);
             CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
                    "%s attn nq=%lld nk=%lld hd=%d causal=%d: in-place fallback differs",
@@ -448,6 +477,8 @@ static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal,
     qvl_free(v);
     qvl_free(o1);
     qvl_free(o2);
+    qvl_free(kh);
+    qvl_free(vh);
 }
 
 static void test_attn(const qvl_kern *const kt[N_PATHS]) {
@@ -460,30 +491,41 @@ static void test_attn(const qvl_kern *const kt[N_PATHS]) {
             for (size_t c = 0; c < sizeof nks / sizeof nks[0]; c++) {
                 int64_t nq = nqs[a], nk = nks[c];
                 float scale = 1.0f / sqrtf((float)hds[h]);
-                check_attn(nq, nk, hds[h], scale, false, 0, kt, &worst);
-                check_attn(nq, nk, hds[h], scale, true, 0, kt, &worst);
+                check_attn(nq, nk, hds[h], scale, false, 0, QVL_DT_F32, kt, &worst);
+                check_attn(nq, nk, hds[h], scale, true, 0, QVL_DT_F32, kt, &worst);
                 if (nk > nq) /* decoder shape: queries are the last nq positions */
-                    check_attn(nq, nk, hds[h], scale, true, nk - nq, kt, &worst);
-                check_attn(nq, nk, hds[h], scale, true, 4, kt, &worst);
+                    check_attn(nq, nk, hds[h], scale, true, nk - nq, QVL_DT_F32, kt, &worst);
+                check_attn(nq, nk, hds[h], scale, true, 4, QVL_DT_F32, kt, &worst);
             }
     /* longer sequences: several query chunks (256) and key blocks, tiles cut by the chunk
      * end, causal diagonal blocks inside and across chunks, heads that are not whole vectors */
     static const int hds_long[] = {64, 72, 128};
     for (size_t h = 0; h < sizeof hds_long / sizeof hds_long[0]; h++) {
         float scale = 1.0f / sqrtf((float)hds_long[h]);
-        check_attn(301, 301, hds_long[h], scale, false, 0, kt, &worst);
-        check_attn(301, 301, hds_long[h], scale, true, 0, kt, &worst);
-        check_attn(263, 400, hds_long[h], scale, true, 400 - 263, kt, &worst);
-        check_attn(517, 130, hds_long[h], scale, false, 0, kt, &worst);
+        check_attn(301, 301, hds_long[h], scale, false, 0, QVL_DT_F32, kt, &worst);
+        check_attn(301, 301, hds_long[h], scale, true, 0, QVL_DT_F32, kt, &worst);
+        check_attn(263, 400, hds_long[h], scale, true, 400 - 263, QVL_DT_F32, kt, &worst);
+        check_attn(517, 130, hds_long[h], scale, false, 0, QVL_DT_F32, kt, &worst);
     }
-    check_attn_split(QVL_KERN_ATTN_QC + 3, QVL_KERN_ATTN_QC + 40, 72, true, kt);
-    check_attn_split(QVL_KERN_ATTN_QC + 21, 90, 64, false, kt);
+    check_attn_split(QVL_KERN_ATTN_QC + 3, QVL_KERN_ATTN_QC + 40, 72, true, QVL_DT_F32, kt);
+    check_attn_split(QVL_KERN_ATTN_QC + 21, 90, 64, false, QVL_DT_F32, kt);
+    /* 16-bit K/V (a compact KV cache): decode, a chunk with a short tail (in-place path after
+     * packed chunks), prefill shapes, heads that are not whole vectors */
+    static const qvl_dtype kvts[] = {QVL_DT_BF16, QVL_DT_F16};
+    for (size_t t = 0; t < 2; t++) {
+        check_attn(1, 100, 128, 0.088f, true, 99, kvts[t], kt, &worst);
+        check_attn(3, 70, 72, 0.11f, true, 67, kvts[t], kt, &worst);
+        check_attn(70, 100, 64, 0.125f, true, 30, kvts[t], kt, &worst);
+        check_attn(263, 400, 128, 0.088f, true, 400 - 263, kvts[t], kt, &worst);
+        check_attn(9, 33, 7, 0.3f, false, 0, kvts[t], kt, &worst);
+        check_attn_split(QVL_KERN_ATTN_QC + 3, QVL_KERN_ATTN_QC + 40, 72, true, kvts[t], kt);
+    }
     /* sharp softmax (large scores: the running max moves, tiny probabilities underflow) */
-    check_attn(70, 100, 64, 4.0f, false, 0, kt, &worst);
-    check_attn(70, 100, 64, 4.0f, true, 30, kt, &worst);
-    check_attn(2, 300, 128, 4.0f, true, 298, kt, &worst);
+    check_attn(70, 100, 64, 4.0f, false, 0, QVL_DT_F32, kt, &worst);
+    check_attn(70, 100, 64, 4.0f, true, 30, QVL_DT_F32, kt, &worst);
+    check_attn(2, 300, 128, 4.0f, true, 298, QVL_DT_F32, kt, &worst);
     /* no keys at all: output is zero */
-    check_attn(5, 0, 16, 1.0f, false, 0, kt, &worst);
+    check_attn(5, 0, 16, 1.0f, false, 0, QVL_DT_F32, kt, &worst);
     printf("attn worst nmse vs double %.3g\n", worst);
 }
 
@@ -893,6 +935,55 @@ static void test_dispatch(const qvl_kern *const kt[N_PATHS]) {
 
 /* ---- quantisation and conversions -------------------------------------------------------- */
 
+/* every path's quantize_row gives ref's bytes, special values included */
+static void test_quant_paths(const qvl_kern *const kt[N_PATHS]) {
+    enum { K = 32 * 40 };
+    float x[K];
+    uint8_t want[34 * K / 32], got[34 * K / 32];
+    int checked = 0;
+    for (int round = 0; round < 20; round++) {
+        fill(x, K, round % 2 ? 3.0f : 1e-5f);
+        /* block b gets special content */
+        for (int e = 0; e < 32; e++) {
+            x[32 * 1 + e] = 0.0f;                             /* all zero */
+            x[32 * 2 + e] = e == 7 ? -0.0f : 0.0f;            /* signed zero */
+            x[32 * 3 + e] *= 1e-38f;                          /* subnormal floats */
+            x[32 * 4 + e] *= 1e30f;                           /* scale clamps to 65504 */
+            x[32 * 6 + e] = (float)(e % 5) - 2.0f;            /* ties in magnitude */
+            x[32 * 7 + e] *= 1e-7f;                           /* subnormal f16 scales */
+            x[32 * 8 + e] = (float)e - 15.5f;                 /* exact .5 steps */
+        }
+        x[32 * 5 + 3] = NAN;
+        x[32 * 5 + 20] = -NAN;
+        x[32 * 9 + 1] = INFINITY;
+        x[32 * 10 + 30] = -INFINITY;
+        x[32 * 11 + 4] = -2.5f, x[32 * 11 + 9] = 2.5f;       /* first of equal magnitudes */
+        for (int e = 0; e < 32; e++)
+            if (e != 4 && e != 9)
+                x[32 * 11 + e] = 0.1f;
+        for (int q = 0; q < 2; q++) {
+            qvl_dtype t = q ? QVL_DT_Q4_0 : QVL_DT_Q8_0;
+            size_t nb = qvl_dtype_row_bytes(t, K);
+            qvl_quantize_row_ref(t, x, want, K);
+            for (int pi = 1; pi < N_PATHS; pi++) {
+                if (!kt[pi])
+                    continue;
+                memset(got, 0xAA, sizeof got);
+                kt[pi]->quantize_row(t, x, got, K);
+                size_t bad = nb;
+                for (size_t i = 0; i < nb && bad == nb; i++)
+                    if (got[i] != want[i])
+                        bad = i;
+                CHECKF(bad == nb, "%s quantize_row %s round %d: byte %zu (block %zu) differs",
+                       kt[pi]->name, qvl_dtype_name(t), round, bad,
+                       bad / (q ? 18 : 34));
+                checked++;
+            }
+        }
+    }
+    printf("quantize_row: %d rows identical to ref on the SIMD paths\n", checked);
+}
+
 static void test_quant(void) {
     enum { K = 32 * 64 };
     float *x = qvl_malloc(sizeof(float) * K);
@@ -996,7 +1087,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < N_PATHS; i++)
         if (kt[i])
             CHECK(kt[i]->rmsnorm && kt[i]->layernorm && kt[i]->gelu_tanh && kt[i]->gelu_erf &&
-                  kt[i]->silu_mul && kt[i]->add);
+                  kt[i]->silu_mul && kt[i]->add && kt[i]->quantize_row);
     test_convert();
     test_quant();
     test_dot(kt);
@@ -1005,5 +1096,6 @@ int main(int argc, char **argv) {
     test_activations(kt);
     test_norms_add(kt);
     test_dispatch(kt);
+    test_quant_paths(kt); /* last: the shapes above are checked on a fixed random sequence */
     CHECK_DONE();
 }
