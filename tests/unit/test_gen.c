@@ -5,6 +5,7 @@
 #include "check.h"
 #include "qvl.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
@@ -45,10 +46,11 @@ static int on_text(const char *t, size_t n, int32_t id, void *user) {
     return c->cancel_after > 0 && c->calls >= c->cancel_after;
 }
 
-static qvl_ctx *prompt_ctx(const char *text, int n_ctx) {
+static qvl_ctx *prompt_ctx_kv(const char *text, int n_ctx, qvl_kv_type kv) {
     char err[512];
     qvl_ctx_params cp = qvl_ctx_default_params();
     cp.n_ctx = n_ctx;
+    cp.kv_type = kv;
     cp.n_threads = 2;
     qvl_ctx *c = NULL;
     CHECK(qvl_ctx_create(M, &cp, &c, err, sizeof err) == QVL_OK);
@@ -59,6 +61,61 @@ static qvl_ctx *prompt_ctx(const char *text, int n_ctx) {
     CHECK(qvl_ctx_eval(c, ids, n, NULL, 0) == QVL_OK);
     qvl_free(ids);
     return c;
+}
+
+static qvl_ctx *prompt_ctx(const char *text, int n_ctx) {
+    return prompt_ctx_kv(text, n_ctx, QVL_KV_F32);
+}
+
+/* 16-bit KV caches: logits close to the float cache's after a prompt and after decoding steps
+ * (keys and values rounded to 8 or 11 significant bits), generation runs to the same length;
+ * unknown types are refused; names round-trip. */
+static void kv_types(void) {
+    const char *text = "Describe a quiet harbour at dawn in three short sentences, please.";
+    qvl_ctx *ref = prompt_ctx_kv(text, 256, QVL_KV_F32);
+    const qvl_kv_type types[] = {QVL_KV_BF16, QVL_KV_F16};
+    const double tol[] = {3e-2, 5e-3};
+    for (int t = 0; t < 2 && ref; t++) {
+        qvl_ctx *c = prompt_ctx_kv(text, 256, types[t]);
+        if (!c)
+            continue;
+        int nv = 0, nv2 = 0;
+        const float *a = qvl_ctx_logits(ref, &nv), *b = qvl_ctx_logits(c, &nv2);
+        CHECK(a && b && nv == nv2 && nv > 0);
+        double mx = 0, dmax = 0;
+        for (int i = 0; a && b && i < nv; i++) {
+            mx = fmax(mx, fabs(a[i]));
+            dmax = fmax(dmax, fabs((double)a[i] - b[i]));
+        }
+        CHECKF(mx > 0 && dmax <= tol[t] * mx, "KV %s: prompt-end logits differ by %.3g (max %.3g)",
+               qvl_kv_type_name(types[t]), dmax, mx);
+        qvl_ctx_free(c);
+    }
+    qvl_ctx_free(ref);
+    /* generation on a bf16 cache completes */
+    qvl_ctx *c = prompt_ctx_kv(text, 256, QVL_KV_BF16);
+    if (c) {
+        qvl_gen_params gp = qvl_gen_default_params();
+        gp.max_new_tokens = 12;
+        gp.ignore_eos = 1;
+        qvl_gen_result r;
+        CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK && r.n_tokens == 12);
+        qvl_gen_result_free(&r);
+        qvl_ctx_free(c);
+    }
+    char err[256] = "";
+    qvl_ctx_params cp = qvl_ctx_default_params();
+    cp.n_ctx = 64;
+    cp.kv_type = (qvl_kv_type)7;
+    c = NULL;
+    CHECK(qvl_ctx_create(M, &cp, &c, err, sizeof err) == QVL_E_INVAL && !c &&
+          strstr(err, "KV cache type"));
+    qvl_kv_type k = QVL_KV_F32;
+    CHECK(qvl_kv_type_from_name("bf16", &k) && k == QVL_KV_BF16);
+    CHECK(qvl_kv_type_from_name("f16", &k) && k == QVL_KV_F16);
+    CHECK(qvl_kv_type_from_name("f32", &k) && k == QVL_KV_F32);
+    CHECK(!qvl_kv_type_from_name("fp8", &k) && !qvl_kv_type_from_name(NULL, &k));
+    CHECK(!strcmp(qvl_kv_type_name(QVL_KV_BF16), "bf16"));
 }
 
 static void streaming_and_stops(void) {
@@ -227,6 +284,7 @@ int main(void) {
     sampling();
     limits();
     progress_cancel();
+    kv_types();
     qvl_model_free(M);
     CHECK_DONE();
 }
