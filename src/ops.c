@@ -1,35 +1,34 @@
 /* ops.c - split dense layers and attention across the thread pool. */
 #include "ops.h"
 
+#include <stdatomic.h>
+
+/* Work is handed out in chunks of output rows: each thread takes the next chunk (of any of the
+ * job's matrices) when it is done with one, so a thread that runs slower (a busy core, a vCPU
+ * the hypervisor preempts) takes fewer chunks instead of making the others wait at the end.
+ * Every output row is computed the same way whichever chunk and thread it lands in (the kernels'
+ * results do not depend on the column slice), so results do not depend on the thread count. */
+#define MM_MAX_JOBS 8
+
 typedef struct {
     const float *x;
     int64_t m;
     const qvl_mat_job *jobs;
     int n_jobs;
+    int64_t rows_per_chunk[MM_MAX_JOBS];
+    long first_chunk[MM_MAX_JOBS + 1]; /* job i owns chunks [first[i], first[i + 1]) */
+    atomic_long next;
 } mm_job;
 
-/* this thread's slice of output features [j0, j1) of an n-row matrix */
-static void mm_slice(int64_t n, int ith, int nth, int64_t *j0, int64_t *j1) {
-    /* contiguous slices rounded to 64 (a multiple of every kernel's GEMM panel width: 16, 32 or
-     * 64 columns) so partial panels and SIMD tails only occur at the end of the matrix, not at
-     * each thread's boundary */
-    int64_t per = (n + nth - 1) / nth;
-    per = (per + 63) & ~(int64_t)63;
-    *j0 = per * ith;
-    *j1 = *j0 + per > n ? n : *j0 + per;
-}
-
-static void mm_one(const float *xs, int64_t m, const qvl_mat_job *jb, int ith, int nth) {
+static void mm_rows(const float *xs, int64_t m, const qvl_mat_job *jb, int64_t j0, int64_t j1) {
     const qvl_mat *W = jb->W;
-    int64_t n = W->rows, j0, j1;
-    mm_slice(n, ith, nth, &j0, &j1);
-    if (j0 >= j1)
-        return;
+    const int64_t n = W->rows;
     const qvl_kern *k = qvl_kern_get();
     /* a few rows stream the weights once per group of up to 4 rows (the kernels' matrix-vector
-     * path); from SMALL_M rows on, the blocked matrix-matrix path pays off */
+     * path); from SMALL_M rows on, the blocked matrix-matrix path pays off. Interleaved Q
+     * types take every row at once (their kernel blocks the rows itself). */
     const int64_t SMALL_M = 16;
-    int64_t step = m < SMALL_M ? 4 : m;
+    int64_t step = m < SMALL_M && !qvl_dtype_is_x16(W->dt) ? 4 : m;
     for (int64_t i0 = 0; i0 < m; i0 += step) {
         int64_t mi = m - i0 < step ? m - i0 : step;
         const float *x = xs + i0 * W->cols;
@@ -41,18 +40,46 @@ static void mm_one(const float *xs, int64_t m, const qvl_mat_job *jb, int ith, i
 }
 
 static void mm_task(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
     mm_job *j = arg;
-    for (int i = 0; i < j->n_jobs; i++)
-        mm_one(j->x, j->m, &j->jobs[i], ith, nth);
+    const long total = j->first_chunk[j->n_jobs];
+    int i = 0;
+    for (long c; (c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
+        while (c >= j->first_chunk[i + 1])
+            i++;
+        const qvl_mat_job *jb = &j->jobs[i];
+        int64_t r0 = (int64_t)(c - j->first_chunk[i]) * j->rows_per_chunk[i];
+        int64_t r1 = r0 + j->rows_per_chunk[i] > jb->W->rows ? jb->W->rows
+                                                             : r0 + j->rows_per_chunk[i];
+        mm_rows(j->x, j->m, jb, r0, r1);
+    }
 }
 
 void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_mat_job *jobs,
                          int n_jobs) {
-    mm_job j = {x, m, jobs, n_jobs};
+    for (; n_jobs > MM_MAX_JOBS; jobs += MM_MAX_JOBS, n_jobs -= MM_MAX_JOBS)
+        qvl_op_matmul_multi(pool, x, m, jobs, MM_MAX_JOBS);
     int64_t work = 0;
     for (int i = 0; i < n_jobs; i++)
         work += m * jobs[i].W->rows * jobs[i].W->cols;
-    if (work < 65536)
+    int nth = work < 65536 ? 1 : qvl_pool_size(pool);
+    mm_job j = {.x = x, .m = m, .jobs = jobs, .n_jobs = n_jobs};
+    atomic_init(&j.next, 0);
+    /* chunks per thread and matrix: a few for the matrix-vector path (cheap to start), two for
+     * the matrix-matrix path (each chunk re-reads the activations); rows rounded to 64 (a
+     * multiple of every GEMM panel and interleaved group) so partial panels only occur at the
+     * end of a matrix */
+    const int64_t per_thread = m < 16 ? 4 : 2;
+    j.first_chunk[0] = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        int64_t n = jobs[i].W->rows, parts = nth > 1 ? nth * per_thread : 1;
+        int64_t rc = (n + parts - 1) / parts;
+        rc = (rc + 63) & ~(int64_t)63;
+        j.rows_per_chunk[i] = rc > 0 ? rc : 64;
+        j.first_chunk[i + 1] = j.first_chunk[i] + (long)((n + j.rows_per_chunk[i] - 1) /
+                                                         j.rows_per_chunk[i]);
+    }
+    if (nth == 1)
         mm_task(&j, 0, 1);
     else
         qvl_pool_run(pool, mm_task, &j);
