@@ -195,6 +195,8 @@ int qvl_cli_bench(int argc, char **argv) {
                 fprintf(stderr, "qvl bench: --quant takes q8, q4 or none\n");
                 return 2;
             }
+        } else if (!strcmp(a, "--bf16-dot")) {
+            mp.bf16_dot = 1;
         } else if (!strcmp(a, "--kv") && i + 1 < argc) {
             if (!qvl_kv_type_from_name(argv[++i], &kv)) {
                 fprintf(stderr, "qvl bench: --kv takes f32, bf16 or f16\n");
@@ -205,8 +207,8 @@ int qvl_cli_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--no-large")) {
             large = false;
         } else {
-            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [-t N] [--reps N] "
-                            "[--json] [--no-large]\n");
+            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [-t N] "
+                            "[--reps N] [--json] [--no-large]\n");
             return 2;
         }
     }
@@ -404,6 +406,7 @@ int qvl_cli_bench(int argc, char **argv) {
         cJSON_AddStringToObject(j, "model", dir);
         cJSON_AddStringToObject(j, "quant", qn);
         cJSON_AddStringToObject(j, "kv", qvl_kv_type_name(kv));
+        cJSON_AddBoolToObject(j, "bf16_dot", mp.bf16_dot != 0);
         cJSON_AddNumberToObject(j, "threads", threads);
         cJSON_AddNumberToObject(j, "reps", reps);
         cJSON_AddNumberToObject(j, "load_ms", load.med);
@@ -435,8 +438,8 @@ int qvl_cli_bench(int argc, char **argv) {
         free(s);
         cJSON_Delete(j);
     } else {
-        printf("model %s, quant %s, KV %s, %d threads, median of %d (min)\n", dir, qn,
-               qvl_kv_type_name(kv), threads, reps);
+        printf("model %s, quant %s, KV %s%s, %d threads, median of %d (min)\n", dir, qn,
+               qvl_kv_type_name(kv), mp.bf16_dot ? ", bf16 dot products" : "", threads, reps);
         printf("  memory read bandwidth   %8.1f GB/s\n", gbs);
         printf("  load                    %8.0f ms (%.0f)\n", load.med, load.min);
         printf("  tokenize 1 MB mixed     %8.1f MB/s\n", tok.med);

@@ -72,6 +72,11 @@ typedef struct qvl_model_params {
     int mmap;          /* 1: use the safetensors files in place through mmap (instant load, no
                           copy); 0 (default): read them into anonymous huge-page memory, which
                           streams several times faster on some virtual machines */
+    int bf16_dot;      /* non-zero: bf16 matrices multiply activations rounded to bf16 when a
+                          call has more than 4 rows (prefill, vision), as the reference's bf16
+                          compute does: AVX-512 BF16 dot products, about twice the float
+                          rate; logits then differ from float activations by ~1e-2 relative.
+                          Decode keeps float activations. */
     qvl_progress_fn progress; /* optional: weight bytes read */
     void *progress_user;
 } qvl_model_params;

@@ -574,7 +574,7 @@ static void serve_usage(void) {
             "                 [--ctx N] [--queue N] [--api-key KEY] [--max-image-pixels N]\n"
             "                 [--max-body-bytes N] [--allow-local-files DIR] [--timeout SEC]\n"
             "                 [--max-connections N] [--alias NAME] [--quant q8|q4|none]\n"
-            "                 [--kv f32|bf16|f16]\n"
+            "                 [--kv f32|bf16|f16] [--bf16-dot]\n"
             "  -t is per slot (default: CPUs / slots); --ctx is per slot (default 4096);\n"
             "  --max-image-pixels caps the decoded pixels of all images of one request\n"
             "  (default 16777216); --max-body-bytes defaults to 32 MiB; --timeout (idle\n"
@@ -642,6 +642,8 @@ static int parse_args(int argc, char **argv, srv_opts *o) {
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
             NUMOPT(16, 1 << 22);
             o->n_ctx = (int)n;
+        } else if (!strcmp(a, "--bf16-dot")) {
+            o->bf16_dot = 1;
         } else if (!strcmp(a, "--kv")) {
             NEED();
             if (!qvl_kv_type_from_name(v, &o->kv))
@@ -798,6 +800,7 @@ int qvl_cli_serve(int argc, char **argv) {
     char err[1024] = "";
     qvl_model_params mp = qvl_model_default_params();
     mp.quant = (qvl_quant)S->o.quant;
+    mp.bf16_dot = S->o.bf16_dot;
     qvl_status st = qvl_model_load(S->o.model_dir, &mp, &m, err, sizeof err);
     if (st == QVL_OK) {
         S->model = m;

@@ -29,6 +29,7 @@ typedef struct srv_opts {
     int n_threads; /* per slot */
     int n_ctx;     /* per slot */
     qvl_kv_type kv; /* KV cache element type */
+    int bf16_dot;   /* qvl_model_params.bf16_dot */
     int queue_max; /* requests waiting for a slot */
     int timeout_s; /* idle connection timeout */
     int max_conns;

@@ -367,6 +367,10 @@ char *qvl_model_info_json(const qvl_model *m) {
     cJSON_AddStringToObject(o, "architecture", "Qwen3VLForConditionalGeneration");
     cJSON_AddStringToObject(o, "model_type", c->model_type);
     cJSON_AddStringToObject(o, "dtype", qvl_dtype_name(m->weight_dtype));
+    cJSON_AddStringToObject(o, "quant", m->quant == QVL_QUANT_Q8   ? "q8"
+                                        : m->quant == QVL_QUANT_Q4 ? "q4"
+                                                                   : "none");
+    cJSON_AddBoolToObject(o, "bf16_dot", m->bf16_dot);
     cJSON *t = cJSON_AddObjectToObject(o, "text");
     cJSON_AddNumberToObject(t, "hidden_size", c->text.hidden);
     cJSON_AddNumberToObject(t, "layers", c->text.n_layers);

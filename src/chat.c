@@ -17,45 +17,6 @@
 #include <stdio.h>
 #include <string.h>
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->oom)
-        return;
-    size_t need;
-    if (!qvl_size_add(b->n, n, &need) || !qvl_size_add(need, 1, &need)) {
-        b->oom = true;
-        return;
-    }
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need) {
-            if (!qvl_size_mul(cap, 2, &cap)) {
-                b->oom = true;
-                return;
-            }
-        }
-        char *q = qvl_realloc(b->p, cap);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) {
-    sb_add(b, s, strlen(s));
-}
-
 typedef enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL, ROLE_BAD } role_t;
 
 static role_t role_of(const char *r) {
@@ -73,23 +34,23 @@ static role_t role_of(const char *r) {
 }
 
 /* Text-only content (system, assistant): string content, or the text parts concatenated. */
-static void render_text_only(sbuf *b, const qvl_chat_msg *m) {
+static void render_text_only(qvl_sbuf *b, const qvl_chat_msg *m) {
     if (!m->parts) {
         if (m->content)
-            sb_str(b, m->content);
+            qvl_sbuf_str(b, m->content);
         return;
     }
     for (size_t i = 0; i < m->n_parts; i++)
         if (m->parts[i].type == QVL_PART_TEXT)
-            sb_str(b, m->parts[i].text);
+            qvl_sbuf_str(b, m->parts[i].text);
 }
 
 /* Full content (user, tool): text, images and videos in order. */
-static void render_content(sbuf *b, const qvl_chat_msg *m, bool add_vision_id, size_t *n_image,
+static void render_content(qvl_sbuf *b, const qvl_chat_msg *m, bool add_vision_id, size_t *n_image,
                            size_t *n_video) {
     if (!m->parts) {
         if (m->content)
-            sb_str(b, m->content);
+            qvl_sbuf_str(b, m->content);
         return;
     }
     char label[48];
@@ -99,18 +60,18 @@ static void render_content(sbuf *b, const qvl_chat_msg *m, bool add_vision_id, s
             ++*n_image;
             if (add_vision_id) {
                 snprintf(label, sizeof label, "Picture %zu: ", *n_image);
-                sb_str(b, label);
+                qvl_sbuf_str(b, label);
             }
-            sb_str(b, "<|vision_start|><|image_pad|><|vision_end|>");
+            qvl_sbuf_str(b, "<|vision_start|><|image_pad|><|vision_end|>");
         } else if (p->type == QVL_PART_VIDEO) {
             ++*n_video;
             if (add_vision_id) {
                 snprintf(label, sizeof label, "Video %zu: ", *n_video);
-                sb_str(b, label);
+                qvl_sbuf_str(b, label);
             }
-            sb_str(b, "<|vision_start|><|video_pad|><|vision_end|>");
+            qvl_sbuf_str(b, "<|vision_start|><|video_pad|><|vision_end|>");
         } else {
-            sb_str(b, p->text);
+            qvl_sbuf_str(b, p->text);
         }
     }
 }
@@ -147,12 +108,12 @@ qvl_status qvl_chat_render(const qvl_chat_msg *msgs, size_t n, bool add_generati
             }
         }
     }
-    sbuf b = {0};
-    sb_add(&b, "", 0); /* an empty conversation still yields "" */
+    qvl_sbuf b = {0};
+    qvl_sbuf_add(&b, "", 0); /* an empty conversation still yields "" */
     if (n > 0 && role_of(msgs[0].role) == ROLE_SYSTEM) {
-        sb_str(&b, "<|im_start|>system\n");
+        qvl_sbuf_str(&b, "<|im_start|>system\n");
         render_text_only(&b, &msgs[0]);
-        sb_str(&b, "<|im_end|>\n");
+        qvl_sbuf_str(&b, "<|im_end|>\n");
     }
     size_t n_image = 0;
     size_t n_video = 0;
@@ -160,30 +121,30 @@ qvl_status qvl_chat_render(const qvl_chat_msg *msgs, size_t n, bool add_generati
         const qvl_chat_msg *m = &msgs[i];
         switch (role_of(m->role)) {
         case ROLE_USER:
-            sb_str(&b, "<|im_start|>user\n");
+            qvl_sbuf_str(&b, "<|im_start|>user\n");
             render_content(&b, m, add_vision_id, &n_image, &n_video);
-            sb_str(&b, "<|im_end|>\n");
+            qvl_sbuf_str(&b, "<|im_end|>\n");
             break;
         case ROLE_ASSISTANT:
-            sb_str(&b, "<|im_start|>assistant\n");
+            qvl_sbuf_str(&b, "<|im_start|>assistant\n");
             render_text_only(&b, m);
-            sb_str(&b, "<|im_end|>\n");
+            qvl_sbuf_str(&b, "<|im_end|>\n");
             break;
         case ROLE_TOOL:
             if (i == 0 || role_of(msgs[i - 1].role) != ROLE_TOOL)
-                sb_str(&b, "<|im_start|>user");
-            sb_str(&b, "\n<tool_response>\n");
+                qvl_sbuf_str(&b, "<|im_start|>user");
+            qvl_sbuf_str(&b, "\n<tool_response>\n");
             render_content(&b, m, add_vision_id, &n_image, &n_video);
-            sb_str(&b, "\n</tool_response>");
+            qvl_sbuf_str(&b, "\n</tool_response>");
             if (i + 1 == n || role_of(msgs[i + 1].role) != ROLE_TOOL)
-                sb_str(&b, "<|im_end|>\n");
+                qvl_sbuf_str(&b, "<|im_end|>\n");
             break;
         default: /* system: only messages[0] is rendered, above; the template skips others */
             break;
         }
     }
     if (add_generation_prompt)
-        sb_str(&b, "<|im_start|>assistant\n");
+        qvl_sbuf_str(&b, "<|im_start|>assistant\n");
     if (b.oom) {
         qvl_free(b.p);
         qvl_errf(err, err_len, "chat: out of memory rendering the prompt");

@@ -59,6 +59,39 @@ void qvl_free(void *p) {
     free(p);
 }
 
+void qvl_sbuf_add(qvl_sbuf *b, const char *s, size_t n) {
+    if (b->oom)
+        return;
+    size_t need;
+    if (!qvl_size_add(b->n, n, &need) || !qvl_size_add(need, 1, &need)) {
+        b->oom = true;
+        return;
+    }
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < need)
+            if (!qvl_size_mul(cap, 2, &cap)) {
+                b->oom = true;
+                return;
+            }
+        char *q = qvl_realloc(b->p, cap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+void qvl_sbuf_str(qvl_sbuf *b, const char *s) {
+    qvl_sbuf_add(b, s, strlen(s));
+}
+
 void *qvl_malloc_big(size_t n) {
     if (alloc_should_fail())
         return NULL;

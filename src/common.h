@@ -27,6 +27,16 @@ char *qvl_strndup(const char *s, size_t n);
  * by the failure hook like qvl_malloc; qvl_free_big needs the size given at allocation. */
 void *qvl_malloc_big(size_t n);
 void qvl_free_big(void *p, size_t n);
+/* Growing NUL-terminated string: appends after a failed allocation (or a size overflow) do
+ * nothing and leave oom set; p is NULL until the first append; free p with qvl_free. */
+typedef struct qvl_sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} qvl_sbuf;
+void qvl_sbuf_add(qvl_sbuf *b, const char *s, size_t n);
+void qvl_sbuf_str(qvl_sbuf *b, const char *s);
+
 /* Test hook: fail the allocation with index `n` (0-based) counted from this call, and every
  * later one if `sticky`. n < 0 disables. Returns the number of allocations since last reset. */
 QVL_API long qvl_alloc_fail_at(long n, int sticky);

@@ -19,6 +19,11 @@ typedef enum qvl_dtype {
      * at 4r): 8 chunks for Q8_0, 4 for Q4_0. A 64-byte load then gives one 32-bit lane per row. */
     QVL_DT_Q8_0X16,
     QVL_DT_Q4_0X16,
+    /* bf16 weights (the same bytes as BF16) multiplied with activations rounded to bf16 when a
+     * call has more than 4 activation rows (prefill, vision): the reference's bf16 compute,
+     * which AVX-512 BF16 dot products run at twice the float rate. Calls with up to 4 rows
+     * (decode, bandwidth-bound) keep float activations, as BF16. */
+    QVL_DT_BF16D,
     /* types that can appear in safetensors files but that the kernels do not take */
     QVL_DT_F64,
     QVL_DT_I64,
@@ -52,6 +57,7 @@ static inline size_t qvl_dtype_row_bytes(qvl_dtype t, size_t n) {
     case QVL_DT_I32: return n * 4;
     case QVL_DT_F16:
     case QVL_DT_BF16:
+    case QVL_DT_BF16D:
     case QVL_DT_I16: return n * 2;
     case QVL_DT_Q8_0:
     case QVL_DT_Q8_0X16: return n / QVL_QBLOCK * 34;
@@ -69,10 +75,11 @@ static inline size_t qvl_dtype_mat_bytes(qvl_dtype t, size_t rows, size_t n) {
 }
 
 static inline const char *qvl_dtype_name(qvl_dtype t) {
-    static const char *names[QVL_DT_COUNT] = {"F32",  "F16",     "BF16",    "Q8_0",
-                                              "Q4_0", "Q8_0X16", "Q4_0X16", "F64",
-                                              "I64",  "I32",     "I16",     "I8",
-                                              "U8",   "BOOL",    "F8_E4M3", "F8_E5M2"};
+    static const char *names[QVL_DT_COUNT] = {"F32",     "F16",     "BF16", "Q8_0",
+                                              "Q4_0",    "Q8_0X16", "Q4_0X16", "BF16D",
+                                              "F64",     "I64",     "I32",  "I16",
+                                              "I8",      "U8",      "BOOL", "F8_E4M3",
+                                              "F8_E5M2"};
     return (unsigned)t < QVL_DT_COUNT ? names[t] : "?";
 }
 

@@ -24,33 +24,13 @@ void qvl_gen_result_free(qvl_gen_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-typedef struct textbuf {
-    char *s;
-    size_t n, cap;
-} textbuf;
-
-static bool tb_add(textbuf *t, const char *s, size_t n) {
-    if (t->n + n + 1 > t->cap) {
-        size_t cap = (t->cap ? t->cap * 2 : 256) + n;
-        char *ns = qvl_realloc(t->s, cap);
-        if (!ns)
-            return false;
-        t->s = ns;
-        t->cap = cap;
-    }
-    memcpy(t->s + t->n, s, n);
-    t->n += n;
-    t->s[t->n] = 0;
-    return true;
-}
-
 /* Emit text to the result and the callback; returns non-zero when the callback asks to stop. */
-static int emit(textbuf *tb, const char *s, size_t n, int32_t id, qvl_text_cb cb, void *user,
+static int emit(qvl_sbuf *tb, const char *s, size_t n, int32_t id, qvl_text_cb cb, void *user,
                 bool *oom) {
     if (n == 0)
         return 0;
-    if (!tb_add(tb, s, n))
-        *oom = true;
+    qvl_sbuf_add(tb, s, n);
+    *oom |= tb->oom;
     return cb ? cb(s, n, id, user) : 0;
 }
 
@@ -87,7 +67,7 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
     qvl_sampler *smp = NULL;
     qvl_stop *stop = NULL;
     float *lg = NULL;
-    textbuf tb = {0};
+    qvl_sbuf tb = {0};
     int32_t *toks = NULL;
     qvl_status s = qvl_sampler_create(&sp, V, &smp);
     if (s != QVL_OK) {
@@ -188,12 +168,12 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
     res->tokens = toks;
     res->n_tokens = n_gen;
     toks = NULL;
-    res->text = tb.s ? tb.s : qvl_strdup("");
-    tb.s = NULL;
+    res->text = tb.p ? tb.p : qvl_strdup("");
+    tb.p = NULL;
 done:
     if (s == QVL_E_NOMEM && !c->err[0])
         qvl_ctx_setf(c, "generate: out of memory");
-    qvl_free(tb.s);
+    qvl_free(tb.p);
     qvl_free(toks);
     qvl_free(lg);
     qvl_stop_free(stop);

@@ -429,6 +429,38 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
     return QVL_OK;
 }
 
+/* bf16 matrices (those not quantised) take bf16 products for many-row calls: same bytes,
+ * dtype BF16D (dtype.h) */
+static void use_bf16_dot(qvl_model *m) {
+    for (int l = 0; l < m->cfg.text.n_layers; l++) {
+        qvl_llm_layer *Y = &m->layers[l];
+        qvl_mat *ws[7] = {&Y->q, &Y->k, &Y->v, &Y->o, &Y->gate, &Y->up, &Y->down};
+        for (int i = 0; i < 7; i++)
+            if (ws[i]->dt == QVL_DT_BF16)
+                ws[i]->dt = QVL_DT_BF16D;
+    }
+    for (int b = 0; b < m->cfg.vision.depth; b++) {
+        qvl_vit_block *B = &m->blocks[b];
+        qvl_mat *ws[4] = {&B->qkv, &B->proj, &B->fc1, &B->fc2};
+        for (int i = 0; i < 4; i++)
+            if (ws[i]->dt == QVL_DT_BF16)
+                ws[i]->dt = QVL_DT_BF16D;
+    }
+    if (m->patch_w.dt == QVL_DT_BF16)
+        m->patch_w.dt = QVL_DT_BF16D;
+    qvl_merger *ms[1 + 8] = {&m->merger};
+    int nm = 1;
+    for (int d = 0; d < m->cfg.vision.n_deepstack && nm < 9; d++)
+        ms[nm++] = &m->ds_mergers[d];
+    for (int i = 0; i < nm; i++) {
+        if (ms[i]->fc1.dt == QVL_DT_BF16)
+            ms[i]->fc1.dt = QVL_DT_BF16D;
+        if (ms[i]->fc2.dt == QVL_DT_BF16)
+            ms[i]->fc2.dt = QVL_DT_BF16D;
+    }
+    m->bf16_dot = true;
+}
+
 static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *err,
                                  size_t err_len) {
     /* interleaved storage: the decode kernels read 16 rows per load (dtype.h) */
@@ -623,6 +655,8 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
         if (s != QVL_OK)
             goto fail;
     }
+    if (p && p->bf16_dot)
+        use_bf16_dot(m);
     *out = m;
     return QVL_OK;
 fail:

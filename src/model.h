@@ -58,6 +58,7 @@ struct qvl_model {
     uint64_t bytes_vision, bytes_text;
     qvl_dtype weight_dtype;
     qvl_quant quant;
+    bool bf16_dot; /* bf16 matrices tagged BF16D (qvl_model_params.bf16_dot) */
     struct qvl_owned_buf {
         void *p;
         size_t n;

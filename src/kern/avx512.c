@@ -624,6 +624,159 @@ static void mvb_cols(float *y, int64_t ldy, const float *x, int64_t ldx, int m, 
     }
 }
 
+
+/* ---- bf16 dot-product GEMM (QVL_DT_BF16D, m > 4; CPUs with AVX512_BF16) -------------------------
+ * vdpbf16ps multiplies pairs of bf16 and adds both products to a float lane: 32 multiply-adds per
+ * instruction, twice an FMA's. The activations are rounded to bf16 once per call (nearest even,
+ * the same values ref uses) and kept as pairs (p, p+1) in 32-bit words; the weights are packed
+ * per panel as pairs too (a 16 x 16 transpose of 32-bit words: no widening at all). Blocking and
+ * the micro-tile follow the float GEMM (GM_MR rows x GM_NV vectors, k ranges of GM_KB added in
+ * a fixed order), so results do not depend on the column slice. Products of bf16 values are
+ * exact in float; only the summation order differs from ref. */
+#define BD_KB GM_KB /* k per packed panel (even) */
+
+/* pack columns [jb, jb + nj) (rest zero) over k range [p0, p0 + kb) as pairs:
+ * panel[pp * GM_NR + c] = bf16 pair (p0 + 2pp, p0 + 2pp + 1) of column c */
+__attribute__((target("avx512bf16"))) static void bd_pack(const uint8_t *w, int64_t k,
+                                                            int64_t jb, int nj, int64_t p0,
+                                                            int kb, uint32_t *panel) {
+    const size_t rb = (size_t)k * 2;
+    const int npair = (kb + 1) / 2;
+    for (int r0 = 0; r0 < GM_NR; r0 += VW) {
+        int live = nj - r0 < 0 ? 0 : nj - r0 > VW ? VW : nj - r0;
+        int pp = 0;
+        for (; pp + VW <= npair && p0 + 2 * (pp + VW) <= k; pp += VW) {
+            vf r[VW];
+            for (int i = 0; i < VW; i++)
+                r[i] = i < live ? _mm512_loadu_ps((const float *)(w + (size_t)(jb + r0 + i) * rb +
+                                                                  (size_t)(p0 + 2 * pp) * 2))
+                                : vzero();
+            vtrans(r);
+            for (int c = 0; c < VW; c++)
+                _mm512_storeu_ps((float *)(panel + (pp + c) * GM_NR + r0), r[c]);
+        }
+        for (; pp < npair; pp++)
+            for (int i = 0; i < VW; i++) {
+                uint16_t lo = 0, hi = 0;
+                int64_t p = p0 + 2 * pp;
+                if (i < live) {
+                    const uint8_t *row = w + (size_t)(jb + r0 + i) * rb;
+                    memcpy(&lo, row + p * 2, 2);
+                    if (p + 1 < k && 2 * pp + 1 < kb)
+                        memcpy(&hi, row + (p + 1) * 2, 2);
+                }
+                panel[pp * GM_NR + r0 + i] = (uint32_t)lo | (uint32_t)hi << 16;
+            }
+    }
+}
+
+__attribute__((target("avx512bf16"))) static void bd_tile(const uint32_t *x, int64_t ldx, int ni,
+                                                            const uint32_t *panel, int npair,
+                                                            float *y, int64_t ldy, int nj,
+                                                            bool first, const float *bias) {
+    const uint32_t *xr[GM_MR];
+    for (int i = 0; i < GM_MR; i++)
+        xr[i] = x + (i < ni ? i : ni - 1) * ldx;
+    __m512 acc[GM_MR][GM_NV];
+    for (int i = 0; i < GM_MR; i++)
+        for (int t = 0; t < GM_NV; t++)
+            acc[i][t] = _mm512_setzero_ps();
+    for (int pp = 0; pp < npair; pp++) {
+        __m512bh wv[GM_NV];
+        for (int t = 0; t < GM_NV; t++)
+            wv[t] = (__m512bh)_mm512_loadu_si512((const void *)(panel + pp * GM_NR + t * VW));
+        for (int i = 0; i < GM_MR; i++) {
+            __m512bh xb = (__m512bh)_mm512_set1_epi32((int)xr[i][pp]);
+            for (int t = 0; t < GM_NV; t++)
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], xb, wv[t]);
+        }
+    }
+    for (int t = 0; t < GM_NV; t++) {
+        int left = nj - t * VW;
+        __mmask16 mk = (__mmask16)((1u << (left <= 0 ? 0 : left > VW ? VW : left)) - 1u);
+        __m512 bv = bias ? _mm512_maskz_loadu_ps(mk, bias + t * VW) : _mm512_setzero_ps();
+        for (int i = 0; i < ni; i++) {
+            float *yr = y + i * ldy + t * VW;
+            __m512 a = acc[i][t];
+            if (!first)
+                a = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, yr), a);
+            if (bias)
+                a = _mm512_add_ps(a, bv);
+            _mm512_mask_storeu_ps(yr, mk, a);
+        }
+    }
+}
+
+/* false if the pair buffer cannot be allocated (the caller takes another path) */
+__attribute__((target("avx512bf16"))) static bool bd_gemm(float *y, int64_t ldy, const float *x,
+                                                           int64_t ldx, int64_t m, int64_t k,
+                                                           const uint8_t *w, const float *b,
+                                                           int64_t j0, int64_t j1) {
+    const int64_t kp = (k + 1) / 2; /* pairs per activation row */
+    size_t n = 0;
+    uint32_t *xp = qvl_size_mul((size_t)m, (size_t)kp * 4, &n) ? qvl_malloc(n) : NULL;
+    uint32_t *wpk = qvl_malloc(sizeof(uint32_t) * GM_NC * (BD_KB / 2));
+    if (!xp || !wpk) {
+        qvl_free(xp);
+        qvl_free(wpk);
+        return false;
+    }
+    for (int64_t i = 0; i < m; i++) {
+        const float *xi = x + i * ldx;
+        uint32_t *o = xp + i * kp;
+        int64_t p = 0;
+        for (; p + 32 <= k; p += 32)
+            _mm512_storeu_si512((void *)(o + p / 2),
+                                (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xi + p + 16),
+                                                             _mm512_loadu_ps(xi + p)));
+        for (; p < k; p += 2) {
+            uint32_t lo = qvl_f32_to_bf16(xi[p]), hi = p + 1 < k ? qvl_f32_to_bf16(xi[p + 1]) : 0;
+            o[p / 2] = lo | hi << 16;
+        }
+    }
+    for (int64_t jc = j0; jc < j1; jc += GM_NC) {
+        int nc = j1 - jc < GM_NC ? (int)(j1 - jc) : GM_NC;
+        int npan = (nc + GM_NR - 1) / GM_NR;
+        for (int64_t p0 = 0; p0 < k; p0 += BD_KB) {
+            int kb = k - p0 < BD_KB ? (int)(k - p0) : BD_KB;
+            int npair = (kb + 1) / 2;
+            for (int pan = 0; pan < npan; pan++) {
+                int nj = nc - pan * GM_NR < GM_NR ? nc - pan * GM_NR : GM_NR;
+                bd_pack(w, k, jc + pan * GM_NR, nj, p0, kb, wpk + pan * (BD_KB / 2 * GM_NR));
+            }
+            bool first = p0 == 0, last = p0 + kb >= k;
+            for (int64_t ic = 0; ic < m; ic += GM_MC) {
+                int64_t mc = m - ic < GM_MC ? m - ic : GM_MC;
+                for (int pan = 0; pan < npan; pan++) {
+                    int64_t jb = jc + pan * GM_NR;
+                    int nj = nc - pan * GM_NR < GM_NR ? nc - pan * GM_NR : GM_NR;
+                    const float *bias = b && last ? b + jb : NULL;
+                    for (int64_t i0 = ic; i0 < ic + mc; i0 += GM_MR) {
+                        int ni = ic + mc - i0 < GM_MR ? (int)(ic + mc - i0) : GM_MR;
+                        bd_tile(xp + i0 * kp + p0 / 2, kp, ni, wpk + pan * (BD_KB / 2 * GM_NR),
+                                npair, y + i0 * ldy + jb, ldy, nj, first, bias);
+                    }
+                }
+            }
+        }
+    }
+    qvl_free(xp);
+    qvl_free(wpk);
+    return true;
+}
+
+/* 1 if the CPU has AVX512_BF16 (decided once) */
+static int bd_supported(void) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512bf16");
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
 /* The table's matmul: Q8_0 / Q4_0 with m <= 4 and k <= MV8_KMAX (a multiple of 32) go through
  * the int8 path above; everything else through simd_matmul. */
 static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m,
@@ -632,6 +785,11 @@ static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, in
     if (qvl_dtype_is_x16(wt) && m > 0 && k > 0 && k % QVL_QBLOCK == 0 && j1 > j0 &&
         mvx_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1))
         return true;
+    if (wt == QVL_DT_BF16D && m > 4 && k > 0 && j1 > j0 && bd_supported() &&
+        bd_gemm(y, ldy, x, ldx, m, k, w, b, j0, j1))
+        return true;
+    if (wt == QVL_DT_BF16D && m <= 4)
+        wt = QVL_DT_BF16; /* decode keeps float activations */
     if (wt == QVL_DT_BF16 && m > 0 && m <= 4 && k > 0 && k % 32 == 0 && j1 > j0) {
         mvb_cols(y, ldy, x, ldx, (int)m, k, w, b, j0, j1);
         return true;

@@ -3,6 +3,7 @@
  * plus the row widening and quantisation helpers. The plain element-wise entry points
  * (qvl_rmsnorm ... qvl_add) live in cpu.c and dispatch through the active table. */
 #include "kern.h"
+#include "common.h"
 
 #include <math.h>
 #include <string.h>
@@ -57,7 +58,8 @@ static uint16_t f32_to_f16_scale(float f) {
 void qvl_row_to_f32(qvl_dtype t, const void *row, float *out, int64_t k) {
     switch (t) {
     case QVL_DT_F32: memcpy(out, row, (size_t)k * sizeof(float)); break;
-    case QVL_DT_BF16: {
+    case QVL_DT_BF16:
+    case QVL_DT_BF16D: {
         const uint16_t *r = row;
         for (int64_t i = 0; i < k; i++)
             out[i] = bf16_to_f32(r[i]);
@@ -188,6 +190,9 @@ static bool ref_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64
     float buf[512];
     uint8_t qbuf[512 / QVL_QBLOCK * 34]; /* interleaved types: one chunk as plain blocks */
     const bool x16 = qvl_dtype_is_x16(wt);
+    const bool xr = wt == QVL_DT_BF16D && m > 4; /* activations rounded to bf16 */
+    if (wt == QVL_DT_BF16D)
+        wt = QVL_DT_BF16;
     const qvl_dtype bt = qvl_dtype_x16_base(wt);
     for (int64_t j = j0; j < j1; j++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)j * rb;
@@ -206,8 +211,12 @@ static bool ref_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64
             for (int64_t i = 0; i < m; i++) {
                 const float *xi = x + i * ldx + p0;
                 float s = 0.0f;
-                for (int64_t p = 0; p < n; p++)
-                    s += xi[p] * buf[p];
+                if (xr)
+                    for (int64_t p = 0; p < n; p++)
+                        s += bf16_to_f32(qvl_f32_to_bf16(xi[p])) * buf[p];
+                else
+                    for (int64_t p = 0; p < n; p++)
+                        s += xi[p] * buf[p];
                 y[i * ldy + j] += s;
             }
         }

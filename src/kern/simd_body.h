@@ -368,6 +368,24 @@ static void gemm(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, 
 
 static bool simd_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                         const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
+    if (wt == QVL_DT_BF16D && m > 4 && k > 0) {
+        /* round the activations to bf16 (as ref does), then the plain bf16 path; without the
+         * buffer, decline (ref computes the same products in place) */
+        size_t n = 0;
+        float *xr = qvl_size_mul((size_t)m, (size_t)k * sizeof(float), &n) ? qvl_malloc(n) : NULL;
+        if (!xr)
+            return false;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t p = 0; p < k; p++) {
+                uint32_t u = (uint32_t)qvl_f32_to_bf16(x[i * ldx + p]) << 16;
+                memcpy(&xr[i * k + p], &u, 4);
+            }
+        bool ok = simd_matmul(y, ldy, xr, k, m, k, w, QVL_DT_BF16, b, j0, j1);
+        qvl_free(xr);
+        return ok;
+    }
+    if (wt == QVL_DT_BF16D)
+        wt = QVL_DT_BF16;
     const bool x16 = qvl_dtype_is_x16(wt);
     if (wt != QVL_DT_F32 && wt != QVL_DT_F16 && wt != QVL_DT_BF16 && wt != QVL_DT_Q8_0 &&
         wt != QVL_DT_Q4_0 && !x16)

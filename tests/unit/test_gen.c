@@ -118,6 +118,43 @@ static void kv_types(void) {
     CHECK(!strcmp(qvl_kv_type_name(QVL_KV_BF16), "bf16"));
 }
 
+/* bf16 dot products (qvl_model_params.bf16_dot): a second load of the model; the prompt (more
+ * than 4 rows per matmul) runs with bf16-rounded activations, logits stay close to float's,
+ * and the model reports the mode */
+static void bf16_dot(void) {
+    char err[1024];
+    qvl_model_params mp = qvl_model_default_params();
+    mp.bf16_dot = 1;
+    qvl_model *m2 = NULL;
+    qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), &mp, &m2, err,
+                                  sizeof err);
+    CHECKF(s == QVL_OK, "load with bf16_dot: %s", err);
+    if (s != QVL_OK)
+        return;
+    char *info = qvl_model_info_json(m2);
+    CHECK(info && strstr(info, "\"bf16_dot\":\ttrue"));
+    qvl_free(info);
+    const char *text = "Describe a quiet harbour at dawn in three short sentences, please.";
+    qvl_ctx *ref = prompt_ctx(text, 256);
+    qvl_model *keep = M;
+    M = m2;
+    qvl_ctx *c = prompt_ctx(text, 256);
+    M = keep;
+    int nv = 0, nv2 = 0;
+    const float *a = ref ? qvl_ctx_logits(ref, &nv) : NULL, *b = c ? qvl_ctx_logits(c, &nv2) : NULL;
+    CHECK(a && b && nv == nv2);
+    double mx = 0, dmax = 0;
+    for (int i = 0; a && b && i < nv; i++) {
+        mx = fmax(mx, fabs(a[i]));
+        dmax = fmax(dmax, fabs((double)a[i] - b[i]));
+    }
+    CHECKF(mx > 0 && dmax > 0 && dmax <= 5e-2 * mx,
+           "bf16 dot products: prompt-end logits differ by %.3g (max %.3g)", dmax, mx);
+    qvl_ctx_free(c);
+    qvl_ctx_free(ref);
+    qvl_model_free(m2);
+}
+
 static void streaming_and_stops(void) {
     qvl_ctx *c = prompt_ctx("Tell me a story.", 512);
     qvl_gen_params gp = qvl_gen_default_params();
@@ -285,6 +322,7 @@ int main(void) {
     limits();
     progress_cancel();
     kv_types();
+    bf16_dot();
     qvl_model_free(M);
     CHECK_DONE();
 }

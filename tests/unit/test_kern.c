@@ -118,6 +118,7 @@ static bool make_weights(qvl_dtype wt, int64_t n, int64_t k, uint8_t **w, float 
             }
             break;
         case QVL_DT_BF16:
+        case QVL_DT_BF16D:
             for (int64_t p = 0; p < k; p++) {
                 uint16_t h = qvl_f32_to_bf16(tmp[p]);
                 memcpy(row + p * 2, &h, 2);
@@ -157,11 +158,19 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
         goto done;
     fill(x, (size_t)(m * ldx), 1.0f);
     fill(b, (size_t)n, 1.0f);
+    /* BF16D with more than 4 rows multiplies bf16-rounded activations */
+    const bool xround = wt == QVL_DT_BF16D && m > 4;
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
             double s = 0;
-            for (int64_t p = 0; p < k; p++)
-                s += (double)x[i * ldx + p] * wf[j * k + p];
+            for (int64_t p = 0; p < k; p++) {
+                float xv = x[i * ldx + p];
+                if (xround) {
+                    uint16_t h = qvl_f32_to_bf16(xv);
+                    qvl_row_to_f32(QVL_DT_BF16, &h, &xv, 1);
+                }
+                s += (double)xv * wf[j * k + p];
+            }
             want[i * n + j] = s;
         }
     /* The avx512 decode path (Q8_0 / Q4_0, m <= 4, k <= 16384; interleaved types always)
@@ -289,8 +298,9 @@ static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
     static const int64_t ns[] = {1, 7, 33, 130};
     static const int64_t kf[] = {1, 17, 32, 64, 96, 4097};
     static const int64_t kq[] = {32, 64, 96, 4096};
-    static const qvl_dtype dts[] = {QVL_DT_F32,  QVL_DT_F16,     QVL_DT_BF16,   QVL_DT_Q8_0,
-                                    QVL_DT_Q4_0, QVL_DT_Q8_0X16, QVL_DT_Q4_0X16};
+    static const qvl_dtype dts[] = {QVL_DT_F32,     QVL_DT_F16,     QVL_DT_BF16,
+                                    QVL_DT_Q8_0,    QVL_DT_Q4_0,    QVL_DT_Q8_0X16,
+                                    QVL_DT_Q4_0X16, QVL_DT_BF16D};
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         bool q = dts[d] == QVL_DT_Q8_0 || dts[d] == QVL_DT_Q4_0 || qvl_dtype_is_x16(dts[d]);
         const int64_t *ks = q ? kq : kf;
