@@ -345,6 +345,30 @@ QVL_API qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_tex
 QVL_API void qvl_gen_result_free(qvl_gen_result *r);
 
 /* ---- prompts ---------------------------------------------------------- */
+/* The chat template itself, on messages made of interleaved parts (text, image and video
+ * placeholders in any order), rendered exactly as the Qwen3-VL Jinja template does (no tools):
+ * a system message only in first position, images and videos as
+ * <|vision_start|><|image_pad|><|vision_end|> (one pad per placeholder; qvl_prompt_build
+ * expands them), assistant and system messages with their text parts only. *out is a heap
+ * string released with qvl_free(). Unknown role, unknown part type or a NULL text part:
+ * QVL_E_INVAL. */
+typedef enum qvl_part_type { QVL_PART_TEXT = 0, QVL_PART_IMAGE = 1, QVL_PART_VIDEO = 2 } qvl_part_type;
+
+typedef struct qvl_chat_part {
+    qvl_part_type type;
+    const char *text; /* QVL_PART_TEXT only */
+} qvl_chat_part;
+
+typedef struct qvl_chat_msg {
+    const char *role;           /* "system", "user", "assistant" or "tool" */
+    const char *content;        /* plain text, used when parts == NULL (NULL: empty) */
+    const qvl_chat_part *parts; /* list content */
+    size_t n_parts;
+} qvl_chat_msg;
+
+QVL_API qvl_status qvl_chat_render(const qvl_chat_msg *msgs, size_t n, int add_generation_prompt,
+                                   int add_vision_id, char **out, char *err, size_t err_len);
+
 /* One chat message: role "system", "user", "assistant"; text, and images placed before the
  * text (n_images placeholders), as the CLI does. */
 typedef struct qvl_message {

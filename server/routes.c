@@ -18,35 +18,6 @@
 
 #define MAX_FILE_BYTES ((size_t)64 << 20)
 
-/* Growing string; oom sticks. */
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = (b->cap ? b->cap * 2 : 1024) + n;
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) {
-    sb_add(b, s, strlen(s));
-}
-
 static void fmt(char *msg, size_t ml, const char *f, ...) __attribute__((format(printf, 3, 4)));
 static void fmt(char *msg, size_t ml, const char *f, ...) {
     va_list ap;
@@ -250,7 +221,10 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
 
 /* ---- chat ------------------------------------------------------------------------------------- */
 typedef struct chat_build {
-    sbuf prompt;
+    qvl_chat_msg *msgs;   /* the request's messages as qvl_chat_render takes them */
+    qvl_chat_part *parts; /* their parts (text points into the request JSON) */
+    size_t n_parts;
+    char *prompt; /* rendered (qvl_free) */
     qvl_image *images[SRV_MAX_IMAGES];
     uint8_t *bytes[SRV_MAX_IMAGES];
     size_t len[SRV_MAX_IMAGES];
@@ -259,14 +233,15 @@ typedef struct chat_build {
     uint64_t pixels; /* decoded so far: the request's images share --max-image-pixels */
 } chat_build;
 
-/* Append a message's content. Text-only roles take a string or the text parts; user messages
- * also take image parts, rendered as the template does. Returns an HTTP status. */
+/* Append a message's content to cb->parts (room was counted by the caller). Text-only roles
+ * take a string or text parts; user messages also take image parts, whose images are loaded and
+ * planned here. Returns an HTTP status. */
 static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bool allow_images,
                           size_t mi, const qvl_image_opts *io, char *msg, size_t ml) {
     if (!content || cJSON_IsNull(content))
         return 200;
     if (cJSON_IsString(content)) {
-        sb_str(&cb->prompt, content->valuestring);
+        cb->parts[cb->n_parts++] = (qvl_chat_part){QVL_PART_TEXT, content->valuestring};
         return 200;
     }
     if (!cJSON_IsArray(content)) {
@@ -287,7 +262,7 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                 fmt(msg, ml, "messages[%zu].content[%zu].text must be a string", mi, pi);
                 return 400;
             }
-            sb_str(&cb->prompt, t->valuestring);
+            cb->parts[cb->n_parts++] = (qvl_chat_part){QVL_PART_TEXT, t->valuestring};
         } else if (!strcmp(type->valuestring, "image_url")) {
             if (!allow_images) {
                 fmt(msg, ml, "messages[%zu]: images are only accepted in user messages", mi);
@@ -325,7 +300,7 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                 return 400;
             }
             cb->n_tok[k] = plan.n_tokens;
-            sb_str(&cb->prompt, "<|vision_start|><|image_pad|><|vision_end|>");
+            cb->parts[cb->n_parts++] = (qvl_chat_part){QVL_PART_IMAGE, NULL};
         } else {
             fmt(msg, ml, "messages[%zu].content[%zu]: unsupported part type '%.40s'", mi, pi,
                 type->valuestring);
@@ -346,20 +321,32 @@ static int role_kind(const char *r) {
     return -1;
 }
 
-/* Render the chat template (Qwen3-VL, no tools) into cb->prompt. Returns an HTTP status. */
+/* Validate the messages, load their images, and render the chat template (qvl_chat_render)
+ * into cb->prompt. Returns an HTTP status. */
 static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
                            const qvl_image_opts *io, char *msg, size_t ml) {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
         fmt(msg, ml, "'messages' must be a non-empty array");
         return 400;
     }
-    if (cJSON_GetArraySize(msgs) > SRV_MAX_MSGS) {
+    size_t n_msgs = (size_t)cJSON_GetArraySize(msgs);
+    if (n_msgs > SRV_MAX_MSGS) {
         fmt(msg, ml, "at most %d messages", SRV_MAX_MSGS);
         return 400;
     }
-    size_t mi = 0;
+    size_t room = 0;
     const cJSON *m;
-    sb_add(&cb->prompt, "", 0);
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        room += cJSON_IsArray(content) ? (size_t)cJSON_GetArraySize(content) : 1;
+    }
+    cb->msgs = calloc(n_msgs, sizeof *cb->msgs);
+    cb->parts = calloc(room + 1, sizeof *cb->parts);
+    if (!cb->msgs || !cb->parts) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    size_t mi = 0;
     cJSON_ArrayForEach(m, msgs) {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -377,38 +364,21 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
             fmt(msg, ml, "messages[%zu].content is missing", mi);
             return 400;
         }
-        int st = 200;
-        if (kind == 0) {
-            /* the template renders a system message only in first position */
-            if (mi == 0) {
-                sb_str(&cb->prompt, "<|im_start|>system\n");
-                st = render_content(S, cb, content, false, mi, io, msg, ml);
-                sb_str(&cb->prompt, "<|im_end|>\n");
-            } else {
-                size_t keep = cb->prompt.n; /* validate, then drop */
-                st = render_content(S, cb, content, false, mi, io, msg, ml);
-                if (!cb->prompt.oom && cb->prompt.p) {
-                    cb->prompt.n = keep;
-                    cb->prompt.p[keep] = 0;
-                }
-            }
-        } else if (kind == 1) {
-            sb_str(&cb->prompt, "<|im_start|>user\n");
-            st = render_content(S, cb, content, true, mi, io, msg, ml);
-            sb_str(&cb->prompt, "<|im_end|>\n");
-        } else {
-            sb_str(&cb->prompt, "<|im_start|>assistant\n");
-            st = render_content(S, cb, content, false, mi, io, msg, ml);
-            sb_str(&cb->prompt, "<|im_end|>\n");
-        }
+        /* images only in user messages; a system message past the first is validated and,
+         * as the template does, not rendered */
+        size_t first = cb->n_parts;
+        int st = render_content(S, cb, content, kind == 1, mi, io, msg, ml);
         if (st != 200)
             return st;
+        cb->msgs[mi] = (qvl_chat_msg){role->valuestring, NULL, cb->parts + first,
+                                      cb->n_parts - first};
         mi++;
     }
-    sb_str(&cb->prompt, "<|im_start|>assistant\n");
-    if (cb->prompt.oom) {
-        fmt(msg, ml, "out of memory");
-        return 500;
+    char e[256] = "";
+    qvl_status qs = qvl_chat_render(cb->msgs, n_msgs, 1, 0, &cb->prompt, e, sizeof e);
+    if (qs != QVL_OK) {
+        fmt(msg, ml, "cannot render the prompt: %s", e[0] ? e : qvl_status_str(qs));
+        return qs == QVL_E_NOMEM ? 500 : 400;
     }
     return 200;
 }
@@ -590,7 +560,7 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
                          &j->img_opts, msg, ml);
     if (st != 200)
         goto out;
-    qvl_status qs = qvl_tokenize(S->model, cb.prompt.p, cb.prompt.n, &ids, &n_ids);
+    qvl_status qs = qvl_tokenize(S->model, cb.prompt, strlen(cb.prompt), &ids, &n_ids);
     if (qs != QVL_OK) {
         fmt(msg, ml, "cannot tokenize the prompt: %s", qvl_status_str(qs));
         st = qs == QVL_E_NOMEM ? 500 : 400;
@@ -657,7 +627,9 @@ out:
         qvl_image_free(cb.images[i]);
         free(cb.bytes[i]);
     }
-    free(cb.prompt.p);
+    qvl_free(cb.prompt);
+    free(cb.msgs);
+    free(cb.parts);
     qvl_free(ids);
     srv_job_release(NULL, j);
     cJSON_Delete(root);

@@ -76,8 +76,12 @@ static void render_content(qvl_sbuf *b, const qvl_chat_msg *m, bool add_vision_i
     }
 }
 
-qvl_status qvl_chat_render(const qvl_chat_msg *msgs, size_t n, bool add_generation_prompt,
-                           bool add_vision_id, char **out, char *err, size_t err_len) {
+qvl_status qvl_chat_render(const qvl_chat_msg *msgs, size_t n, int add_generation_prompt,
+                           int add_vision_id, char **out, char *err, size_t err_len) {
+    if (!out) {
+        qvl_errf(err, err_len, "chat: NULL output");
+        return QVL_E_INVAL;
+    }
     *out = NULL;
     if (!msgs && n) {
         qvl_errf(err, err_len, "chat: no messages");

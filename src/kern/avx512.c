@@ -539,18 +539,24 @@ static bool mvx_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64
     return true;
 }
 
-/* 1 if the int8 path may use vpdpbusd: the CPU reports avx512vnni and QVL_VNNI is not "0"
- * (QVL_VNNI=0 forces the AVX512BW dot, for tests). Decided once. */
-static int mv8_use_vnni(void) {
+/* CPU features of the optional paths, decided once: bit 0, the int8 path may use vpdpbusd (the
+ * CPU reports avx512vnni and QVL_VNNI is not "0", which forces the AVX512BW dot for tests);
+ * bit 1, vdpbf16ps (avx512bf16). */
+static int cpu_features(void) {
     static int cached = -1;
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         __builtin_cpu_init();
         const char *e = getenv("QVL_VNNI");
-        v = __builtin_cpu_supports("avx512vnni") && !(e && !strcmp(e, "0"));
+        v = (__builtin_cpu_supports("avx512vnni") && !(e && !strcmp(e, "0")) ? 1 : 0) |
+            (__builtin_cpu_supports("avx512bf16") ? 2 : 0);
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
+}
+
+static int mv8_use_vnni(void) {
+    return cpu_features() & 1;
 }
 
 
@@ -765,16 +771,8 @@ __attribute__((target("avx512bf16"))) static bool bd_gemm(float *y, int64_t ldy,
     return true;
 }
 
-/* 1 if the CPU has AVX512_BF16 (decided once) */
 static int bd_supported(void) {
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512bf16");
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
+    return (cpu_features() >> 1) & 1;
 }
 
 /* The table's matmul: Q8_0 / Q4_0 with m <= 4 and k <= MV8_KMAX (a multiple of 32) go through
