@@ -390,6 +390,16 @@ QVL_API qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *ms
                                        size_t n_images, const qvl_image_opts *o,
                                        qvl_video *const *videos, size_t n_videos, int32_t **ids,
                                        size_t *n_ids, char *err, size_t err_len);
+/* The general form: messages of interleaved parts (qvl_chat_render), the image and video
+ * parts of user (and tool) messages taking `images` and `videos` in order; their counts must
+ * match. Rendered, tokenized, each image placeholder expanded into its image's tokens and each
+ * video into its timestamped frame-pair blocks. */
+QVL_API qvl_status qvl_prompt_build_parts(const qvl_model *m, const qvl_chat_msg *msgs,
+                                          size_t n_msgs, int add_generation_prompt,
+                                          qvl_image *const *images, size_t n_images,
+                                          const qvl_image_opts *o, qvl_video *const *videos,
+                                          size_t n_videos, int32_t **ids, size_t *n_ids,
+                                          char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

@@ -223,12 +223,10 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
 typedef struct chat_build {
     qvl_chat_msg *msgs;   /* the request's messages as qvl_chat_render takes them */
     qvl_chat_part *parts; /* their parts (text points into the request JSON) */
-    size_t n_parts;
-    char *prompt; /* rendered (qvl_free) */
+    size_t n_msgs, n_parts;
     qvl_image *images[SRV_MAX_IMAGES];
     uint8_t *bytes[SRV_MAX_IMAGES];
     size_t len[SRV_MAX_IMAGES];
-    int64_t n_tok[SRV_MAX_IMAGES];
     size_t n_images;
     uint64_t pixels; /* decoded so far: the request's images share --max-image-pixels */
 } chat_build;
@@ -293,13 +291,12 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
             int w = 0, h = 0;
             qvl_image_size(cb->images[k], &w, &h);
             cb->pixels += (uint64_t)w * (uint64_t)h;
-            qvl_image_plan plan;
+            qvl_image_plan plan; /* checked here so that the error names the image */
             char e[512] = "";
             if (qvl_image_plan_get(S->model, cb->images[k], io, &plan, e, sizeof e) != QVL_OK) {
                 fmt(msg, ml, "image %zu cannot be used: %s", k, e);
                 return 400;
             }
-            cb->n_tok[k] = plan.n_tokens;
             cb->parts[cb->n_parts++] = (qvl_chat_part){QVL_PART_IMAGE, NULL};
         } else {
             fmt(msg, ml, "messages[%zu].content[%zu]: unsupported part type '%.40s'", mi, pi,
@@ -321,8 +318,8 @@ static int role_kind(const char *r) {
     return -1;
 }
 
-/* Validate the messages, load their images, and render the chat template (qvl_chat_render)
- * into cb->prompt. Returns an HTTP status. */
+/* Validate the messages and load their images into cb (messages of parts, as
+ * qvl_prompt_build_parts takes them). Returns an HTTP status. */
 static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
                            const qvl_image_opts *io, char *msg, size_t ml) {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
@@ -374,12 +371,7 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
                                       cb->n_parts - first};
         mi++;
     }
-    char e[256] = "";
-    qvl_status qs = qvl_chat_render(cb->msgs, n_msgs, 1, 0, &cb->prompt, e, sizeof e);
-    if (qs != QVL_OK) {
-        fmt(msg, ml, "cannot render the prompt: %s", e[0] ? e : qvl_status_str(qs));
-        return qs == QVL_E_NOMEM ? 500 : 400;
-    }
+    cb->n_msgs = n_msgs;
     return 200;
 }
 
@@ -560,58 +552,34 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
                          &j->img_opts, msg, ml);
     if (st != 200)
         goto out;
-    qvl_status qs = qvl_tokenize(S->model, cb.prompt, strlen(cb.prompt), &ids, &n_ids);
+    char e[512] = "";
+    qvl_status qs = qvl_prompt_build_parts(S->model, cb.msgs, cb.n_msgs, 1, cb.images,
+                                           cb.n_images, &j->img_opts, NULL, 0, &ids, &n_ids, e,
+                                           sizeof e);
     if (qs != QVL_OK) {
-        fmt(msg, ml, "cannot tokenize the prompt: %s", qvl_status_str(qs));
+        fmt(msg, ml, "cannot build the prompt: %s", e[0] ? e : qvl_status_str(qs));
         st = qs == QVL_E_NOMEM ? 500 : 400;
         goto out;
     }
-    /* expand each <|image_pad|> into its image's token count */
-    size_t n_pads = 0;
-    for (size_t i = 0; i < n_ids; i++) {
-        n_pads += ids[i] == S->image_pad;
-        if (ids[i] == S->video_pad) {
-            fmt(msg, ml, "video placeholders are not supported");
-            st = 400;
-            goto out;
-        }
-    }
-    if (n_pads != cb.n_images) {
-        fmt(msg, ml, "the message text must not contain image placeholder tokens");
-        st = 400;
-        goto out;
-    }
-    uint64_t total = n_ids - n_pads;
-    for (size_t i = 0; i < cb.n_images; i++)
-        total += (uint64_t)cb.n_tok[i];
-    if (total >= (uint64_t)S->o.n_ctx) {
+    if (n_ids >= (size_t)S->o.n_ctx) {
         *code = "context_length_exceeded";
-        fmt(msg, ml, "the prompt has %llu tokens but the context holds %d (including at least "
+        fmt(msg, ml, "the prompt has %zu tokens but the context holds %d (including at least "
                      "one generated token)",
-            (unsigned long long)total, S->o.n_ctx);
+            n_ids, S->o.n_ctx);
         st = 400;
         goto out;
     }
-    j->ids = malloc((size_t)total * sizeof(int32_t) + 1);
+    j->ids = ids; /* the job owns them now */
+    j->n_ids = n_ids;
+    ids = NULL;
     j->images = calloc(cb.n_images + 1, sizeof *j->images);
     j->img_bytes = calloc(cb.n_images + 1, sizeof *j->img_bytes);
     j->img_len = calloc(cb.n_images + 1, sizeof *j->img_len);
-    if (!j->ids || !j->images || !j->img_bytes || !j->img_len) {
+    if (!j->images || !j->img_bytes || !j->img_len) {
         fmt(msg, ml, "out of memory");
         st = 500;
         goto out;
     }
-    size_t o = 0, k = 0;
-    for (size_t i = 0; i < n_ids; i++) {
-        if (ids[i] == S->image_pad) {
-            for (int64_t r = 0; r < cb.n_tok[k]; r++)
-                j->ids[o++] = S->image_pad;
-            k++;
-        } else {
-            j->ids[o++] = ids[i];
-        }
-    }
-    j->n_ids = o;
     for (size_t i = 0; i < cb.n_images; i++) { /* move the images into the job */
         j->images[i] = cb.images[i];
         j->img_bytes[i] = cb.bytes[i];
@@ -627,7 +595,6 @@ out:
         qvl_image_free(cb.images[i]);
         free(cb.bytes[i]);
     }
-    qvl_free(cb.prompt);
     free(cb.msgs);
     free(cb.parts);
     qvl_free(ids);

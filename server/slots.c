@@ -60,7 +60,7 @@ srv_job *srv_job_new(void) {
 }
 
 static void job_free(srv_job *j) {
-    free(j->ids);
+    qvl_free(j->ids); /* from qvl_prompt_build_parts */
     for (size_t i = 0; i < j->n_images; i++) {
         if (j->images)
             qvl_image_free(j->images[i]);

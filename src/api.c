@@ -268,6 +268,66 @@ static qvl_status expand_videos(const qvl_model *m, char **text, qvl_video *cons
     return QVL_OK;
 }
 
+qvl_status qvl_prompt_build_parts(const qvl_model *m, const qvl_chat_msg *msgs, size_t n_msgs,
+                                  int add_generation_prompt, qvl_image *const *images,
+                                  size_t n_images, const qvl_image_opts *o,
+                                  qvl_video *const *videos, size_t n_videos, int32_t **ids,
+                                  size_t *n_ids, char *err, size_t err_len) {
+    if (!m || !ids || !n_ids || (!msgs && n_msgs) || (!images && n_images) ||
+        (!videos && n_videos))
+        return QVL_E_INVAL;
+    *ids = NULL;
+    *n_ids = 0;
+    /* the template renders media only in user and tool messages */
+    size_t img_i = 0, vid_i = 0;
+    for (size_t i = 0; i < n_msgs; i++) {
+        const char *r = msgs[i].role ? msgs[i].role : "";
+        if (strcmp(r, "user") && strcmp(r, "tool"))
+            continue;
+        for (size_t k = 0; msgs[i].parts && k < msgs[i].n_parts; k++) {
+            img_i += msgs[i].parts[k].type == QVL_PART_IMAGE;
+            vid_i += msgs[i].parts[k].type == QVL_PART_VIDEO;
+        }
+    }
+    if (img_i != n_images || vid_i != n_videos) {
+        qvl_errf(err, err_len,
+                 "the messages place %zu images and %zu videos but %zu and %zu were given",
+                 img_i, vid_i, n_images, n_videos);
+        return QVL_E_INVAL;
+    }
+    size_t *counts = qvl_calloc(n_images + 1, sizeof *counts);
+    char *text = NULL;
+    int32_t *raw = NULL;
+    size_t n_raw = 0;
+    qvl_status s = QVL_OK;
+    if (!counts) {
+        qvl_errf(err, err_len, "out of memory");
+        return QVL_E_NOMEM;
+    }
+    for (size_t i = 0; i < n_images; i++) {
+        qvl_image_plan plan;
+        s = qvl_image_plan_get(m, images[i], o, &plan, err, err_len);
+        if (s != QVL_OK)
+            goto done;
+        counts[i] = (size_t)plan.n_tokens;
+    }
+    s = qvl_chat_render(msgs, n_msgs, add_generation_prompt != 0, false, &text, err, err_len);
+    if (s == QVL_OK)
+        s = expand_videos(m, &text, videos, n_videos, err, err_len);
+    if (s != QVL_OK)
+        goto done;
+    s = qvl_tok_encode(m->tok, text, strlen(text), &raw, &n_raw, err, err_len);
+    if (s != QVL_OK)
+        goto done;
+    s = qvl_chat_expand_pads(raw, n_raw, m->cfg.image_token_id, counts, n_images, ids, n_ids, err,
+                             err_len);
+done:
+    qvl_free(counts);
+    qvl_free(text);
+    qvl_free(raw);
+    return s;
+}
+
 qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *msgs, size_t n_msgs,
                                int add_generation_prompt, qvl_image *const *images,
                                size_t n_images, const qvl_image_opts *o,
@@ -278,6 +338,7 @@ qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *msgs, size
         return QVL_E_INVAL;
     *ids = NULL;
     *n_ids = 0;
+    /* each message: its images, then its videos, then its text */
     size_t total_parts = 0;
     for (size_t i = 0; i < n_msgs; i++) {
         if (msgs[i].n_images < 0 || msgs[i].n_videos < 0 || msgs[i].n_images > 100000 ||
@@ -289,15 +350,11 @@ qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *msgs, size
     }
     qvl_chat_msg *cm = qvl_calloc(n_msgs + 1, sizeof *cm);
     qvl_chat_part *parts = qvl_calloc(total_parts + 1, sizeof *parts);
-    size_t *counts = qvl_calloc(n_images + 1, sizeof *counts);
-    char *text = NULL;
-    int32_t *raw = NULL;
-    size_t n_raw = 0, img_i = 0, vid_i = 0;
-    qvl_status s = QVL_OK;
-    if (!cm || !parts || !counts) {
-        s = QVL_E_NOMEM;
+    if (!cm || !parts) {
+        qvl_free(cm);
+        qvl_free(parts);
         qvl_errf(err, err_len, "out of memory");
-        goto done;
+        return QVL_E_NOMEM;
     }
     size_t pi = 0;
     for (size_t i = 0; i < n_msgs; i++) {
@@ -310,39 +367,11 @@ qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *msgs, size
         parts[pi].type = QVL_PART_TEXT;
         parts[pi++].text = msgs[i].text ? msgs[i].text : "";
         cm[i].n_parts = (size_t)msgs[i].n_images + (size_t)msgs[i].n_videos + 1;
-        img_i += (size_t)msgs[i].n_images;
-        vid_i += (size_t)msgs[i].n_videos;
     }
-    if (img_i != n_images || vid_i != n_videos) {
-        qvl_errf(err, err_len,
-                 "the messages place %zu images and %zu videos but %zu and %zu were given",
-                 img_i, vid_i, n_images, n_videos);
-        s = QVL_E_INVAL;
-        goto done;
-    }
-    for (size_t i = 0; i < n_images; i++) {
-        qvl_image_plan plan;
-        s = qvl_image_plan_get(m, images[i], o, &plan, err, err_len);
-        if (s != QVL_OK)
-            goto done;
-        counts[i] = (size_t)plan.n_tokens;
-    }
-    s = qvl_chat_render(cm, n_msgs, add_generation_prompt != 0, false, &text, err, err_len);
-    if (s == QVL_OK)
-        s = expand_videos(m, &text, videos, n_videos, err, err_len);
-    if (s != QVL_OK)
-        goto done;
-    s = qvl_tok_encode(m->tok, text, strlen(text), &raw, &n_raw, err, err_len);
-    if (s != QVL_OK)
-        goto done;
-    s = qvl_chat_expand_pads(raw, n_raw, m->cfg.image_token_id, counts, n_images, ids, n_ids, err,
-                             err_len);
-done:
+    qvl_status s = qvl_prompt_build_parts(m, cm, n_msgs, add_generation_prompt, images, n_images,
+                                          o, videos, n_videos, ids, n_ids, err, err_len);
     qvl_free(cm);
     qvl_free(parts);
-    qvl_free(counts);
-    qvl_free(text);
-    qvl_free(raw);
     return s;
 }
 

@@ -155,6 +155,74 @@ static void bf16_dot(void) {
     qvl_model_free(m2);
 }
 
+/* qvl_prompt_build_parts: text and images interleaved in one user message; each image's pads
+ * where its part is, as many as its plan says; the same prompt with the images first equals
+ * qvl_prompt_build's; counts that do not match the parts are refused */
+static void prompt_parts(void) {
+    char err[512] = "";
+    uint8_t rgb[64 * 48 * 3];
+    for (size_t i = 0; i < sizeof rgb; i++)
+        rgb[i] = (uint8_t)(i * 7);
+    qvl_image *im[2] = {NULL, NULL};
+    CHECK(qvl_image_from_rgb(rgb, 64, 48, &im[0], err, sizeof err) == QVL_OK);
+    CHECK(qvl_image_from_rgb(rgb, 48, 64, &im[1], err, sizeof err) == QVL_OK);
+    if (!im[0] || !im[1])
+        goto done;
+    qvl_image_plan pl[2];
+    CHECK(qvl_image_plan_get(M, im[0], NULL, &pl[0], err, sizeof err) == QVL_OK);
+    CHECK(qvl_image_plan_get(M, im[1], NULL, &pl[1], err, sizeof err) == QVL_OK);
+    const qvl_chat_part parts[] = {{QVL_PART_TEXT, "Look at"},
+                                   {QVL_PART_IMAGE, NULL},
+                                   {QVL_PART_TEXT, "and then at"},
+                                   {QVL_PART_IMAGE, NULL},
+                                   {QVL_PART_TEXT, "."}};
+    const qvl_chat_msg msgs[] = {{"system", "Be brief.", NULL, 0}, {"user", NULL, parts, 5}};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK(qvl_prompt_build_parts(M, msgs, 2, 1, im, 2, NULL, NULL, 0, &ids, &n, err,
+                                 sizeof err) == QVL_OK);
+    int32_t pad = qvl_model_image_token(M);
+    size_t runs = 0, run_len[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] == pad) {
+            if (i == 0 || ids[i - 1] != pad)
+                runs++;
+            if (runs <= 4)
+                run_len[runs - 1]++;
+        }
+    CHECKF(runs == 2 && run_len[0] == (size_t)pl[0].n_tokens &&
+               run_len[1] == (size_t)pl[1].n_tokens,
+           "interleaved parts: %zu pad runs of %zu and %zu (plans %lld, %lld)", runs, run_len[0],
+           run_len[1], (long long)pl[0].n_tokens, (long long)pl[1].n_tokens);
+    qvl_free(ids);
+    /* images-then-text messages: the same ids through both calls */
+    const qvl_chat_part p2[] = {{QVL_PART_IMAGE, NULL}, {QVL_PART_IMAGE, NULL},
+                                {QVL_PART_TEXT, "Compare."}};
+    const qvl_chat_msg m2[] = {{"user", NULL, p2, 3}};
+    qvl_message qm = {"user", "Compare.", 2, 0};
+    int32_t *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    CHECK(qvl_prompt_build_parts(M, m2, 1, 1, im, 2, NULL, NULL, 0, &a, &na, err, sizeof err) ==
+          QVL_OK);
+    CHECK(qvl_prompt_build(M, &qm, 1, 1, im, 2, NULL, &b, &nb, err, sizeof err) == QVL_OK);
+    CHECK(a && b && na == nb && !memcmp(a, b, na * sizeof *a));
+    qvl_free(a);
+    qvl_free(b);
+    /* one image given for two image parts; an image part in an assistant message (not
+     * rendered, so not counted) */
+    ids = NULL;
+    CHECK(qvl_prompt_build_parts(M, msgs, 2, 1, im, 1, NULL, NULL, 0, &ids, &n, err,
+                                 sizeof err) == QVL_E_INVAL &&
+          !ids && strstr(err, "place 2 images"));
+    const qvl_chat_msg m3[] = {{"assistant", NULL, p2, 3}};
+    CHECK(qvl_prompt_build_parts(M, m3, 1, 1, im, 2, NULL, NULL, 0, &ids, &n, err,
+                                 sizeof err) == QVL_E_INVAL &&
+          !ids);
+done:
+    qvl_image_free(im[0]);
+    qvl_image_free(im[1]);
+}
+
 static void streaming_and_stops(void) {
     qvl_ctx *c = prompt_ctx("Tell me a story.", 512);
     qvl_gen_params gp = qvl_gen_default_params();
@@ -323,6 +391,7 @@ int main(void) {
     progress_cancel();
     kv_types();
     bf16_dot();
+    prompt_parts();
     qvl_model_free(M);
     CHECK_DONE();
 }
