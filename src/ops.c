@@ -65,11 +65,11 @@ void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_ma
     int nth = work < 65536 ? 1 : qvl_pool_size(pool);
     mm_job j = {.x = x, .m = m, .jobs = jobs, .n_jobs = n_jobs};
     atomic_init(&j.next, 0);
-    /* chunks per thread and matrix: a few for the matrix-vector path (cheap to start), two for
-     * the matrix-matrix path (each chunk re-reads the activations); rows rounded to 64 (a
-     * multiple of every GEMM panel and interleaved group) so partial panels only occur at the
-     * end of a matrix */
-    const int64_t per_thread = m < 16 ? 4 : 2;
+    /* chunks per thread and matrix: a few for the matrix-vector path (cheap to start), one for
+     * the matrix-matrix path (each call re-reads, and for the int8 and bf16-dot kernels
+     * re-rounds, all the activations); rows rounded to 64 (a multiple of every GEMM panel and
+     * interleaved group) so partial panels only occur at the end of a matrix */
+    const int64_t per_thread = m < 16 ? 4 : 1;
     j.first_chunk[0] = 0;
     for (int i = 0; i < n_jobs; i++) {
         int64_t n = jobs[i].W->rows, parts = nth > 1 ? nth * per_thread : 1;
