@@ -31,9 +31,10 @@ typedef struct qvl_kern {
      * a split group is read twice). x, y, b are float32. Accumulation in float32, except
      * that the AVX-512 path rounds the activations to int8 blocks (32 values + a float scale) for
      * Q8_0/Q4_0 weights when m <= 4, and for Q8_0X16/Q4_0X16 weights always, and multiplies with
-     * integer dot products.
-     * Returns false if this implementation does not take wt (the caller falls back to ref,
-     * which takes every type above). */
+     * integer dot products. BF16D (bf16 bytes) rounds the activations to bf16 on every path
+     * when m > 4 (products exact in float; AVX-512 BF16 dot products where the CPU has them).
+     * Returns false if this implementation does not take wt, or cannot get a working buffer
+     * (the caller falls back to ref, which takes every type above and allocates nothing). */
     bool (*matmul)(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                    const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1);
 
