@@ -427,7 +427,7 @@ int qvl_cli_bench(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(j, "prefill_tok_s", prefill.med);
         cJSON_AddNumberToObject(j, "decode_tok_s", decode.med);
-        cJSON_AddNumberToObject(j, "decode_tok_s_max", decode.min);
+        cJSON_AddNumberToObject(j, "decode_tok_s_min", decode.min); /* slowest repetition */
         cJSON_AddNumberToObject(j, "ttft_ms", ttft.med);
         cJSON_AddNumberToObject(j, "peak_rss_bytes", rss);
         cJSON_AddNumberToObject(j, "mem_read_gbs", gbs);
