@@ -44,4 +44,27 @@ static inline const char *shared_path(const char *rel) {
     snprintf(buf[k], sizeof buf[k], "%s/%s", root, rel);
     return buf[k];
 }
+
+/* Whole file into a NUL-terminated heap buffer (free()); *len (may be NULL) gets its size.
+ * NULL if it cannot be opened or read. */
+static inline char *check_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *b = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b) {
+        b[n] = 0;
+        if (len)
+            *len = (size_t)n;
+    }
+    return b;
+}
 #endif

@@ -8,24 +8,6 @@
 #include <cjson/cJSON.h>
 #include <stdint.h>
 
-static char *read_all(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b)
-        b[n] = 0;
-    return b;
-}
-
 static bool render_eq(const qvl_chat_msg *m, size_t n, bool gen, bool vid, const char *want) {
     char *out = NULL;
     char err[200];
@@ -41,7 +23,7 @@ static bool render_eq(const qvl_chat_msg *m, size_t n, bool gen, bool vid, const
 static void test_golden(const qvl_tok *tok, const char *name) {
     char path[256];
     snprintf(path, sizeof path, "fixtures/tiny-qwen3vl/golden/%s.json", name);
-    char *buf = read_all(shared_path(path));
+    char *buf = check_read_file(shared_path(path), NULL);
     CHECKF(buf != NULL, "%s", path);
     if (!buf)
         return;

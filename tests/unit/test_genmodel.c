@@ -14,27 +14,6 @@
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        if (len)
-            *len = (size_t)n;
-    }
-    return buf;
-}
-
 static char *pjoin(const char *dir, const char *name) {
     static char buf[8][1024];
     static int k;
@@ -46,8 +25,8 @@ static char *pjoin(const char *dir, const char *name) {
 static int files_equal(const char *a, const char *b) {
     size_t la = 0;
     size_t lb = 0;
-    char *x = slurp(a, &la);
-    char *y = slurp(b, &lb);
+    char *x = check_read_file(a, &la);
+    char *y = check_read_file(b, &lb);
     int eq = x && y && la == lb && memcmp(x, y, la) == 0;
     free(x);
     free(y);
@@ -94,7 +73,7 @@ typedef struct tfile {
 /* Parse one .safetensors file into f (appending); 0 on any format error. */
 static int load_st_file(const char *path, tfile *f) {
     size_t len = 0;
-    char *buf = slurp(path, &len);
+    char *buf = check_read_file(path, &len);
     if (!buf || len < 8 || f->n_bufs == 16) {
         free(buf);
         return 0;
@@ -157,7 +136,7 @@ static int load_st_file(const char *path, tfile *f) {
  * error. */
 static int load_st_dir(const char *dir, tfile *f) {
     memset(f, 0, sizeof *f);
-    char *idx = slurp(pjoin(dir, "model.safetensors.index.json"), NULL);
+    char *idx = check_read_file(pjoin(dir, "model.safetensors.index.json"), NULL);
     if (!idx)
         return load_st_file(pjoin(dir, "model.safetensors"), f);
     cJSON *j = cJSON_Parse(idx);
@@ -282,7 +261,7 @@ static int json_int(const cJSON *o, const char *path) {
 }
 
 static cJSON *load_json(const char *dir, const char *name) {
-    char *s = slurp(pjoin(dir, name), NULL);
+    char *s = check_read_file(pjoin(dir, name), NULL);
     cJSON *j = s ? cJSON_Parse(s) : NULL;
     free(s);
     return j;
@@ -290,7 +269,7 @@ static cJSON *load_json(const char *dir, const char *name) {
 
 static int config_ok(const char *dir) {
     size_t len = 0;
-    char *s = slurp(pjoin(dir, "config.json"), &len);
+    char *s = check_read_file(pjoin(dir, "config.json"), &len);
     qvl_config c;
     char err[256] = "";
     qvl_status st = s ? qvl_config_parse(s, len, "config.json", &c, err, sizeof err) : QVL_E_IO;

@@ -17,26 +17,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) {
-        b[n] = 0;
-        *len = (size_t)n;
-    }
-    return b;
-}
-
 /* true if s[0..n) is well-formed UTF-8 (as utf8proc sees it) */
 static bool valid_utf8(const char *s, size_t n) {
     const utf8proc_uint8_t *u = (const utf8proc_uint8_t *)s;
@@ -291,7 +271,7 @@ typedef struct {
 
 static bool load_cases(cases_t *c) {
     size_t len;
-    char *buf = read_all(shared_path("fixtures/tiny-qwen3vl/golden/tokenizer_cases.json"), &len);
+    char *buf = check_read_file(shared_path("fixtures/tiny-qwen3vl/golden/tokenizer_cases.json"), &len);
     if (!buf)
         return false;
     /* cJSON strings end at NUL: parse "\\u0000" as the noncharacter U+FDD0 and map it back */
@@ -689,7 +669,7 @@ static void test_threads_speed(const qvl_tok *t, const cases_t *c) {
 int main(void) {
     test_tiny();
     size_t real_len = 0;
-    char *real = read_all(shared_path("fixtures/qwen3-tokenizer/tokenizer.json"), &real_len);
+    char *real = check_read_file(shared_path("fixtures/qwen3-tokenizer/tokenizer.json"), &real_len);
     CHECK(real != NULL);
     if (!real)
         CHECK_DONE();

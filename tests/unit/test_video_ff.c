@@ -53,22 +53,6 @@ static int run_ffmpeg(const char *args, const char *out) {
     return rc;
 }
 
-static unsigned char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static int write_all(const char *path, const void *b, size_t len) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
@@ -220,7 +204,7 @@ static void check_seeking(void) {
 
     /* the memory entry points give the same frames */
     size_t len = 0;
-    unsigned char *buf = read_all(p, &len);
+    unsigned char *buf = (unsigned char *)check_read_file(p, &len);
     CHECK(buf != NULL);
     if (buf) {
         qvl_vid_info mi;
@@ -298,7 +282,7 @@ static void check_truncated_faststart(void) {
     char err[512] = "";
     char *p = tmp_path("fast.mp4");
     size_t len = 0;
-    unsigned char *buf = read_all(p, &len);
+    unsigned char *buf = (unsigned char *)check_read_file(p, &len);
     CHECK(buf != NULL);
     if (buf) {
         qvl_vid_info mi;
@@ -328,7 +312,7 @@ static void check_rotation(void) {
     char *src = tmp_path("a.mp4");
     char *dst = tmp_path("rot.mp4");
     size_t len = 0;
-    unsigned char *b = read_all(src, &len);
+    unsigned char *b = (unsigned char *)check_read_file(src, &len);
     unsigned char *t = NULL;
     for (size_t i = 0; b && i + 4 <= len; i++)
         if (memcmp(b + i, "tkhd", 4) == 0) {
@@ -438,7 +422,7 @@ static void check_bad_inputs(void) {
     /* MKV whose Segment Duration claims ~278 hours: refused before the scan */
     p = tmp_path("a.mkv");
     size_t len = 0;
-    unsigned char *b = read_all(p, &len);
+    unsigned char *b = (unsigned char *)check_read_file(p, &len);
     unsigned char *d = NULL;
     for (size_t i = 0; b && i + 11 <= len; i++)
         if (b[i] == 0x44 && b[i + 1] == 0x89 && b[i + 2] == 0x88) {
