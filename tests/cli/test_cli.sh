@@ -74,5 +74,15 @@ head -c 100 "$S/images/rgb_400x300_q90.jpg" > "$T/trunc.jpg"
 expect_fail "$BIN" run -m "$M" -i "$T/trunc.jpg"
 expect_fail "$BIN" run -m "$M" -c 16 -p "this prompt is longer than a sixteen token context window for sure, yes"
 expect_fail "$BIN" encode -m "$M" "$S/images/rgb_64x64.png"   # no --out
+# speed options: 16-bit KV cache, bf16 dot products, quantised weights (with an image); the
+# sampling options reach chat too (stdin closed: one prompt-less session ends cleanly)
+for opt in "--kv bf16" "--kv f16" "--bf16-dot" "--quant q8" "--quant q4" "--quant q8 --kv bf16 --bf16-dot"; do
+    # shellcheck disable=SC2086
+    out=$("$BIN" run -m "$M" -i "$S/images/rgb_64x64.png" -p "Describe this image." -n 6 --temp 0 --json -t 2 $opt) &&
+        echo "$out" | grep -q '"generated_ids":\[[0-9]*,[0-9]*,[0-9]*,[0-9]*,[0-9]*,[0-9]*\]' && ok || bad "run $opt: $out"
+done
+expect_fail "$BIN" run -m "$M" -p "x" --kv fp8
+expect_fail "$BIN" run -m "$M" -p "x" --quant q3
+"$BIN" chat -m "$M" --top-k 5 --top-p 0.9 --stop "." --kv bf16 < /dev/null > /dev/null 2>&1 && ok || bad "chat with sampling options"
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
