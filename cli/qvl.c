@@ -489,7 +489,7 @@ static int cmd_run(opts *o) {
         }
         n_img++;
     }
-    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, 0, 0};
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, 0, 0, 0};
     for (int i = 0; i < o->n_videos; i++) {
         qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
                                       sizeof err);
@@ -674,7 +674,7 @@ out:
 static int preprocess_videos(opts *o, qvl_model *m) {
     cJSON *arr = cJSON_CreateArray();
     int rc = 0;
-    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->min_pixels, o->max_pixels};
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->min_pixels, o->max_pixels, 0};
     for (int i = 0; i < o->n_videos; i++) {
         char err[1024] = "";
         qvl_video *v = NULL;

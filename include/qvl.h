@@ -196,6 +196,8 @@ typedef struct qvl_video_opts {
     int max_frames;
     int64_t min_pixels;
     int64_t max_pixels;
+    uint64_t max_decoded_pixels; /* video files: 0 no budget; else sampled frames x width x
+                                    height must fit, checked before decoding (QVL_E_LIMIT) */
 } qvl_video_opts;
 
 /* A video file (decoded with FFmpeg, only the sampled frames) or a directory of frame images
@@ -204,6 +206,10 @@ typedef struct qvl_video_opts {
 QVL_API qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fps,
                                   const qvl_video_opts *o, qvl_video **out, char *err,
                                   size_t err_len);
+/* A video file held in memory (borrowed for the call), as qvl_video_load. */
+QVL_API qvl_status qvl_video_load_mem(const qvl_model *m, const void *data, size_t len,
+                                      const qvl_video_opts *o, qvl_video **out, char *err,
+                                      size_t err_len);
 /* A video from decoded frames (all the same size) at frame rate fps; frames are copied. */
 QVL_API qvl_status qvl_video_from_frames(const qvl_model *m, qvl_image *const *frames, size_t n,
                                          double fps, const qvl_video_opts *o, qvl_video **out,

@@ -300,6 +300,44 @@ static qvl_status load_dir(const qvl_model *m, const char *path, double frames_f
     return QVL_OK;
 }
 
+/* A video file (path) or buffer (data, len): probe, sample, check the decoded-pixel budget,
+ * decode the sampled frames. */
+static qvl_status load_stream(const qvl_model *m, const char *path, const void *data, size_t len,
+                              const qvl_video_opts *o, qvl_video **out, char *err,
+                              size_t err_len) {
+    qvl_vid_limits lim = qvl_vid_limits_default();
+    qvl_vid_info info;
+    qvl_status s = path ? qvl_vid_probe_file(path, &lim, &info, err, err_len)
+                        : qvl_vid_probe_mem(data, len, &lim, &info, err, err_len);
+    if (s != QVL_OK)
+        return s;
+    qvl_video *v = NULL;
+    s = video_new(m, o, info.n_frames, info.fps, &v, err, err_len);
+    if (s != QVL_OK)
+        return s;
+    /* decoded frames have the probed size, so the budget is exact before any decoding */
+    uint64_t need = (uint64_t)v->n * (uint64_t)info.width * (uint64_t)info.height;
+    if (o && o->max_decoded_pixels && need > o->max_decoded_pixels) {
+        qvl_errf(err, err_len,
+                 "video: %lld sampled frames of %dx%d are %llu pixels, over the budget of %llu",
+                 (long long)v->n, info.width, info.height, (unsigned long long)need,
+                 (unsigned long long)o->max_decoded_pixels);
+        qvl_video_free(v);
+        return QVL_E_LIMIT;
+    }
+    s = path ? qvl_vid_decode_file(path, &lim, v->indices, (size_t)v->n, v->frames, err, err_len)
+             : qvl_vid_decode_mem(data, len, &lim, v->indices, (size_t)v->n, v->frames, err,
+                                  err_len);
+    if (s == QVL_OK)
+        s = check_sizes(v, err, err_len);
+    if (s != QVL_OK) {
+        qvl_video_free(v);
+        return s;
+    }
+    *out = v;
+    return QVL_OK;
+}
+
 qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fps,
                           const qvl_video_opts *o, qvl_video **out, char *err, size_t err_len) {
     if (!out)
@@ -311,24 +349,20 @@ qvl_status qvl_video_load(const qvl_model *m, const char *path, double frames_fp
     }
     if (qvl_dir_exists(path))
         return load_dir(m, path, frames_fps, o, out, err, err_len);
-    qvl_vid_limits lim = qvl_vid_limits_default();
-    qvl_vid_info info;
-    qvl_status s = qvl_vid_probe_file(path, &lim, &info, err, err_len);
-    if (s != QVL_OK)
-        return s;
-    qvl_video *v = NULL;
-    s = video_new(m, o, info.n_frames, info.fps, &v, err, err_len);
-    if (s != QVL_OK)
-        return s;
-    s = qvl_vid_decode_file(path, &lim, v->indices, (size_t)v->n, v->frames, err, err_len);
-    if (s == QVL_OK)
-        s = check_sizes(v, err, err_len);
-    if (s != QVL_OK) {
-        qvl_video_free(v);
-        return s;
+    return load_stream(m, path, NULL, 0, o, out, err, err_len);
+}
+
+qvl_status qvl_video_load_mem(const qvl_model *m, const void *data, size_t len,
+                              const qvl_video_opts *o, qvl_video **out, char *err,
+                              size_t err_len) {
+    if (!out)
+        return QVL_E_INVAL;
+    *out = NULL;
+    if (!data || len == 0) {
+        qvl_errf(err, err_len, "video: no data");
+        return QVL_E_INVAL;
     }
-    *out = v;
-    return QVL_OK;
+    return load_stream(m, NULL, data, len, o, out, err, err_len);
 }
 
 /* ---- plan, timestamps, pixels ------------------------------------------------------------ */

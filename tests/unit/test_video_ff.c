@@ -443,6 +443,46 @@ static void check_bad_inputs(void) {
     qvl_free(p);
 }
 
+/* qvl_video_load_mem gives the same video as qvl_video_load on the file; the decoded-pixel
+ * budget is exact (sampled frames x width x height) and refuses before decoding */
+static void check_public_load(void) {
+    char err[512] = "";
+    char *p = tmp_path("long.mp4");
+    size_t len = 0;
+    char *buf = check_read_file(p, &len);
+    CHECK(buf != NULL);
+    if (!buf)
+        return;
+    qvl_video *a = NULL, *b = NULL;
+    CHECKF(qvl_video_load(NULL, p, 0, NULL, &a, err, sizeof err) == QVL_OK, "load: %s", err);
+    CHECKF(qvl_video_load_mem(NULL, buf, len, NULL, &b, err, sizeof err) == QVL_OK, "mem: %s",
+           err);
+    int64_t ia[1024], ib[1024];
+    size_t na = a ? qvl_video_frame_indices(a, ia, 1024) : 0;
+    size_t nb = b ? qvl_video_frame_indices(b, ib, 1024) : 0;
+    CHECK(na > 0 && na == nb && na <= 1024 && !memcmp(ia, ib, na * sizeof *ia));
+    qvl_video_plan pa, pb;
+    CHECK(a && b && qvl_video_plan_get(NULL, a, &pa, err, sizeof err) == QVL_OK &&
+          qvl_video_plan_get(NULL, b, &pb, err, sizeof err) == QVL_OK &&
+          pa.n_tokens == pb.n_tokens && pa.grid_t == pb.grid_t);
+    qvl_video_free(a);
+    qvl_video_free(b);
+    qvl_video_opts o = {0};
+    o.max_decoded_pixels = (uint64_t)na * 64 * 48; /* exactly enough */
+    b = NULL;
+    CHECKF(qvl_video_load_mem(NULL, buf, len, &o, &b, err, sizeof err) == QVL_OK && b,
+           "budget exactly met: %s", err);
+    qvl_video_free(b);
+    o.max_decoded_pixels--;
+    b = NULL;
+    CHECK(qvl_video_load_mem(NULL, buf, len, &o, &b, err, sizeof err) == QVL_E_LIMIT && !b &&
+          strstr(err, "budget"));
+    CHECK(qvl_video_load(NULL, p, 0, &o, &b, err, sizeof err) == QVL_E_LIMIT && !b);
+    CHECK(qvl_video_load_mem(NULL, buf, 0, NULL, &b, err, sizeof err) == QVL_E_INVAL && !b);
+    CHECK(qvl_video_load_mem(NULL, buf, len / 3, NULL, &b, err, sizeof err) != QVL_OK && !b);
+    free(buf);
+}
+
 static void ffmpeg_checks(void) {
     if (system("ffmpeg -version >/dev/null 2>&1") != 0) {
         printf("SKIP: the ffmpeg CLI is not installed, clip checks skipped\n");
@@ -495,6 +535,7 @@ static void ffmpeg_checks(void) {
         check_truncated_faststart();
         check_rotation();
         check_bad_inputs();
+        check_public_load();
     }
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
@@ -503,6 +544,7 @@ static void ffmpeg_checks(void) {
         qvl_rgb_free(&g_ref[i]);
 }
 #endif
+
 
 int main(void) {
     qvl_vid_limits d = qvl_vid_limits_default();
