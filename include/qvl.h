@@ -222,6 +222,7 @@ typedef struct qvl_video_plan {
     int grid_t, grid_h, grid_w; /* grid_t = frame pairs */
     int64_t tokens_per_group;   /* <|video_pad|> tokens per frame pair */
     int64_t n_tokens;
+    int frame_width, frame_height; /* decoded (source) frame size */
 } qvl_video_plan;
 QVL_API qvl_status qvl_video_plan_get(const qvl_model *m, const qvl_video *v, qvl_video_plan *p,
                                       char *err, size_t err_len);

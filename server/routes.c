@@ -86,7 +86,7 @@ static int hexval(char c) {
 static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n, char *msg,
                       size_t ml) {
     if (!S->o.allow_dir) {
-        fmt(msg, ml, "file:// image URLs are disabled (start the server with "
+        fmt(msg, ml, "file:// URLs are disabled (start the server with "
                      "--allow-local-files DIR)");
         return 400;
     }
@@ -120,7 +120,7 @@ static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n,
     char real[PATH_MAX];
     if (!realpath(path, real) || strncmp(real, S->allow_real, strlen(S->allow_real)) != 0) {
         /* same answer for missing and outside files: do not reveal what exists */
-        fmt(msg, ml, "file:// image is not a readable file inside the allowed directory");
+        fmt(msg, ml, "file:// path is not a readable file inside the allowed directory");
         return 400;
     }
     int fd = open(real, O_RDONLY | O_CLOEXEC);
@@ -128,12 +128,12 @@ static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n,
     if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         if (fd >= 0)
             close(fd);
-        fmt(msg, ml, "file:// image is not a readable file inside the allowed directory");
+        fmt(msg, ml, "file:// path is not a readable file inside the allowed directory");
         return 400;
     }
     if ((size_t)st.st_size > MAX_FILE_BYTES || st.st_size == 0) {
         close(fd);
-        fmt(msg, ml, "file:// image is empty or larger than %zu bytes", MAX_FILE_BYTES);
+        fmt(msg, ml, "file:// file is empty or larger than %zu bytes", MAX_FILE_BYTES);
         return 400;
     }
     size_t len = (size_t)st.st_size, got = 0;
@@ -155,7 +155,7 @@ static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n,
     close(fd);
     if (got != len) {
         free(buf);
-        fmt(msg, ml, "file:// image could not be read");
+        fmt(msg, ml, "file:// file could not be read");
         return 400;
     }
     *bytes = buf;
@@ -219,6 +219,66 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
     return 200;
 }
 
+/* Fetch and sample the video of a video_url (data:video/...;base64, or file:// under
+ * --allow-local-files): FFmpeg decodes only the sampled frames, and only if they fit in
+ * `budget` pixels (the request's images and videos share --max-image-pixels). Returns an HTTP
+ * status; *pixels gets the decoded pixels. */
+static int load_video(srv_state *S, const char *url, size_t idx, uint64_t budget,
+                      qvl_video **out, uint64_t *pixels, char *msg, size_t ml) {
+    *out = NULL;
+    *pixels = 0;
+    uint8_t *bytes = NULL;
+    size_t n = 0;
+    if (!strncmp(url, "data:", 5)) {
+        const char *comma = strchr(url, ',');
+        size_t hl = comma ? (size_t)(comma - url) : 0;
+        if (!comma || hl < 12 || strncmp(url + 5, "video/", 6) != 0 ||
+            strncmp(comma - 7, ";base64", 7) != 0) {
+            fmt(msg, ml, "video %zu: expected a data:video/...;base64, URI", idx);
+            return 400;
+        }
+        int r = srv_b64_decode(comma + 1, strlen(comma + 1), S->o.max_body, &bytes, &n);
+        if (r == -3) {
+            fmt(msg, ml, "out of memory");
+            return 500;
+        }
+        if (r != 0 || n == 0) {
+            fmt(msg, ml, "video %zu: invalid base64 data", idx);
+            return r == -2 ? 413 : 400;
+        }
+    } else if (!strncmp(url, "file://", 7)) {
+        int st = read_local(S, url, &bytes, &n, msg, ml);
+        if (st != 200)
+            return st;
+    } else {
+        fmt(msg, ml, "video %zu: unsupported video URL (send a data:video/...;base64, URI)", idx);
+        return 400;
+    }
+    qvl_video_opts o = {0};
+    o.max_decoded_pixels = budget;
+    char e[512] = "";
+    qvl_status st = qvl_video_load_mem(S->model, bytes, n, &o, out, e, sizeof e);
+    free(bytes);
+    if (st == QVL_E_NOMEM) {
+        fmt(msg, ml, "out of memory decoding video %zu", idx);
+        return 500;
+    }
+    if (st != QVL_OK) {
+        fmt(msg, ml, "video %zu cannot be used: %s (this request may decode %llu more pixels)",
+            idx, e[0] ? e : qvl_status_str(st), (unsigned long long)budget);
+        return 400;
+    }
+    qvl_video_plan plan;
+    if (qvl_video_plan_get(S->model, *out, &plan, e, sizeof e) != QVL_OK) {
+        qvl_video_free(*out);
+        *out = NULL;
+        fmt(msg, ml, "video %zu cannot be used: %s", idx, e);
+        return 400;
+    }
+    *pixels = (uint64_t)plan.n_frames * (uint64_t)plan.frame_width * (uint64_t)plan.frame_height;
+    return 200;
+}
+
 /* ---- chat ------------------------------------------------------------------------------------- */
 typedef struct chat_build {
     qvl_chat_msg *msgs;   /* the request's messages as qvl_chat_render takes them */
@@ -228,7 +288,9 @@ typedef struct chat_build {
     uint8_t *bytes[SRV_MAX_IMAGES];
     size_t len[SRV_MAX_IMAGES];
     size_t n_images;
-    uint64_t pixels; /* decoded so far: the request's images share --max-image-pixels */
+    qvl_video *videos[SRV_MAX_VIDEOS];
+    size_t n_videos;
+    uint64_t pixels; /* decoded so far: the request's images and videos share --max-image-pixels */
 } chat_build;
 
 /* Append a message's content to cb->parts (room was counted by the caller). Text-only roles
@@ -298,6 +360,36 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                 return 400;
             }
             cb->parts[cb->n_parts++] = (qvl_chat_part){QVL_PART_IMAGE, NULL};
+        } else if (!strcmp(type->valuestring, "video_url")) {
+            if (!allow_images) {
+                fmt(msg, ml, "messages[%zu]: videos are only accepted in user messages", mi);
+                return 400;
+            }
+            const cJSON *vu = cJSON_GetObjectItemCaseSensitive(part, "video_url");
+            const cJSON *url = cJSON_IsObject(vu) ? cJSON_GetObjectItemCaseSensitive(vu, "url")
+                                                  : vu;
+            if (!cJSON_IsString(url)) {
+                fmt(msg, ml, "messages[%zu].content[%zu].video_url.url must be a string", mi, pi);
+                return 400;
+            }
+            if (cb->n_videos == SRV_MAX_VIDEOS) {
+                fmt(msg, ml, "at most %d videos per request", SRV_MAX_VIDEOS);
+                return 400;
+            }
+            if (cb->pixels >= S->o.max_image_pixels) {
+                fmt(msg, ml, "the request's images and videos exceed %llu pixels in total",
+                    (unsigned long long)S->o.max_image_pixels);
+                return 400;
+            }
+            uint64_t px = 0;
+            size_t k = cb->n_videos;
+            int st = load_video(S, url->valuestring, k, S->o.max_image_pixels - cb->pixels,
+                                &cb->videos[k], &px, msg, ml);
+            if (st != 200)
+                return st;
+            cb->n_videos++;
+            cb->pixels += px;
+            cb->parts[cb->n_parts++] = (qvl_chat_part){QVL_PART_VIDEO, NULL};
         } else {
             fmt(msg, ml, "messages[%zu].content[%zu]: unsupported part type '%.40s'", mi, pi,
                 type->valuestring);
@@ -554,11 +646,25 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
         goto out;
     char e[512] = "";
     qvl_status qs = qvl_prompt_build_parts(S->model, cb.msgs, cb.n_msgs, 1, cb.images,
-                                           cb.n_images, &j->img_opts, NULL, 0, &ids, &n_ids, e,
-                                           sizeof e);
+                                           cb.n_images, &j->img_opts, cb.videos, cb.n_videos,
+                                           &ids, &n_ids, e, sizeof e);
     if (qs != QVL_OK) {
         fmt(msg, ml, "cannot build the prompt: %s", e[0] ? e : qvl_status_str(qs));
         st = qs == QVL_E_NOMEM ? 500 : 400;
+        goto out;
+    }
+    /* <|video_pad|> typed into the text would take a video's place */
+    uint64_t want_vp = 0, got_vp = 0;
+    for (size_t i = 0; i < cb.n_videos; i++) {
+        qvl_video_plan vp;
+        if (qvl_video_plan_get(S->model, cb.videos[i], &vp, e, sizeof e) == QVL_OK)
+            want_vp += (uint64_t)vp.n_tokens;
+    }
+    for (size_t i = 0; i < n_ids; i++)
+        got_vp += ids[i] == S->video_pad;
+    if (got_vp != want_vp) {
+        fmt(msg, ml, "the message text must not contain video placeholder tokens");
+        st = 400;
         goto out;
     }
     if (n_ids >= (size_t)S->o.n_ctx) {
@@ -588,6 +694,19 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
         cb.bytes[i] = NULL;
     }
     j->n_images = cb.n_images;
+    if (cb.n_videos) {
+        j->videos = calloc(cb.n_videos, sizeof *j->videos);
+        if (!j->videos) {
+            fmt(msg, ml, "out of memory");
+            st = 500;
+            goto out;
+        }
+        for (size_t i = 0; i < cb.n_videos; i++) { /* move the videos into the job */
+            j->videos[i] = cb.videos[i];
+            cb.videos[i] = NULL;
+        }
+        j->n_videos = cb.n_videos;
+    }
     *out = j;
     j = NULL;
 out:
@@ -595,6 +714,8 @@ out:
         qvl_image_free(cb.images[i]);
         free(cb.bytes[i]);
     }
+    for (size_t i = 0; i < cb.n_videos; i++)
+        qvl_video_free(cb.videos[i]);
     free(cb.msgs);
     free(cb.parts);
     qvl_free(ids);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #define SRV_MAX_IMAGES 32  /* images per request */
+#define SRV_MAX_VIDEOS 4   /* videos per request */
 #define SRV_MAX_STOPS  16  /* stop strings per request */
 #define SRV_MAX_STOP_LEN 256
 #define SRV_MAX_MSGS   1024 /* messages per request */
@@ -66,6 +67,8 @@ typedef struct srv_job {
     uint8_t **img_bytes; /* encoded bytes of each image: its identity for prefix reuse */
     size_t *img_len;
     size_t n_images;
+    qvl_video **videos; /* a job with videos neither reuses nor leaves a cached prefix */
+    size_t n_videos;
     qvl_image_opts img_opts;
     qvl_gen_params gp;
     char **stops;

@@ -70,6 +70,9 @@ static void job_free(srv_job *j) {
     free(j->images);
     free(j->img_bytes);
     free(j->img_len);
+    for (size_t i = 0; i < j->n_videos; i++)
+        qvl_video_free(j->videos[i]);
+    free(j->videos);
     for (int i = 0; i < j->n_stop; i++)
         free(j->stops[i]);
     free(j->stops);
@@ -129,6 +132,8 @@ static void cache_clear(srv_slot *s) {
 static size_t reuse_len(const srv_slot *s, const srv_job *j, int32_t pad, size_t *img0) {
     *img0 = 0;
     size_t n = s->n_cache;
+    if (j->n_videos > 0) /* video frames have no cheap identity: evaluate from scratch */
+        return 0;
     if (n == 0 || n >= j->n_ids || memcmp(s->cache_ids, j->ids, n * sizeof(int32_t)) != 0)
         return 0;
     if (s->cache_ids[n - 1] == pad && j->ids[n] == pad)
@@ -233,8 +238,8 @@ static void run_job(srv_slot *s, srv_job *j) {
         return;
     }
     qvl_ctx_set_image_opts(c, &j->img_opts);
-    qvl_status st = qvl_ctx_eval(c, j->ids + start, j->n_ids - start, j->images + img0,
-                                 j->n_images - img0);
+    qvl_status st = qvl_ctx_eval_mm(c, j->ids + start, j->n_ids - start, j->images + img0,
+                                    j->n_images - img0, j->videos, j->n_videos);
     if (st != QVL_OK) {
         set_err(p, j, st, qvl_ctx_errmsg(c));
         qvl_ctx_reset(c);
@@ -266,8 +271,10 @@ static void run_job(srv_slot *s, srv_job *j) {
     else if (j->oom)
         j->status = QVL_E_NOMEM;
     pthread_mutex_unlock(&p->mu);
-    if (st == QVL_OK || st == QVL_E_CANCELLED)
+    if ((st == QVL_OK || st == QVL_E_CANCELLED) && j->n_videos == 0)
         cache_update(s, j, res.tokens, res.n_tokens);
+    else if (st == QVL_OK || st == QVL_E_CANCELLED)
+        cache_clear(s); /* the next job starts over (n_past no longer matches) */
     else {
         qvl_ctx_reset(c);
         cache_clear(s);

@@ -387,6 +387,8 @@ qvl_status qvl_video_plan_get(const qvl_model *m, const qvl_video *v, qvl_video_
     p->grid_w = rw / vc->patch;
     p->tokens_per_group = (int64_t)p->grid_h * p->grid_w / (vc->merge * vc->merge);
     p->n_tokens = p->tokens_per_group * p->grid_t;
+    p->frame_width = v->frames[0].w;
+    p->frame_height = v->frames[0].h;
     return QVL_OK;
 }
 

@@ -173,6 +173,31 @@ garbage=$(head -c 300 /dev/urandom | base64 -w0)
 expect "undecodable image" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$garbage\"}}]}]}" "$C"
 expect "image 100000x100000 header" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$(js bigpng)\"}}]}]}" "$C"
 expect "image placeholder in text" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"<|image_pad|>"}]}' "$C"
+expect "video placeholder in text" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"<|vision_start|><|video_pad|><|vision_end|>"}]}' "$C"
+
+# ---- video_url parts: same tokens as qvl run --video; budget; bad videos ------------------------
+if command -v ffmpeg >/dev/null; then
+    VID=$SHARED/fixtures/tiny-qwen3vl/videos/tiny_clip_96x64_4fps
+    ffmpeg -loglevel error -framerate 4 -i "$VID/frame_%04d.png" -c:v libx264rgb -qp 0 -pix_fmt rgb24 "$T/clip.mp4"
+    "$QVL" run -m "$M" --video "$T/clip.mp4" -p "What happens in this video?" -n $NTOK --temp 0 --json >"$T/exp_vid.json" 2>/dev/null
+    printf '{"max_tokens":%d,"temperature":0,"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"data:video/mp4;base64,%s"}},{"type":"text","text":"What happens in this video?"}]}]}' $NTOK "$(base64 -w0 "$T/clip.mp4")" >"$T/vid.json"
+    code=$(req "$T/rv" "$C" --data-binary @"$T/vid.json")
+    ok "video_url text = qvl run --video" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rv")" = "$(jget 'd.text' <"$T/exp_vid.json")" ]; echo $?)" "$code $(head -c 300 "$T/rv")"
+    ok "video_url prompt tokens = qvl run" "$([ "$(jget 'd.usage.prompt_tokens' <"$T/rv")" = "$(jget 'd.prompt_ids.length' <"$T/exp_vid.json")" ]; echo $?)"
+    b=$(printf '{"max_tokens":2,"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"file://%s/../videos/none.mp4"}}]}]}' "$IMGS")
+    expect "video file:// outside the folder" 400 "${AUTH[@]}" -d "$b" "$C"
+    # 16 sampled frames of 1920x1080 are 33 Mpx: over the 16 Mpx request budget, refused before decoding
+    ffmpeg -loglevel error -f lavfi -i testsrc=s=1920x1080:r=2:d=8 -c:v libx264 -preset ultrafast -pix_fmt yuv420p "$T/big.mp4"
+    printf '{"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"data:video/mp4;base64,%s"}}]}]}' "$(base64 -w0 "$T/big.mp4")" >"$T/bigv.json"
+    expect "video over the pixel budget" 400 "${AUTH[@]}" --data-binary @"$T/bigv.json" "$C"
+    head -c 3000 "$T/clip.mp4" | base64 -w0 >"$T/cut.b64"
+    printf '{"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"data:video/mp4;base64,%s"}}]}]}' "$(cat "$T/cut.b64")" >"$T/cutv.json"
+    expect "truncated video" 400 "${AUTH[@]}" --data-binary @"$T/cutv.json" "$C"
+    expect "video in an assistant message" 400 "${AUTH[@]}" -d '{"messages":[{"role":"assistant","content":[{"type":"video_url","video_url":{"url":"data:video/mp4;base64,AAAA"}}]},{"role":"user","content":"hi"}]}' "$C"
+    expect "video data URI of another type" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"data:image/png;base64,AAAA"}}]}]}' "$C"
+else
+    echo "SKIP: ffmpeg CLI not found, video_url checks skipped" >&2
+fi
 long=$(printf 'hello %.0s' $(seq 1 5000))
 expect "prompt over the context" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$long\"}]}" "$C"
 printf '{"messages":[{"role":"user","content":"\xff\xfe bad \xc3"}]}' >"$T/nonutf8"
