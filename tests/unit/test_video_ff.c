@@ -451,8 +451,10 @@ static void check_public_load(void) {
     size_t len = 0;
     char *buf = check_read_file(p, &len);
     CHECK(buf != NULL);
-    if (!buf)
+    if (!buf) {
+        qvl_free(p);
         return;
+    }
     qvl_video *a = NULL, *b = NULL;
     CHECKF(qvl_video_load(NULL, p, 0, NULL, &a, err, sizeof err) == QVL_OK, "load: %s", err);
     CHECKF(qvl_video_load_mem(NULL, buf, len, NULL, &b, err, sizeof err) == QVL_OK, "mem: %s",
@@ -481,6 +483,7 @@ static void check_public_load(void) {
     CHECK(qvl_video_load_mem(NULL, buf, 0, NULL, &b, err, sizeof err) == QVL_E_INVAL && !b);
     CHECK(qvl_video_load_mem(NULL, buf, len / 3, NULL, &b, err, sizeof err) != QVL_OK && !b);
     free(buf);
+    qvl_free(p);
 }
 
 static void ffmpeg_checks(void) {
