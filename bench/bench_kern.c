@@ -689,7 +689,8 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && !strcmp(argv[1], "decode")) {
         /* decode [bf16|q8|q4|q8row|q4row [threads [layers [fused]]]]: layers of 2B decoder
-         * matvecs (q8/q4: the interleaved layout; q8row/q4row: plain row-major blocks) */
+         * matvecs (q8/q4: the interleaved layout the loader makes; q8row/q4row: plain
+         * row-major blocks, which only the float-widening path takes now) */
         qvl_dtype wt = QVL_DT_BF16;
         if (argc > 2 && !strcmp(argv[2], "q8"))
             wt = QVL_DT_Q8_0X16; /* the layout the model loader makes */

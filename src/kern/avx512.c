@@ -5,8 +5,8 @@
  * kernel body shared with avx2.c, and fills the table from it.
  *
  * Numerics: float32 accumulation throughout, so results agree with ref.c to float32 rounding
- * (different summation order only), except the decode matvec with Q8_0 / Q4_0 weights (m <= 4),
- * which rounds the activations to int8 blocks for integer dot products (see avx512_matmul).
+ * (different summation order only), except that the interleaved Q types round the activations
+ * to int8 blocks for integer dot products and BF16D rounds them to bf16 (see avx512_matmul).
  */
 #include "kern.h"
 
@@ -185,91 +185,16 @@ ALWAYS_INLINE vf vexp(vf x) {
 
 #include "simd_body.h"
 
-/* ---- int8 decode matvec: Q8_0 / Q4_0 weights, m <= 4 ------------------------------------------
- * The float path (simd_body.h mv_quant) widens every weight to float and is bound by the widening,
- * not by memory. Here each activation row is quantised once per call to int8 blocks of 32 with a
- * float scale per block (dx = amax / 127, q = round(x / dx)), and each pair of weight blocks is
- * dotted with it in int32 lanes (lane l of a 512-bit vector sums bytes 4l..4l+3: lanes 0-7 are
- * the first block, 8-15 the second), then converted and scaled lane-wise by d_w * d_x into float
- * accumulators (one horizontal sum per output at the end).
- * Integer dot of unsigned weight bytes u with signed activation bytes s:
+/* ---- int8 dot products ---------------------------------------------------------------------
+ * t (int32 lanes) += the dot of each 4-byte group of unsigned weight bytes u with signed
+ * activation bytes s:
  *   VNNI (vpdpbusd, emitted with inline asm so this file needs no extra ISA flag; used only when
- *   the CPU reports avx512vnni): Q8_0 u = w + 128, Q4_0 u = nibble; the offset (128 or 8) times
- *   the block's activation sum is subtracted by starting each block's lanes at -(off/8) sum.
+ *   the CPU reports avx512vnni): Q8_0 u = w + 128, Q4_0 u = nibble; the caller subtracts the
+ *   offset (128 or 8) times the activation block's sum by starting t there.
  *   AVX512BW (vpmaddubsw + vpmaddwd): Q4_0 as above (15 * 127 * 2 fits int16); Q8_0 with
  *   u = |w| and s = x with w's sign (no int16 saturation, no offset).
- * Numerics: the integer dots are exact; the only extra error against the float path is the
- * activation rounding, at most dx / 2 = amax / 254 per element of each block (so per output at
- * most sum over blocks of amax_b / 254 * sum |w| in the block), plus float32 accumulation.
- * Larger k (more than MV8_KMAX) keeps the float path. */
-/* software prefetch distance along each weight row, bytes (measured with bench_kern decode:
- * +10 % for Q8_0 on 2 threads; prefetches never fault, so running past a row end is harmless) */
-#define MV8_PF 512
-#define MV8_KMAX 16384 /* activation bytes per row on the stack */
-#define MV8_NB (MV8_KMAX / QVL_QBLOCK + 1) /* blocks per row, one zero block of padding */
-
-typedef struct {
-    _Alignas(64) int8_t q[4][MV8_KMAX + QVL_QBLOCK]; /* quantised rows, zero padding block */
-    _Alignas(64) float d[4][MV8_NB];                   /* per-block scale dx */
-    _Alignas(64) int32_t c[4][MV8_NB];                 /* per-lane start: -(off/8) * sum(q) */
-} mv8_act;
-
-/* Quantise k floats (k a multiple of 32) into q/d/c with lane offset off8 (16, 1 or 0); the block
- * after the last one is zeroed (read by the odd-block tail). */
-static void mv8_quant_row(const float *x, int64_t k, int off8, int8_t *q, float *d, int32_t *c) {
-    int64_t nb = k / QVL_QBLOCK;
-    for (int64_t ib = 0; ib < nb; ib++) {
-        __m512 v0 = _mm512_loadu_ps(x + ib * QVL_QBLOCK);
-        __m512 v1 = _mm512_loadu_ps(x + ib * QVL_QBLOCK + 16);
-        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
-        __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
-        _mm_storeu_si128((__m128i *)(q + ib * QVL_QBLOCK), _mm512_cvtsepi32_epi8(i0));
-        _mm_storeu_si128((__m128i *)(q + ib * QVL_QBLOCK + 16), _mm512_cvtsepi32_epi8(i1));
-        /* the sum of the saturated bytes, as the dot products see them */
-        __m512i s0 = _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(i0));
-        __m512i s1 = _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(i1));
-        d[ib] = amax / 127.0f;
-        c[ib] = -off8 * _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
-    }
-    memset(q + nb * QVL_QBLOCK, 0, QVL_QBLOCK);
-    d[nb] = 0.0f;
-    c[nb] = 0;
-}
-
-/* lanes 0-7 <- element 0, lanes 8-15 <- element 1 */
-#define MV8_IDX _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-
-/* Weight bytes of blocks blk and blk + bs (or zeros for the second when !two) as 64 unsigned
- * (VNNI Q8: w + 128; BW Q8: raw signed w; Q4: nibbles) and their scales, lanes as above. */
-ALWAYS_INLINE void mv8_wpair(const bool Q8, const bool VNNI, const uint8_t *blk, bool two,
-                             __m512i *u, __m512 *dw) {
-    const size_t bs = Q8 ? 34 : 18;
-    uint16_t ha, hb = 0;
-    memcpy(&ha, blk, 2);
-    if (two)
-        memcpy(&hb, blk + bs, 2);
-    __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)ha | (uint32_t)hb << 16)));
-    *dw = _mm512_permutexvar_ps(MV8_IDX, _mm512_castps128_ps512(f));
-    if (Q8) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(blk + 2));
-        __m256i b = two ? _mm256_loadu_si256((const __m256i *)(blk + bs + 2))
-                        : _mm256_setzero_si256();
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-        *u = VNNI ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : v;
-    } else {
-        __m128i a = _mm_loadu_si128((const __m128i *)(blk + 2));
-        __m128i b = two ? _mm_loadu_si128((const __m128i *)(blk + bs + 2)) : _mm_setzero_si128();
-        __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(ab), _mm256_srli_epi16(ab, 4), 1);
-        v = _mm512_and_si512(v, _mm512_set1_epi8(15)); /* [a lo, b lo, a hi, b hi] */
-        *u = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0)); /* [a lo, a hi, b lo, b hi] */
-    }
-}
-
-/* t (int32 lanes, starting at the offset correction) += dot of 4-byte groups of u and s */
-ALWAYS_INLINE __m512i mv8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i u, __m512i s) {
+ * The integer dots are exact. */
+ALWAYS_INLINE __m512i i8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i u, __m512i s) {
     if (VNNI) {
         __asm__("vpdpbusd %2, %1, %0" : "+v"(t) : "v"(u), "v"(s));
         return t;
@@ -283,103 +208,24 @@ ALWAYS_INLINE __m512i mv8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i
     return _mm512_add_epi32(t, p);
 }
 
-/* NR weight rows (rows[], duplicates past nr) x MR activation rows (a, duplicates past ni) over
- * the whole k; stores y[i * ldy + r] (+ b[r]) for r < nr, i < ni. */
-ALWAYS_INLINE void mv8_pass(const int NR, const int MR, const bool Q8, const bool VNNI,
-                            const uint8_t *const *rows, int nr, const mv8_act *a,
-                            const int ai[4], int ni, int64_t k, float *y, int64_t ldy,
-                            const float *b) {
-    const size_t bs = Q8 ? 34 : 18;
-    __m512 acc[8][4];
-    for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MR; i++)
-            acc[r][i] = _mm512_setzero_ps();
-    int64_t nb = k / QVL_QBLOCK;
-    for (int64_t ib = 0; ib < nb; ib += 2) {
-        bool two = ib + 1 < nb;
-        __m512i u[8];
-        __m512 dw[8];
-        for (int r = 0; r < NR; r++) {
-            _mm_prefetch((const char *)(rows[r] + (size_t)ib * bs + MV8_PF), _MM_HINT_T0);
-            mv8_wpair(Q8, VNNI, rows[r] + (size_t)ib * bs, two, &u[r], &dw[r]);
-        }
-        for (int i = 0; i < MR; i++) {
-            const int ii = ai[i];
-            __m512i s = _mm512_loadu_si512((const void *)(a->q[ii] + ib * QVL_QBLOCK));
-            __m512 dx = _mm512_permutexvar_ps(
-                MV8_IDX, _mm512_castps128_ps512(_mm_castsi128_ps(
-                             _mm_loadl_epi64((const __m128i *)(a->d[ii] + ib)))));
-            __m512i c = _mm512_permutexvar_epi32(
-                MV8_IDX, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(a->c[ii] + ib))));
-            for (int r = 0; r < NR; r++) {
-                __m512i t = mv8_dot(Q8, VNNI, c, u[r], s);
-                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dw[r], dx),
-                                            acc[r][i]);
-            }
-        }
-    }
-    for (int r = 0; r < NR && r < nr; r++)
-        for (int i = 0; i < MR && i < ni; i++)
-            y[i * ldy + r] = _mm512_reduce_add_ps(acc[r][i]) + (b ? b[r] : 0.0f);
-}
-
-/* all output columns [j0, j1) for the m <= 4 rows already quantised in a */
-ALWAYS_INLINE void mv8_cols(const bool Q8, const bool VNNI, float *y, int64_t ldy,
-                            const mv8_act *a, int m, int64_t k, const uint8_t *w, size_t rb,
-                            const float *b, int64_t j0, int64_t j1) {
-    const int NR = m == 1 ? 8 : 4;
-    int ai[4];
-    for (int i = 0; i < 4; i++)
-        ai[i] = i < m ? i : m - 1;
-    for (int64_t j = j0; j < j1; j += NR) {
-        int nr = j1 - j < NR ? (int)(j1 - j) : NR;
-        const uint8_t *rows[8];
-        for (int r = 0; r < NR; r++)
-            rows[r] = w + (size_t)(j + (r < nr ? r : nr - 1)) * rb;
-        float *yy = y + j;
-        const float *bb = b ? b + j : NULL;
-        if (m == 1)
-            mv8_pass(8, 1, Q8, VNNI, rows, nr, a, ai, 1, k, yy, ldy, bb);
-        else if (m == 2)
-            mv8_pass(4, 2, Q8, VNNI, rows, nr, a, ai, 2, k, yy, ldy, bb);
-        else
-            mv8_pass(4, 4, Q8, VNNI, rows, nr, a, ai, m, k, yy, ldy, bb);
-    }
-}
-
-static void mv8_q8_vnni(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
-                        const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
-    mv8_cols(true, true, y, ldy, a, m, k, w, rb, b, j0, j1);
-}
-static void mv8_q8_bw(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
-                      const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
-    mv8_cols(true, false, y, ldy, a, m, k, w, rb, b, j0, j1);
-}
-static void mv8_q4_vnni(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
-                        const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
-    mv8_cols(false, true, y, ldy, a, m, k, w, rb, b, j0, j1);
-}
-static void mv8_q4_bw(float *y, int64_t ldy, const mv8_act *a, int m, int64_t k,
-                      const uint8_t *w, size_t rb, const float *b, int64_t j0, int64_t j1) {
-    mv8_cols(false, false, y, ldy, a, m, k, w, rb, b, j0, j1);
-}
-
-
-/* ---- int8 decode matvec on interleaved Q8_0X16 / Q4_0X16 weights, m <= 4 --------------------
+/* ---- int8 matmul on interleaved Q8_0X16 / Q4_0X16 weights ---------------------------------------
  * One 64-byte load holds 4 quant bytes of each of 16 rows (dtype.h), so a 32-bit activation group
  * broadcast to all lanes is dotted with 16 rows at once (vpdpbusd, or vpmaddubsw + vpmaddwd
  * without VNNI): each lane sums its row's block, no horizontal sums, no shuffles; the 16 scales of
  * a block arrive as one 32-byte load. Per block and row group: int32 sums (started at the offset
  * correction -off * sum(activation block), off = 128 for VNNI Q8 (w + 128 unsigned), 8 for Q4,
  * 0 for BW Q8), converted and scaled by d_w * d_x into one float accumulator per row. The
- * weights stream sequentially, one group after the other. Activations are rounded to int8
- * blocks exactly as in the row-major path above (same error bound). More rows (prefill, the
+ * weights stream sequentially, one group after the other. Each activation row is rounded once
+ * per call to int8 blocks of 32 with a float scale (dx = amax / 127, q = round(x / dx)): the
+ * only extra error against float activations, at most dx / 2 = amax / 254 per element (so per
+ * output at most the sum over blocks of amax_b / 254 * sum |w| in the block), plus float32
+ * accumulation. More rows (prefill, the
  * vision tower with quantised weights) run the same kernel 8 activation rows at a time over
  * blocks of groups that stay in L2: an int8 GEMM (vpdpbusd does 4x the multiply-adds of an
  * FMA), with every output computed the same way whatever m or the column slice. */
 #define MVX_PF 1024 /* prefetch distance, bytes (the groups are one sequential stream) */
 
-static int mv8_use_vnni(void);
+static int use_vnni(void);
 
 /* quantised activation rows: row i at q + i * k (int8), d + i * nb (scales dx), c + i * nb
  * (offset corrections) */
@@ -436,9 +282,9 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
                     int32_t xv;
                     memcpy(&xv, xb + i * a->k + 4 * t, 4);
                     if (t & 1)
-                        t1[i] = mv8_dot(true, VNNI, t1[i], u, _mm512_set1_epi32(xv));
+                        t1[i] = i8_dot(true, VNNI, t1[i], u, _mm512_set1_epi32(xv));
                     else
-                        t0[i] = mv8_dot(true, VNNI, t0[i], u, _mm512_set1_epi32(xv));
+                        t0[i] = i8_dot(true, VNNI, t0[i], u, _mm512_set1_epi32(xv));
                 }
             } else { /* quant byte e: element e (low nibble) and e + 16 (high nibble) */
                 __m512i lo = _mm512_and_si512(w, _mm512_set1_epi8(15));
@@ -447,8 +293,8 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
                     int32_t xl, xh;
                     memcpy(&xl, xb + i * a->k + 4 * t, 4);
                     memcpy(&xh, xb + i * a->k + 16 + 4 * t, 4);
-                    t0[i] = mv8_dot(false, VNNI, t0[i], lo, _mm512_set1_epi32(xl));
-                    t1[i] = mv8_dot(false, VNNI, t1[i], hi, _mm512_set1_epi32(xh));
+                    t0[i] = i8_dot(false, VNNI, t0[i], lo, _mm512_set1_epi32(xl));
+                    t1[i] = i8_dot(false, VNNI, t1[i], hi, _mm512_set1_epi32(xh));
                 }
             }
         }
@@ -527,7 +373,7 @@ static bool mvx_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64
         a.c = (int32_t *)(a.d + m * nb);
         a.q = (int8_t *)(a.c + m * nb);
     }
-    bool vnni = mv8_use_vnni(), q8 = wt == QVL_DT_Q8_0X16;
+    bool vnni = use_vnni(), q8 = wt == QVL_DT_Q8_0X16;
     int off = q8 ? (vnni ? 128 : 0) : 8;
     for (int64_t i = 0; i < m; i++)
         mvx_quant_row(x + i * ldx, k, off, a.q + i * k, a.d + i * nb, a.c + i * nb);
@@ -555,7 +401,7 @@ static int cpu_features(void) {
     return v;
 }
 
-static int mv8_use_vnni(void) {
+static int use_vnni(void) {
     return cpu_features() & 1;
 }
 
@@ -775,8 +621,10 @@ static int bd_supported(void) {
     return (cpu_features() >> 1) & 1;
 }
 
-/* The table's matmul: Q8_0 / Q4_0 with m <= 4 and k <= MV8_KMAX (a multiple of 32) go through
- * the int8 path above; everything else through simd_matmul. */
+/* The table's matmul: interleaved Q types through the int8 kernel, BF16D with more than 4 rows
+ * through the bf16 dot-product GEMM, bf16 decode through its matrix-vector kernel; everything
+ * else (plain Q8_0 / Q4_0 included, which the model loader no longer makes) through
+ * simd_matmul's float path. */
 static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m,
                           int64_t k, const void *w, qvl_dtype wt, const float *b, int64_t j0,
                           int64_t j1) {
@@ -792,22 +640,7 @@ static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, in
         mvb_cols(y, ldy, x, ldx, (int)m, k, w, b, j0, j1);
         return true;
     }
-    if ((wt != QVL_DT_Q8_0 && wt != QVL_DT_Q4_0) || m <= 0 || m > 4 || k <= 0 ||
-        k > MV8_KMAX || k % QVL_QBLOCK || j1 <= j0)
-        return simd_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
-    bool vnni = mv8_use_vnni();
-    bool q8 = wt == QVL_DT_Q8_0;
-    int off8 = q8 ? (vnni ? 16 : 0) : 1;
-    mv8_act a;
-    for (int64_t i = 0; i < m; i++)
-        mv8_quant_row(x + i * ldx, k, off8, a.q[i], a.d[i], a.c[i]);
-    size_t rb = qvl_dtype_row_bytes(wt, (size_t)k);
-    const uint8_t *wb = w;
-    if (q8)
-        (vnni ? mv8_q8_vnni : mv8_q8_bw)(y, ldy, &a, (int)m, k, wb, rb, b, j0, j1);
-    else
-        (vnni ? mv8_q4_vnni : mv8_q4_bw)(y, ldy, &a, (int)m, k, wb, rb, b, j0, j1);
-    return true;
+    return simd_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
 }
 
 

@@ -30,8 +30,7 @@ typedef struct qvl_kern {
      * whose groups of 16 rows callers should not split across threads (any [j0, j1) works, but
      * a split group is read twice). x, y, b are float32. Accumulation in float32, except
      * that the AVX-512 path rounds the activations to int8 blocks (32 values + a float scale) for
-     * Q8_0/Q4_0 weights when m <= 4, and for Q8_0X16/Q4_0X16 weights always, and multiplies with
-     * integer dot products. BF16D (bf16 bytes) rounds the activations to bf16 on every path
+     * Q8_0X16/Q4_0X16 weights and multiplies with integer dot products. BF16D (bf16 bytes) rounds the activations to bf16 on every path
      * when m > 4 (products exact in float; AVX-512 BF16 dot products where the CPU has them).
      * Returns false if this implementation does not take wt, or cannot get a working buffer
      * (the caller falls back to ref, which takes every type above and allocates nothing). */

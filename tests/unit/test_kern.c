@@ -173,13 +173,11 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
             }
             want[i * n + j] = s;
         }
-    /* The avx512 decode path (Q8_0 / Q4_0, m <= 4, k <= 16384; interleaved types always)
-     * rounds each activation block to
+    /* The avx512 path for the interleaved Q types rounds each activation block to
      * int8: element error at most amax / 254 of its block. Per output that is bounded by
      * qerr[i][j] = sum over blocks of amax_b(x_i) / 254 * sum_{p in b} |w_jp| (5% slack for
      * the float rounding of the scales), plus float32 accumulation (1e-5 of sum |x||w|). */
-    bool wq = x16 || wt == QVL_DT_Q8_0 || wt == QVL_DT_Q4_0;
-    bool xq_shape = x16 || (wq && m <= 4 && k <= 16384); /* interleaved: every m and k */
+    bool xq_shape = x16; /* the interleaved types, every m and k */
     if (xq_shape) {
         qerr = qvl_malloc(sizeof(double) * (size_t)(m * n));
         CHECK(qerr != NULL);
@@ -321,8 +319,8 @@ static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
          * panel, k ranges of 128 with a tail that is not a whole vector */
         check_matmul(dts[d], 149, q ? 320 : 300, 300, 1e-10, kt, &worst, &worst_xq);
         if (q) {
-            /* decode shapes: all four activation-row counts, a k with an odd block count and the
-             * largest k of the int8 path; then a k past it (float path again, tight bound) */
+            /* decode shapes: all four activation-row counts, a k with an odd block count, a large
+             * k, and one past 16384 (the generic SIMD paths' interleaved matvec limit) */
             for (int64_t mm = 1; mm <= 4; mm++)
                 check_matmul(dts[d], mm, 32 * 65, 19, 1e-10, kt, &worst, &worst_xq);
             check_matmul(dts[d], 1, 16384, 9, 1e-10, kt, &worst, &worst_xq);
