@@ -67,6 +67,28 @@ static qvl_ctx *prompt_ctx(const char *text, int n_ctx) {
     return prompt_ctx_kv(text, n_ctx, QVL_KV_F32);
 }
 
+/* largest |a - b| over n logits, and in *mx the largest |a| */
+static double logit_gap(const float *a, const float *b, int n, double *mx) {
+    double d = 0;
+    *mx = 0;
+    for (int i = 0; i < n; i++) {
+        *mx = fmax(*mx, fabs(a[i]));
+        d = fmax(d, fabs((double)a[i] - b[i]));
+    }
+    return d;
+}
+
+/* generate exactly n tokens (EOS ignored) on c; true when that worked */
+static bool generate_n(qvl_ctx *c, int n) {
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.max_new_tokens = n;
+    gp.ignore_eos = 1;
+    qvl_gen_result r;
+    bool ok = qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK && r.n_tokens == (size_t)n;
+    qvl_gen_result_free(&r);
+    return ok;
+}
+
 /* 16-bit KV caches: logits close to the float cache's after a prompt and after decoding steps
  * (keys and values rounded to 8 or 11 significant bits), generation runs to the same length;
  * unknown types are refused; names round-trip. */
@@ -82,11 +104,7 @@ static void kv_types(void) {
         int nv = 0, nv2 = 0;
         const float *a = qvl_ctx_logits(ref, &nv), *b = qvl_ctx_logits(c, &nv2);
         CHECK(a && b && nv == nv2 && nv > 0);
-        double mx = 0, dmax = 0;
-        for (int i = 0; a && b && i < nv; i++) {
-            mx = fmax(mx, fabs(a[i]));
-            dmax = fmax(dmax, fabs((double)a[i] - b[i]));
-        }
+        double mx = 0, dmax = a && b ? logit_gap(a, b, nv, &mx) : 0;
         CHECKF(mx > 0 && dmax <= tol[t] * mx, "KV %s: prompt-end logits differ by %.3g (max %.3g)",
                qvl_kv_type_name(types[t]), dmax, mx);
         qvl_ctx_free(c);
@@ -95,12 +113,7 @@ static void kv_types(void) {
     /* generation on a bf16 cache completes */
     qvl_ctx *c = prompt_ctx_kv(text, 256, QVL_KV_BF16);
     if (c) {
-        qvl_gen_params gp = qvl_gen_default_params();
-        gp.max_new_tokens = 12;
-        gp.ignore_eos = 1;
-        qvl_gen_result r;
-        CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK && r.n_tokens == 12);
-        qvl_gen_result_free(&r);
+        CHECK(generate_n(c, 12));
         qvl_ctx_free(c);
     }
     char err[256] = "";
@@ -143,11 +156,7 @@ static void bf16_dot(void) {
     int nv = 0, nv2 = 0;
     const float *a = ref ? qvl_ctx_logits(ref, &nv) : NULL, *b = c ? qvl_ctx_logits(c, &nv2) : NULL;
     CHECK(a && b && nv == nv2);
-    double mx = 0, dmax = 0;
-    for (int i = 0; a && b && i < nv; i++) {
-        mx = fmax(mx, fabs(a[i]));
-        dmax = fmax(dmax, fabs((double)a[i] - b[i]));
-    }
+    double mx = 0, dmax = a && b ? logit_gap(a, b, nv, &mx) : 0;
     CHECKF(mx > 0 && dmax > 0 && dmax <= 5e-2 * mx,
            "bf16 dot products: prompt-end logits differ by %.3g (max %.3g)", dmax, mx);
     qvl_ctx_free(c);
@@ -211,14 +220,8 @@ static void quantized(void) {
             CHECKF(kl >= 0 && kl < bound[t], "%s: prompt-end KL %.4f (bound %.2f)",
                    t == 0 ? "q8" : "q4", kl, bound[t]);
         }
-        if (c) {
-            qvl_gen_params gp = qvl_gen_default_params();
-            gp.max_new_tokens = 8;
-            gp.ignore_eos = 1;
-            qvl_gen_result r;
-            CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK && r.n_tokens == 8);
-            qvl_gen_result_free(&r);
-        }
+        if (c)
+            CHECK(generate_n(c, 8));
         qvl_ctx_free(c);
         qvl_model_free(mq);
     }
