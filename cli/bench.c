@@ -197,6 +197,11 @@ int qvl_cli_bench(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--bf16-dot")) {
             mp.bf16_dot = 1;
+        } else if (!strcmp(a, "--load") && i + 1 < argc) {
+            if (!qvl_load_mode_from_name(argv[++i], &mp.mmap)) {
+                fprintf(stderr, "qvl bench: --load takes auto, mmap or copy\n");
+                return 2;
+            }
         } else if (!strcmp(a, "--kv") && i + 1 < argc) {
             if (!qvl_kv_type_from_name(argv[++i], &kv)) {
                 fprintf(stderr, "qvl bench: --kv takes f32, bf16 or f16\n");
@@ -207,7 +212,7 @@ int qvl_cli_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--no-large")) {
             large = false;
         } else {
-            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [-t N] "
+            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [-t N] "
                             "[--reps N] [--json] [--no-large]\n");
             return 2;
         }
@@ -240,6 +245,8 @@ int qvl_cli_bench(int argc, char **argv) {
             v[r] = now_ms() - t0;
     }
     stat2 load = summarize(v, reps);
+    uint64_t w_in_place = 0, w_copied = 0;
+    qvl_model_weight_residency(m, &w_in_place, &w_copied);
 
     /* tokenizer: 1 MB of mixed text (English, code, CJK, Cyrillic, emoji, digits, spaces) */
     static const char *mix[] = {
@@ -411,6 +418,9 @@ int qvl_cli_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(j, "reps", reps);
         cJSON_AddNumberToObject(j, "load_ms", load.med);
         cJSON_AddNumberToObject(j, "load_ms_min", load.min);
+        cJSON_AddStringToObject(j, "load_mode", qvl_load_mode_name(mp.mmap));
+        cJSON_AddNumberToObject(j, "weights_in_place_bytes", (double)w_in_place);
+        cJSON_AddNumberToObject(j, "weights_copied_bytes", (double)w_copied);
         cJSON_AddNumberToObject(j, "tokenize_mb_s", tok.med);
         cJSON_AddNumberToObject(j, "preprocess_ms_1024x768_jpeg", pre.med);
         cJSON_AddNumberToObject(j, "vision_ms_400x300", vis[0].med);
@@ -441,7 +451,9 @@ int qvl_cli_bench(int argc, char **argv) {
         printf("model %s, quant %s, KV %s%s, %d threads, median of %d (min)\n", dir, qn,
                qvl_kv_type_name(kv), mp.bf16_dot ? ", bf16 dot products" : "", threads, reps);
         printf("  memory read bandwidth   %8.1f GB/s\n", gbs);
-        printf("  load                    %8.0f ms (%.0f)\n", load.med, load.min);
+        printf("  load                    %8.0f ms (%.0f), --load %s: %.0f MB in place, %.0f MB "
+               "copied\n",
+               load.med, load.min, qvl_load_mode_name(mp.mmap), w_in_place / 1e6, w_copied / 1e6);
         printf("  tokenize 1 MB mixed     %8.1f MB/s\n", tok.med);
         printf("  preprocess 1024x768 JPEG %7.1f ms (decode + resize + patchify)\n", pre.med);
         printf("  vision 400x300          %8.0f ms (%.0f), %lld patches, %.0f patches/s\n",

@@ -76,6 +76,7 @@ typedef struct opts {
     int quant;
     qvl_kv_type kv;
     bool bf16_dot;
+    int load_mode; /* qvl_load_mode */
     const char *positional[256];
     int n_pos;
 } opts;
@@ -187,6 +188,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
             NEED_ARG();
             if (!qvl_kv_type_from_name(argv[++i], &o->kv))
                 return die(2, "--kv takes f32, bf16 or f16");
+        } else if (!strcmp(a, "--load")) {
+            NEED_ARG();
+            if (!qvl_load_mode_from_name(argv[++i], &o->load_mode))
+                return die(2, "--load takes auto, mmap or copy");
         } else if (!strcmp(a, "--quant")) {
             NEED_ARG();
             const char *q = argv[++i];
@@ -217,7 +222,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
     return 0;
 }
 
-static int g_quant, g_bf16_dot;
+static int g_quant, g_bf16_dot, g_load_mode;
 
 /* A progress line on stderr for long steps, only on a terminal and after about a second. */
 typedef struct progress_state {
@@ -266,6 +271,7 @@ static int load_model(const char *dir, qvl_model **m) {
     qvl_model_params mp = qvl_model_default_params();
     mp.quant = (qvl_quant)g_quant;
     mp.bf16_dot = g_bf16_dot;
+    mp.mmap = g_load_mode;
     if (g_want_progress)
         mp.progress = on_progress;
     qvl_status s = qvl_model_load(dir, &mp, m, err, sizeof err);
@@ -1019,12 +1025,12 @@ static void usage(void) {
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
             "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
-            "             [--bf16-dot]\n"
+            "             [--bf16-dot] [--load auto|mmap|copy]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
             "             random-weight demo model\n"
             "  chat       -m DIR [-s SYSTEM]   interactive; '/image PATH' attaches an image;\n"
-            "             takes run's sampling, stop, --ctx, --kv and --quant options\n"
+            "             takes run's sampling, stop, --ctx, --kv, --quant and --load options\n"
             "  info       -m DIR [--json]      architecture, parameters, files, token ids\n"
             "  tokenize   -m DIR TEXT          ids as a JSON array\n"
             "  detokenize -m DIR ID...         text\n"
@@ -1034,12 +1040,16 @@ static void usage(void) {
             "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N] [--kv T]\n"
             "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"
             "             OpenAI-compatible HTTP server (POST /v1/chat/completions)\n"
-            "  bench      -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [-t N] [--reps N] [--json]\n"
-            "             [--no-large]\n"
+            "  bench      -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [-t N] [--reps N]\n"
+            "             [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n"
             "  --kv: KV cache element type (default f32; bf16/f16 halve its memory).\n"
             "  --bf16-dot: prefill and vision multiply bf16-rounded activations (AVX-512 BF16,\n"
-            "  about 2x faster there; logits move by ~1e-2 relative).\n");
+            "  about 2x faster there; logits move by ~1e-2 relative).\n"
+            "  --load: auto (default) uses the weight files in place where the kernel maps them\n"
+            "  through 2 MiB pages, else copies them into huge-page memory; mmap: always in\n"
+            "  place; copy: always a copy (decode streams through 4 KiB pages at about half\n"
+            "  speed on some virtual machines).\n");
 }
 
 int main(int argc, char **argv) {
@@ -1060,6 +1070,7 @@ int main(int argc, char **argv) {
         return rc;
     g_quant = o.quant;
     g_bf16_dot = o.bf16_dot;
+    g_load_mode = o.load_mode;
     g_want_progress = want_progress(&o);
     if (!strcmp(cmd, "run"))
         return cmd_run(&o);

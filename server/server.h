@@ -31,6 +31,7 @@ typedef struct srv_opts {
     int n_ctx;     /* per slot */
     qvl_kv_type kv; /* KV cache element type */
     int bf16_dot;   /* qvl_model_params.bf16_dot */
+    int load_mode;  /* qvl_model_params.mmap (qvl_load_mode) */
     int queue_max; /* requests waiting for a slot */
     int timeout_s; /* idle connection timeout */
     int max_conns;

@@ -437,6 +437,7 @@ char *qvl_model_info_json(const qvl_model *m) {
     for (size_t i = 0; i < qvl_st_n_files(m->st); i++) {
         cJSON *e = cJSON_CreateObject();
         cJSON_AddStringToObject(e, "name", qvl_st_file_name(m->st, (int)i));
+        cJSON_AddBoolToObject(e, "in_place", !qvl_st_file_copied(m->st, (int)i));
         cJSON_AddItemToArray(f, e);
     }
     cJSON_AddNumberToObject(o, "n_tensors", (double)qvl_st_count(m->st));
@@ -514,6 +515,27 @@ qvl_status qvl_positions(const qvl_model *m, const int32_t *ids, size_t n,
                                   next_pos, err, err_len);
     qvl_free(g);
     return s;
+}
+
+void qvl_model_weight_residency(const qvl_model *m, uint64_t *in_place, uint64_t *copied) {
+    qvl_st_residency(m ? m->st : NULL, copied, in_place);
+}
+
+int qvl_load_mode_from_name(const char *name, int *out) {
+    static const char *const names[] = {"auto", "mmap", "copy"};
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, names[i])) {
+            *out = i;
+            return 1;
+        }
+    return 0;
+}
+
+const char *qvl_load_mode_name(int mode) {
+    return mode == QVL_LOAD_AUTO   ? "auto"
+           : mode == QVL_LOAD_MMAP ? "mmap"
+           : mode == QVL_LOAD_COPY ? "copy"
+                                   : "?";
 }
 
 uint64_t qvl_model_decode_bytes(const qvl_model *m) {

@@ -529,6 +529,17 @@ static qvl_status read_json_file(const char *dir, const char *name, bool require
     return s;
 }
 
+static qvl_st_mode st_mode(const qvl_model_params *p) {
+    if (!p)
+        return QVL_ST_AUTO;
+    if (p->mmap == QVL_LOAD_MMAP)
+        return QVL_ST_MAP;
+    if (p->mmap == QVL_LOAD_COPY)
+        return QVL_ST_COPY;
+    /* quantised: the decoder matrices are read once, into the model's own memory */
+    return p->quant != QVL_QUANT_NONE ? QVL_ST_MAP : QVL_ST_AUTO;
+}
+
 static int load_progress(void *user, uint64_t done, uint64_t total) {
     const qvl_model_params *p = user;
     return p->progress("load", (double)done, (double)total, p->progress_user);
@@ -539,6 +550,10 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
     if (!out)
         return QVL_E_INVAL;
     *out = NULL;
+    if (p && (p->mmap < QVL_LOAD_AUTO || p->mmap > QVL_LOAD_COPY)) {
+        qvl_errf(err, err_len, "unknown load mode %d (qvl_model_params.mmap)", p->mmap);
+        return QVL_E_INVAL;
+    }
     qvl_model *m = qvl_calloc(1, sizeof *m);
     if (!m) {
         qvl_errf(err, err_len, "out of memory");
@@ -640,7 +655,7 @@ qvl_status qvl_model_load(const char *dir_arg, const qvl_model_params *p, qvl_mo
     }
 
     qvl_st_progress sp = {load_progress, (void *)p};
-    s = qvl_st_open_dir_ex(m->dir, !(p && p->mmap), p && p->progress ? &sp : NULL, &m->st, err,
+    s = qvl_st_open_dir_ex(m->dir, st_mode(p), p && p->progress ? &sp : NULL, &m->st, err,
                            err_len);
     if (s != QVL_OK)
         goto fail;

@@ -65,11 +65,12 @@ typedef struct st_file {
     char *path;
     const uint8_t *map; /* whole file */
     size_t size;
-    bool owned; /* map came from mmap (false: borrowed memory image) */
+    bool owned;  /* map came from mmap (false: borrowed memory image) */
+    bool copied; /* map is anonymous memory holding a copy of the file */
 } st_file;
 
 struct qvl_st {
-    bool copy; /* read shards into anonymous (huge-page) memory instead of mapping them */
+    qvl_st_mode mode; /* how shards are brought into memory (st.h) */
     qvl_st_progress prog;
     uint64_t prog_done, prog_total;
     st_file *files;
@@ -486,6 +487,133 @@ out:
 }
 
 /* mmap `path` read-only into st as a new file; *file_out gets its index. */
+/* Shards this size or larger are copied in auto mode when not mapped through huge pages. */
+#define AUTO_MIN_BYTES ((size_t)64 << 20)
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+/* Bytes of the mapping starting at `addr` that the kernel maps with PMD (2 MiB) entries, from
+ * /proc/self/smaps (FilePmdMapped); 0 when that cannot be read. */
+static size_t pmd_mapped_bytes(const void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f)
+        return 0;
+    char line[512];
+    bool in = false;
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char c;
+        if (sscanf(line, "%lx-%lx %c", &a, &b, &c) == 3 && strchr(line, '-') < strchr(line, ' ')) {
+            if (in)
+                break;
+            in = a == (unsigned long)(uintptr_t)addr;
+        } else if (in && !strncmp(line, "FilePmdMapped:", 14)) {
+            kb = strtoul(line + 14, NULL, 10);
+        }
+    }
+    fclose(f);
+    return kb << 10;
+}
+
+/* Map the file read-only at a 2 MiB-aligned address with transparent huge pages requested and
+ * fault it in: page-cache folios of 2 MiB (which the kernel makes when it reads a file through
+ * such a mapping) are then mapped whole, and the weights stream as fast as from anonymous huge
+ * pages, with no copy. */
+static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size, void **out,
+                               char *err, size_t err_len) {
+    *out = NULL;
+    size_t span = size + HUGE_ALIGN;
+    uint8_t *res = span > size ? mmap(NULL, span, PROT_NONE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                               : MAP_FAILED;
+    uint8_t *m = MAP_FAILED;
+    if (res != MAP_FAILED) {
+        uint8_t *al = (uint8_t *)(((uintptr_t)res + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
+        m = mmap(al, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+        if (m == MAP_FAILED) {
+            munmap(res, span);
+        } else { /* give back the unused ends of the reservation */
+            if (al > res)
+                munmap(res, (size_t)(al - res));
+            size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+            uint8_t *end = al + ((size + pg - 1) & ~(pg - 1));
+            if (end < res + span)
+                munmap(end, (size_t)(res + span - end));
+        }
+    }
+    if (m == MAP_FAILED) /* no aligned reservation: a plain mapping still works */
+        m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) {
+        qvl_errf(err, err_len, "%s: mmap failed: %s", path, strerror(errno));
+        return QVL_E_IO;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(m, size, MADV_HUGEPAGE);
+#endif
+#ifdef MADV_POPULATE_READ
+    /* fault the mapping in now, in steps so that progress shows and can cancel */
+    for (size_t off = 0; off < size;) {
+        size_t n = size - off < ((size_t)1 << 26) ? size - off : ((size_t)1 << 26);
+        if (madvise(m + off, n, MADV_POPULATE_READ) != 0 && errno != EINTR) {
+            if (errno == EINVAL || errno == ENOSYS)
+                break; /* older kernel: pages fault in on first use */
+            int e = errno;
+            munmap(m, size);
+            qvl_errf(err, err_len, "%s: reading the file failed at byte %zu: %s", path, off,
+                     strerror(e));
+            return QVL_E_IO;
+        }
+        off += n;
+        st->prog_done += (uint64_t)n;
+        if (st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total)) {
+            munmap(m, size);
+            qvl_errf(err, err_len, "%s: loading cancelled", path);
+            return QVL_E_CANCELLED;
+        }
+    }
+#endif
+    *out = m;
+    return QVL_OK;
+}
+
+/* Read the whole file into anonymous memory with transparent huge pages requested. */
+static qvl_status read_copy(qvl_st *st, int fd, const char *path, size_t size, void **out,
+                            char *err, size_t err_len) {
+    *out = NULL;
+    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        qvl_errf(err, err_len, "%s: cannot allocate %zu MB: %s", path, size >> 20,
+                 strerror(errno));
+        return QVL_E_NOMEM;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(m, size, MADV_HUGEPAGE);
+#endif
+    size_t got = 0;
+    while (got < size) {
+        size_t want = size - got < ((size_t)1 << 26) ? size - got : ((size_t)1 << 26);
+        ssize_t r = pread(fd, m + got, want, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            munmap(m, size);
+            qvl_errf(err, err_len, "%s: read failed at byte %zu: %s", path, got, strerror(e));
+            return QVL_E_IO;
+        }
+        got += (size_t)r;
+        st->prog_done += (uint64_t)r;
+        if (st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total)) {
+            munmap(m, size);
+            qvl_errf(err, err_len, "%s: loading cancelled", path);
+            return QVL_E_CANCELLED;
+        }
+    }
+    mprotect(m, size, PROT_READ);
+    *out = m;
+    return QVL_OK;
+}
+
 static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *err, size_t err_len) {
     int idx = add_file(st, path);
     if (idx < 0) {
@@ -515,72 +643,70 @@ static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *er
                  size);
         return QVL_E_FORMAT;
     }
-    void *m;
-    if (st->copy) {
-        /* check the header length before reading the whole file into memory */
-        uint8_t h8[8];
-        if (pread(fd, h8, 8, 0) != 8) {
+    /* check the header length before reading or faulting in the whole file */
+    uint8_t h8[8];
+    if (pread(fd, h8, 8, 0) != 8) {
+        close(fd);
+        qvl_errf(err, err_len, "%s: cannot read the header", path);
+        return QVL_E_IO;
+    }
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--)
+        hl = (hl << 8) | h8[i];
+    if (hl > size - 8 || hl > QVL_ST_MAX_HEADER) {
+        close(fd);
+        qvl_errf(err, err_len,
+                 "%s: header length %llu does not fit in the file (%zu bytes) or the %u-byte "
+                 "limit",
+                 path, (unsigned long long)hl, size, QVL_ST_MAX_HEADER);
+        return hl > QVL_ST_MAX_HEADER && hl <= size - 8 ? QVL_E_LIMIT : QVL_E_FORMAT;
+    }
+    bool copied = false;
+    void *m = NULL;
+    if (st->mode != QVL_ST_COPY) {
+        qvl_status ms = map_in_place(st, fd, path, size, &m, err, err_len);
+        if (ms != QVL_OK) {
             close(fd);
-            qvl_errf(err, err_len, "%s: cannot read the header", path);
-            return QVL_E_IO;
+            return ms;
         }
-        uint64_t hl = 0;
-        for (int i = 7; i >= 0; i--)
-            hl = (hl << 8) | h8[i];
-        if (hl > size - 8 || hl > QVL_ST_MAX_HEADER) {
-            close(fd);
-            qvl_errf(err, err_len,
-                     "%s: header length %llu does not fit in the file (%zu bytes) or the %u-byte "
-                     "limit",
-                     path, (unsigned long long)hl, size, QVL_ST_MAX_HEADER);
-            return hl > QVL_ST_MAX_HEADER && hl <= size - 8 ? QVL_E_LIMIT : QVL_E_FORMAT;
-        }
-        /* anonymous memory, transparent huge pages where the kernel allows: streaming weights
-         * through 4 KiB file pages is several times slower on some virtual machines */
-        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) {
-            close(fd);
-            qvl_errf(err, err_len, "%s: cannot allocate %zu MB: %s", path, size >> 20,
-                     strerror(errno));
-            return QVL_E_NOMEM;
-        }
-#ifdef MADV_HUGEPAGE
-        madvise(m, size, MADV_HUGEPAGE);
+        /* auto: keep the mapping only where the page cache holds huge pages (see st.h) */
+        uint64_t done0 = st->prog_done - size;
+        size_t pmd = st->mode == QVL_ST_AUTO && size >= AUTO_MIN_BYTES ? pmd_mapped_bytes(m) : size;
+        if (pmd < size / 10 * 9 && pmd > 0) {
+            /* the file system makes huge folios (some of this file is in them) but most of the
+             * file was cached in small ones, e.g. when it was written: drop the unmapped clean
+             * pages and read the file again through the mapping, once, so that this and later
+             * loads get huge pages */
+            munmap(m, size);
+            m = NULL;
+            st->prog_done = done0;
+            qvl_log(QVL_LOG_INFO, "%s: re-reading the file into huge pages", path);
+#ifdef POSIX_FADV_DONTNEED
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 #endif
-        size_t got = 0;
-        while (got < size) {
-            size_t want = size - got < ((size_t)1 << 26) ? size - got : ((size_t)1 << 26);
-            ssize_t r = pread(fd, (uint8_t *)m + got, want, (off_t)got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0) {
-                int e = r < 0 ? errno : EIO;
+            ms = map_in_place(st, fd, path, size, &m, err, err_len);
+            if (ms != QVL_OK) {
                 close(fd);
-                munmap(m, size);
-                qvl_errf(err, err_len, "%s: read failed at byte %zu: %s", path, got,
-                         strerror(e));
-                return QVL_E_IO;
+                return ms;
             }
-            got += (size_t)r;
-            st->prog_done += (uint64_t)r;
-            if (st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total)) {
-                close(fd);
-                munmap(m, size);
-                qvl_errf(err, err_len, "%s: loading cancelled", path);
-                return QVL_E_CANCELLED;
-            }
+            pmd = pmd_mapped_bytes(m);
         }
-        close(fd);
-        mprotect(m, size, PROT_READ);
-    } else {
-        m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        int e = errno;
-        close(fd);
-        if (m == MAP_FAILED) {
-            qvl_errf(err, err_len, "%s: mmap failed: %s", path, strerror(e));
-            return QVL_E_IO;
+        if (pmd < size / 10 * 9) {
+            munmap(m, size);
+            m = NULL;
+            st->prog_done = done0; /* counted again by the copy */
         }
     }
+    if (!m) {
+        qvl_status cs = read_copy(st, fd, path, size, &m, err, err_len);
+        if (cs != QVL_OK) {
+            close(fd);
+            return cs;
+        }
+        copied = true;
+    }
+    close(fd);
+    st->files[idx].copied = copied;
     st->files[idx].map = m;
     st->files[idx].size = size;
     st->files[idx].owned = true;
@@ -870,7 +996,7 @@ out:
 }
 
 qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_len) {
-    return qvl_st_open_dir_ex(dir, false, NULL, out, err, err_len);
+    return qvl_st_open_dir_ex(dir, QVL_ST_MAP, NULL, out, err, err_len);
 }
 
 /* total bytes of the regular files named *.safetensors in dir (for progress only) */
@@ -894,7 +1020,7 @@ static uint64_t dir_weight_bytes(const char *dir) {
     return t;
 }
 
-qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, const qvl_st_progress *prog,
+qvl_status qvl_st_open_dir_ex(const char *dir, qvl_st_mode mode, const qvl_st_progress *prog,
                               qvl_st **out, char *err, size_t err_len) {
     if (out)
         *out = NULL;
@@ -907,8 +1033,8 @@ qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, const qvl_st_progress 
     qvl_st *st = st_new();
     qvl_status s;
     if (st) {
-        st->copy = copy;
-        if (prog && copy) {
+        st->mode = mode;
+        if (prog) {
             st->prog = *prog;
             st->prog_total = dir_weight_bytes(dir);
         }
@@ -941,14 +1067,38 @@ out:
 }
 
 void qvl_st_release(qvl_st *st, const void *p, size_t n) {
-    if (!st || !st->copy || !p || n == 0)
+    if (!st || !p || n == 0)
         return;
     uintptr_t a = (uintptr_t)p, e = a + n;
+    bool ours = false;
+    for (size_t i = 0; i < st->n_files; i++) {
+        uintptr_t fa = (uintptr_t)st->files[i].map;
+        if (a >= fa && e <= fa + st->files[i].size)
+            ours = st->files[i].owned;
+    }
+    if (!ours)
+        return;
+    /* a copy's pages go back to the system (zeros if read again); a mapped file's pages leave
+     * this process's resident set only (the page cache keeps them; read again, they map again) */
     uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t a2 = (a + pg - 1) & ~(pg - 1), e2 = e & ~(pg - 1);
     if (e2 <= a2)
         return;
     madvise((void *)a2, e2 - a2, MADV_DONTNEED);
+}
+
+void qvl_st_residency(const qvl_st *st, uint64_t *copied, uint64_t *mapped) {
+    uint64_t c = 0, m = 0;
+    for (size_t i = 0; st && i < st->n_files; i++)
+        *(st->files[i].copied ? &c : &m) += st->files[i].size;
+    if (copied)
+        *copied = c;
+    if (mapped)
+        *mapped = m;
+}
+
+bool qvl_st_file_copied(const qvl_st *st, int i) {
+    return st && i >= 0 && (size_t)i < st->n_files && st->files[i].copied;
 }
 
 /* ---- accessors --------------------------------------------------------------------------- */

@@ -30,15 +30,25 @@ typedef struct qvl_st qvl_st;
  * QVL_E_LIMIT (header over QVL_ST_MAX_HEADER), QVL_E_NOMEM, QVL_E_INVAL (NULL arguments). */
 qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_len);
 
-/* Open one .safetensors file. Same errors as qvl_st_open_dir. */
-/* As qvl_st_open_dir; with copy, every shard is read into anonymous memory (transparent huge
- * pages requested) instead of being mapped: one copy of the weights in RAM, not in place. */
+/* How qvl_st_open_dir_ex brings the shards into memory. MAP: mapped read-only in place, at
+ * 2 MiB-aligned addresses with transparent huge pages requested, and faulted in (the kernel then
+ * maps 2 MiB page-cache folios whole where it has them: it makes them when it reads a file
+ * through such a mapping, i.e. when the file was not cached). COPY: read into anonymous memory
+ * (huge pages requested), one private copy. AUTO: MAP for shards that end up mapped at least
+ * 90 % through 2 MiB entries (and shards under 64 MiB), COPY for the others: streaming weights
+ * through 4 KiB pages runs at about half speed on this project's virtual machines. */
+typedef enum qvl_st_mode { QVL_ST_MAP = 0, QVL_ST_COPY = 1, QVL_ST_AUTO = 2 } qvl_st_mode;
 typedef struct qvl_st_progress {
     int (*fn)(void *user, uint64_t done, uint64_t total); /* non-zero: cancel */
     void *user;
 } qvl_st_progress;
-qvl_status qvl_st_open_dir_ex(const char *dir, bool copy, const qvl_st_progress *prog,
+/* As qvl_st_open_dir, in the given mode; prog (optional) sees the bytes read or faulted in. */
+qvl_status qvl_st_open_dir_ex(const char *dir, qvl_st_mode mode, const qvl_st_progress *prog,
                               qvl_st **out, char *err, size_t err_len);
+/* Bytes of the shards held as copies (COPY, or AUTO's fallback) and in place. */
+void qvl_st_residency(const qvl_st *st, uint64_t *copied, uint64_t *mapped);
+bool qvl_st_file_copied(const qvl_st *st, int i);
+/* Open one .safetensors file (mode MAP). Same errors as qvl_st_open_dir. */
 qvl_status qvl_st_open_file(const char *path, qvl_st **out, char *err, size_t err_len);
 
 /* Parse and validate an in-memory safetensors file image (header + data) without keeping
@@ -53,9 +63,9 @@ qvl_status qvl_st_parse_index(const char *json, size_t len, char *err, size_t er
 
 /* Unmap every shard and free. NULL is a no-op. */
 void qvl_st_free(qvl_st *st);
-/* The caller no longer needs bytes [p, p + n) of a tensor (e.g. it made a quantised copy): in
- * copy mode the whole pages inside the range are returned to the system (reading them later
- * gives zeros); with mapped files nothing happens. */
+/* The caller no longer needs bytes [p, p + n) of a tensor (e.g. it made a quantised copy): the
+ * whole pages inside the range leave the process's memory. In a copied shard reading them later
+ * gives zeros; in a mapped shard they map again from the page cache. */
 void qvl_st_release(qvl_st *st, const void *p, size_t n);
 
 /* Tensor by canonical name, or NULL. O(1) on average. */

@@ -35,9 +35,9 @@ static void rm_rf(const char *dir) {
 }
 
 static const char *gen(const char *name, void (*tweak)(qvl_genmodel_params *)) {
-    static char dir[8][512];
+    static char dir[16][512]; /* names stay valid for the next 15 calls */
     static int k;
-    k = (k + 1) & 7;
+    k = (k + 1) & 15;
     snprintf(dir[k], sizeof dir[k], "%s/%s", tmp_root, name);
     qvl_genmodel_params p;
     qvl_genmodel_default_params(&p);
@@ -52,11 +52,15 @@ static const char *gen(const char *name, void (*tweak)(qvl_genmodel_params *)) {
     return dir[k];
 }
 
+static int g_load_mode = QVL_LOAD_AUTO; /* qvl_model_params.mmap for run() */
+
 /* load, evaluate a short image+text prompt, return the prompt-end logits (heap) */
 static float *run(const char *dir, const char *what) {
     char err[1024];
     qvl_model *m = NULL;
-    qvl_status s = qvl_model_load(dir, NULL, &m, err, sizeof err);
+    qvl_model_params mp = qvl_model_default_params();
+    mp.mmap = g_load_mode;
+    qvl_status s = qvl_model_load(dir, &mp, &m, err, sizeof err);
     CHECKF(s == QVL_OK, "%s: load: %s", what, err);
     if (s != QVL_OK)
         return NULL;
@@ -163,6 +167,56 @@ static void variants(void) {
     free(l0);
     free(l1);
     free(l2);
+}
+
+/* every load mode gives the same logits; each places the shards as it says */
+static void load_modes(void) {
+    const char *dir = gen("modes", t_sharded);
+    float *l[3] = {NULL, NULL, NULL};
+    const int modes[3] = {QVL_LOAD_AUTO, QVL_LOAD_MMAP, QVL_LOAD_COPY};
+    for (int i = 0; i < 3; i++) {
+        g_load_mode = modes[i];
+        l[i] = run(dir, qvl_load_mode_name(modes[i]));
+        char err[512];
+        qvl_model *m = NULL;
+        qvl_model_params mp = qvl_model_default_params();
+        mp.mmap = modes[i];
+        if (qvl_model_load(dir, &mp, &m, err, sizeof err) == QVL_OK) {
+            uint64_t in_place = 1, copied = 1;
+            qvl_model_weight_residency(m, &in_place, &copied);
+            CHECK(in_place + copied > 0);
+            /* the tiny shards are under the 64 MiB auto threshold: used in place */
+            CHECKF(modes[i] == QVL_LOAD_COPY ? in_place == 0 : copied == 0,
+                   "%s: %llu in place, %llu copied", qvl_load_mode_name(modes[i]),
+                   (unsigned long long)in_place, (unsigned long long)copied);
+            char *info = qvl_model_info_json(m);
+            const char *ip = info ? strstr(info, "\"in_place\":") : NULL;
+            if (ip)
+                ip += strspn(ip + 11, " \t") + 11;
+            CHECKF(ip && !strncmp(ip, modes[i] == QVL_LOAD_COPY ? "false" : "true",
+                                  modes[i] == QVL_LOAD_COPY ? 5 : 4),
+                   "info: %s", ip ? ip : "no in_place");
+            qvl_free(info);
+            qvl_model_free(m);
+        }
+        int back = -1;
+        CHECK(qvl_load_mode_from_name(qvl_load_mode_name(modes[i]), &back) && back == modes[i]);
+    }
+    g_load_mode = QVL_LOAD_AUTO;
+    for (int i = 1; i < 3; i++)
+        if (l[0] && l[i])
+            CHECKF(max_abs_diff(l[0], l[i], 151936) == 0, "load mode %d changed the logits",
+                   modes[i]);
+    for (int i = 0; i < 3; i++)
+        free(l[i]);
+    int junk = 0;
+    CHECK(!qvl_load_mode_from_name("huge", &junk) && !qvl_load_mode_from_name(NULL, &junk));
+    char err[512] = "";
+    qvl_model *m = (qvl_model *)1;
+    qvl_model_params mp = qvl_model_default_params();
+    mp.mmap = 3;
+    CHECK(qvl_model_load(dir, &mp, &m, err, sizeof err) == QVL_E_INVAL && m == NULL &&
+          strstr(err, "load mode"));
 }
 
 /* ---- broken directories ------------------------------------------------------------------ */
@@ -345,6 +399,7 @@ int main(void) {
         return 1;
     }
     variants();
+    load_modes();
     broken();
     hub_cache();
     rm_rf(tmp_root);

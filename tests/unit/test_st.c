@@ -296,6 +296,31 @@ static void test_sharded(void) {
         CHECK(e && e->n_dims == 2 && e->shape[1] == 4 && e->nbytes == 80);
         qvl_st_free(st);
     }
+    /* every mode reads the same bytes and says where they are */
+    for (int mode = QVL_ST_MAP; mode <= QVL_ST_AUTO; mode++) {
+        st = NULL;
+        s = qvl_st_open_dir_ex(dir, (qvl_st_mode)mode, NULL, &st, g_err, sizeof g_err);
+        CHECKF(s == QVL_OK, "mode %d: %s", mode, g_err);
+        if (s != QVL_OK)
+            continue;
+        for (size_t i = 0; i < 3; i++) {
+            const qvl_st_tensor *t = qvl_st_find(st, n2[i]);
+            CHECKF(t && data_ok(t, i), "mode %d: data of %s", mode, n2[i]);
+        }
+        uint64_t copied = 0, mapped = 0;
+        qvl_st_residency(st, &copied, &mapped);
+        CHECK(copied + mapped == qvl_st_file_size(st, 0) + qvl_st_file_size(st, 1));
+        /* small shards stay in place in auto mode */
+        CHECKF(mode == QVL_ST_COPY ? mapped == 0 : copied == 0, "mode %d: %llu / %llu", mode,
+               (unsigned long long)copied, (unsigned long long)mapped);
+        CHECK(qvl_st_file_copied(st, 0) == (mode == QVL_ST_COPY) && !qvl_st_file_copied(st, 2));
+        /* releasing a tensor's pages is harmless to the others */
+        const qvl_st_tensor *e = qvl_st_find(st, n1[0]);
+        qvl_st_release(st, e->data, e->nbytes);
+        qvl_st_release(st, g_err, sizeof g_err); /* not the reader's memory: ignored */
+        CHECK(data_ok(qvl_st_find(st, n1[1]), 1));
+        qvl_st_free(st);
+    }
     /* the index text parses through the fuzz entry point too */
     char *txt = NULL;
     size_t len = 0;
