@@ -177,6 +177,7 @@ int qvl_cli_bench(int argc, char **argv) {
     bool json = false, large = true;
     qvl_kv_type kv = QVL_KV_F32;
     qvl_model_params mp = qvl_model_default_params();
+    char *cache = NULL; /* --quant-cache: qvl_default_cache_dir() (freed at exit) */
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-m") && i + 1 < argc) {
@@ -197,6 +198,9 @@ int qvl_cli_bench(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--bf16-dot")) {
             mp.bf16_dot = 1;
+        } else if (!strcmp(a, "--quant-cache")) {
+            cache = qvl_default_cache_dir();
+            mp.quant_cache_dir = cache;
         } else if (!strcmp(a, "--load") && i + 1 < argc) {
             if (!qvl_load_mode_from_name(argv[++i], &mp.mmap)) {
                 fprintf(stderr, "qvl bench: --load takes auto, mmap or copy\n");
@@ -212,7 +216,7 @@ int qvl_cli_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--no-large")) {
             large = false;
         } else {
-            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [-t N] "
+            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [--quant-cache] [-t N] "
                             "[--reps N] [--json] [--no-large]\n");
             return 2;
         }
@@ -471,5 +475,6 @@ int qvl_cli_bench(int argc, char **argv) {
     }
     qvl_ctx_free(c);
     qvl_model_free(m);
+    qvl_free(cache);
     return 0;
 }

@@ -77,6 +77,7 @@ typedef struct opts {
     qvl_kv_type kv;
     bool bf16_dot;
     int load_mode; /* qvl_load_mode */
+    bool quant_cache;
     const char *positional[256];
     int n_pos;
 } opts;
@@ -188,6 +189,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
             NEED_ARG();
             if (!qvl_kv_type_from_name(argv[++i], &o->kv))
                 return die(2, "--kv takes f32, bf16 or f16");
+        } else if (!strcmp(a, "--quant-cache")) {
+            o->quant_cache = true;
         } else if (!strcmp(a, "--load")) {
             NEED_ARG();
             if (!qvl_load_mode_from_name(argv[++i], &o->load_mode))
@@ -222,7 +225,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
     return 0;
 }
 
-static int g_quant, g_bf16_dot, g_load_mode;
+static int g_quant, g_bf16_dot, g_load_mode, g_quant_cache;
 
 /* A progress line on stderr for long steps, only on a terminal and after about a second. */
 typedef struct progress_state {
@@ -272,9 +275,14 @@ static int load_model(const char *dir, qvl_model **m) {
     mp.quant = (qvl_quant)g_quant;
     mp.bf16_dot = g_bf16_dot;
     mp.mmap = g_load_mode;
+    char *cache = g_quant_cache ? qvl_default_cache_dir() : NULL;
+    if (g_quant_cache && !cache)
+        return die(2, "--quant-cache: set QVL_CACHE_DIR or HOME");
+    mp.quant_cache_dir = cache;
     if (g_want_progress)
         mp.progress = on_progress;
     qvl_status s = qvl_model_load(dir, &mp, m, err, sizeof err);
+    qvl_free(cache);
     if (s != QVL_OK)
         return die(1, "cannot load model: %s", err[0] ? err : qvl_status_str(s));
     return 0;
@@ -1025,12 +1033,12 @@ static void usage(void) {
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
             "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
-            "             [--bf16-dot] [--load auto|mmap|copy]\n"
+            "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
             "             random-weight demo model\n"
             "  chat       -m DIR [-s SYSTEM]   interactive; '/image PATH' attaches an image;\n"
-            "             takes run's sampling, stop, --ctx, --kv, --quant and --load options\n"
+            "             takes run's sampling, stop, --ctx, --kv, --quant, --quant-cache and --load options\n"
             "  info       -m DIR [--json]      architecture, parameters, files, token ids\n"
             "  tokenize   -m DIR TEXT          ids as a JSON array\n"
             "  detokenize -m DIR ID...         text\n"
@@ -1049,7 +1057,9 @@ static void usage(void) {
             "  --load: auto (default) uses the weight files in place where the kernel maps them\n"
             "  through 2 MiB pages, else copies them into huge-page memory; mmap: always in\n"
             "  place; copy: always a copy (decode streams through 4 KiB pages at about half\n"
-            "  speed on some virtual machines).\n");
+            "  speed on some virtual machines).\n"
+            "  --quant-cache: keep --quant's matrices in $QVL_CACHE_DIR (else\n"
+            "  $XDG_CACHE_HOME/qvl or ~/.cache/qvl) and map them from there on later loads.\n");
 }
 
 int main(int argc, char **argv) {
@@ -1071,6 +1081,7 @@ int main(int argc, char **argv) {
     g_quant = o.quant;
     g_bf16_dot = o.bf16_dot;
     g_load_mode = o.load_mode;
+    g_quant_cache = o.quant_cache;
     g_want_progress = want_progress(&o);
     if (!strcmp(cmd, "run"))
         return cmd_run(&o);

@@ -87,11 +87,20 @@ typedef struct qvl_model_params {
                           compute does: AVX-512 BF16 dot products, about twice the float
                           rate; logits then differ from float activations by ~1e-2 relative.
                           Decode keeps float activations. */
+    const char *quant_cache_dir; /* with quant: keep the quantised matrices in a file in this
+                                    directory (made if needed) and map them from it on later
+                                    loads of the same checkpoint (checked by size, time and
+                                    inode of every file); NULL: quantise at every load. See
+                                    qvl_default_cache_dir(). */
     qvl_progress_fn progress; /* optional: weight bytes read */
     void *progress_user;
 } qvl_model_params;
 
 QVL_API qvl_model_params qvl_model_default_params(void);
+
+/* $QVL_CACHE_DIR, else $XDG_CACHE_HOME/qvl, else $HOME/.cache/qvl; heap string (qvl_free), or
+ * NULL when none of them is set. */
+QVL_API char *qvl_default_cache_dir(void);
 
 /* Load a Hugging Face Qwen3-VL model directory (config.json, safetensors, tokenizer.json,
  * preprocessor/generation configs, chat template). `dir` may also be a hub repo id

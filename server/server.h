@@ -32,6 +32,7 @@ typedef struct srv_opts {
     qvl_kv_type kv; /* KV cache element type */
     int bf16_dot;   /* qvl_model_params.bf16_dot */
     int load_mode;  /* qvl_model_params.mmap (qvl_load_mode) */
+    int quant_cache; /* qvl_model_params.quant_cache_dir = qvl_default_cache_dir() */
     int queue_max; /* requests waiting for a slot */
     int timeout_s; /* idle connection timeout */
     int max_conns;

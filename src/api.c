@@ -441,6 +441,11 @@ char *qvl_model_info_json(const qvl_model *m) {
         cJSON_AddItemToArray(f, e);
     }
     cJSON_AddNumberToObject(o, "n_tensors", (double)qvl_st_count(m->st));
+    if (m->qcache_path) {
+        cJSON *qc = cJSON_AddObjectToObject(o, "quant_cache");
+        cJSON_AddStringToObject(qc, "path", m->qcache_path);
+        cJSON_AddBoolToObject(qc, "used", m->qcache_map != NULL);
+    }
     cJSON *tk = cJSON_AddObjectToObject(o, "tokens");
     cJSON_AddNumberToObject(tk, "image_pad", c->image_token_id);
     cJSON_AddNumberToObject(tk, "video_pad", c->video_token_id);

@@ -4,6 +4,7 @@
  * local Hugging Face cache. */
 #include "model.h"
 #include "pool.h"
+#include "qcache.h"
 #include "st.h"
 #include "tok.h"
 
@@ -394,10 +395,7 @@ static void quant_task(void *arg, int ith, int nth) {
 }
 
 /* Replace one matrix by a quantised copy owned by the model. */
-static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dtype to,
-                               bool release, uint64_t *bytes) {
-    if (w->cols % QVL_QBLOCK != 0)
-        return QVL_OK; /* keep as is: the kernels take any float type */
+static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dtype to) {
     size_t nb = qvl_dtype_mat_bytes(to, (size_t)w->rows, (size_t)w->cols);
     struct qvl_owned_buf *no = qvl_realloc(m->owned, (m->n_owned + 1) * sizeof *no);
     if (!no)
@@ -419,11 +417,6 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
     qvl_pool_run(pool, quant_task, &j);
     qvl_free(scratch);
     qvl_free(plain);
-    if (release) /* the checkpoint's copy of this matrix is not needed any more */
-        qvl_st_release(m->st, w->data,
-                       qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (size_t)w->rows);
-    *bytes -= qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (size_t)w->rows;
-    *bytes += nb;
     w->data = dst;
     w->dt = to;
     return QVL_OK;
@@ -461,6 +454,97 @@ static void use_bf16_dot(qvl_model *m) {
     m->bf16_dot = true;
 }
 
+/* One matrix --quant replaces: text decoder (or vision) bytes; tied: the head made from the
+ * embeddings, which stay (their bytes are not released). */
+typedef struct qmat {
+    qvl_mat *w;
+    bool vision, tied;
+} qmat;
+
+/* The matrices to quantise, in the cache file's order; *n of them (heap list). */
+static qmat *quant_list(qvl_model *m, bool vision, size_t *n) {
+    size_t cap = (size_t)m->cfg.text.n_layers * 7 + 1 + (size_t)m->cfg.vision.depth * 4, k = 0;
+    qmat *q = qvl_calloc(cap, sizeof *q);
+    if (!q)
+        return NULL;
+#define QADD(mat, vis, tie)                                                                     \
+    do {                                                                                       \
+        if ((mat)->cols % QVL_QBLOCK == 0) /* others keep their type: kernels take any */      \
+            q[k++] = (qmat){(mat), (vis), (tie)};                                              \
+    } while (0)
+    for (int l = 0; l < m->cfg.text.n_layers; l++) {
+        qvl_llm_layer *Y = &m->layers[l];
+        qvl_mat *ws[7] = {&Y->q, &Y->k, &Y->v, &Y->o, &Y->gate, &Y->up, &Y->down};
+        for (int i = 0; i < 7; i++)
+            QADD(ws[i], false, false);
+    }
+    if (m->lm_head_tied)
+        m->lm_head = m->embed; /* the head gets a quantised copy, the rows still embed tokens */
+    QADD(&m->lm_head, false, m->lm_head_tied);
+    for (int b = 0; vision && b < m->cfg.vision.depth; b++) {
+        qvl_vit_block *B = &m->blocks[b];
+        qvl_mat *ws[4] = {&B->qkv, &B->proj, &B->fc1, &B->fc2};
+        for (int i = 0; i < 4; i++)
+            QADD(ws[i], true, false);
+    }
+#undef QADD
+    *n = k;
+    return q;
+}
+
+/* Account for q's matrix now stored as `to` at `data`, and let the checkpoint's copy go. */
+static void quant_done(qvl_model *m, const qmat *q, qvl_dtype to, const void *data) {
+    qvl_mat *w = q->w;
+    uint64_t *bytes = q->vision ? &m->bytes_vision : &m->bytes_text;
+    uint64_t src = qvl_dtype_row_bytes(w->dt, (size_t)w->cols) * (uint64_t)w->rows;
+    if (!q->tied) {
+        qvl_st_release(m->st, w->data, (size_t)src);
+        *bytes -= src;
+    } else {
+        m->lm_head_tied = false; /* a matrix of its own from now on */
+    }
+    *bytes += qvl_dtype_mat_bytes(to, (size_t)w->rows, (size_t)w->cols);
+    w->data = data;
+    w->dt = to;
+}
+
+/* Map the cache file's matrices when it matches; false (logged) when it cannot be used. */
+static bool quant_from_cache(qvl_model *m, qmat *q, size_t n, qvl_dtype to, const char *fp) {
+    qvl_qcache_mat *mats = qvl_calloc(n ? n : 1, sizeof *mats);
+    if (!mats)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        mats[i] = (qvl_qcache_mat){to, q[i].w->rows, q[i].w->cols, NULL};
+    char err[512] = "";
+    bool copied = false;
+    qvl_status s = qvl_qcache_load(m->qcache_path, QVL_ST_AUTO, fp, n, mats, &m->qcache_map,
+                                   &m->qcache_size, &copied, err, sizeof err);
+    if (s == QVL_OK) {
+        for (size_t i = 0; i < n; i++)
+            quant_done(m, &q[i], to, mats[i].data);
+        qvl_log(QVL_LOG_INFO, "quantised weights from %s (%s)", m->qcache_path,
+                copied ? "copied" : "in place");
+    } else if (s != QVL_E_IO || qvl_file_exists(m->qcache_path)) {
+        qvl_log(QVL_LOG_WARN, "quantisation cache not used: %s", err);
+    }
+    qvl_free(mats);
+    return s == QVL_OK;
+}
+
+static void quant_to_cache(qvl_model *m, const qmat *q, size_t n, const char *fp) {
+    qvl_qcache_mat *mats = qvl_calloc(n ? n : 1, sizeof *mats);
+    if (!mats)
+        return;
+    for (size_t i = 0; i < n; i++)
+        mats[i] = (qvl_qcache_mat){q[i].w->dt, q[i].w->rows, q[i].w->cols, q[i].w->data};
+    char err[512] = "";
+    if (qvl_qcache_write(m->qcache_path, fp, n, mats, err, sizeof err) != QVL_OK)
+        qvl_log(QVL_LOG_WARN, "quantisation cache not written: %s", err);
+    else
+        qvl_log(QVL_LOG_INFO, "quantised weights saved to %s", m->qcache_path);
+    qvl_free(mats);
+}
+
 static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *err,
                                  size_t err_len) {
     /* interleaved storage: the decode kernels read 16 rows per load (dtype.h) */
@@ -469,43 +553,49 @@ static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *
         qvl_errf(err, err_len, "unknown quantisation %d", (int)p->quant);
         return QVL_E_INVAL;
     }
-    int nt = p->n_threads > 0 ? p->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    qvl_pool *pool = NULL;
-    qvl_status s = qvl_pool_create(nt > 0 ? nt : 1, &pool);
-    if (s != QVL_OK) {
-        qvl_errf(err, err_len, "cannot start threads");
-        return s;
-    }
-    for (int l = 0; l < m->cfg.text.n_layers && s == QVL_OK; l++) {
-        qvl_llm_layer *Y = &m->layers[l];
-        qvl_mat *ws[7] = {&Y->q, &Y->k, &Y->v, &Y->o, &Y->gate, &Y->up, &Y->down};
-        for (int i = 0; i < 7 && s == QVL_OK; i++)
-            s = quantize_mat(m, pool, ws[i], to, true, &m->bytes_text);
-    }
-    if (s == QVL_OK && !m->lm_head_tied)
-        s = quantize_mat(m, pool, &m->lm_head, to, true, &m->bytes_text);
-    else if (s == QVL_OK) { /* tied: a quantised copy for the head, the embeddings stay */
-        qvl_mat head = m->embed;
-        uint64_t extra = qvl_dtype_row_bytes(head.dt, (size_t)head.cols) * (size_t)head.rows;
-        s = quantize_mat(m, pool, &head, to, false, &extra); /* rows still embed tokens */
-        if (s == QVL_OK && head.data != m->embed.data) {
-            m->lm_head = head;
-            m->lm_head_tied = false;
-            m->bytes_text += extra;
+    m->quant = p->quant;
+    size_t n = 0;
+    qmat *q = quant_list(m, p->quant_vision != 0, &n);
+    char *fp = NULL;
+    if (q && p->quant_cache_dir && p->quant_cache_dir[0]) {
+        char tag[8];
+        snprintf(tag, sizeof tag, "%s%s", p->quant == QVL_QUANT_Q8 ? "q8" : "q4",
+                 p->quant_vision ? "v" : "");
+        m->qcache_path = qvl_qcache_path(p->quant_cache_dir, m->dir, tag);
+        fp = m->qcache_path ? qvl_qcache_fingerprint(m->st, m->dir, tag) : NULL;
+        if (fp && quant_from_cache(m, q, n, to, fp)) {
+            qvl_free(fp);
+            qvl_free(q);
+            return QVL_OK;
         }
     }
-    if (p->quant_vision) {
-        for (int b = 0; b < m->cfg.vision.depth && s == QVL_OK; b++) {
-            qvl_vit_block *B = &m->blocks[b];
-            qvl_mat *ws[4] = {&B->qkv, &B->proj, &B->fc1, &B->fc2};
-            for (int i = 0; i < 4 && s == QVL_OK; i++)
-                s = quantize_mat(m, pool, ws[i], to, true, &m->bytes_vision);
+    int nt = p->n_threads > 0 ? p->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    qvl_pool *pool = NULL;
+    qvl_status s = q ? qvl_pool_create(nt > 0 ? nt : 1, &pool) : QVL_E_NOMEM;
+    if (s != QVL_OK) {
+        qvl_errf(err, err_len, q ? "cannot start threads" : "out of memory");
+        qvl_free(fp);
+        qvl_free(q);
+        return s;
+    }
+    for (size_t i = 0; i < n && s == QVL_OK; i++) {
+        const void *src = q[i].w->data;
+        qvl_dtype sdt = q[i].w->dt;
+        s = quantize_mat(m, pool, q[i].w, to);
+        if (s == QVL_OK) {
+            const void *dst = q[i].w->data;
+            q[i].w->data = src; /* quant_done accounts from the source */
+            q[i].w->dt = sdt;
+            quant_done(m, &q[i], to, dst);
         }
     }
     qvl_pool_free(pool);
     if (s != QVL_OK)
         qvl_errf(err, err_len, "out of memory quantising the weights");
-    m->quant = p->quant;
+    else if (fp)
+        quant_to_cache(m, q, n, fp);
+    qvl_free(fp);
+    qvl_free(q);
     return s;
 }
 
@@ -536,8 +626,9 @@ static qvl_st_mode st_mode(const qvl_model_params *p) {
         return QVL_ST_MAP;
     if (p->mmap == QVL_LOAD_COPY)
         return QVL_ST_COPY;
-    /* quantised: the decoder matrices are read once, into the model's own memory */
-    return p->quant != QVL_QUANT_NONE ? QVL_ST_MAP : QVL_ST_AUTO;
+    /* quantised: the decoder matrices are read once (or not at all: quantisation cache), into
+     * the model's own memory */
+    return p->quant != QVL_QUANT_NONE ? QVL_ST_MAP_LAZY : QVL_ST_AUTO;
 }
 
 static int load_progress(void *user, uint64_t done, uint64_t total) {
@@ -725,6 +816,8 @@ void qvl_model_free(qvl_model *m) {
     for (size_t i = 0; i < m->n_owned; i++)
         qvl_free_big(m->owned[i].p, m->owned[i].n);
     qvl_free(m->owned);
+    qvl_st_unmap_whole(m->qcache_map, m->qcache_size);
+    qvl_free(m->qcache_path);
     qvl_st_free(m->st);
     qvl_tok_free(m->tok);
     qvl_free(m->dir);

@@ -64,6 +64,10 @@ struct qvl_model {
         size_t n;
     } *owned; /* buffers of quantised matrices (qvl_malloc_big) */
     size_t n_owned;
+    /* quantisation cache (qcache.h): the file, and its mapping when the matrices came from it */
+    char *qcache_path;
+    const uint8_t *qcache_map;
+    size_t qcache_size;
 };
 
 #endif

@@ -519,8 +519,16 @@ static size_t pmd_mapped_bytes(const void *addr) {
  * fault it in: page-cache folios of 2 MiB (which the kernel makes when it reads a file through
  * such a mapping) are then mapped whole, and the weights stream as fast as from anonymous huge
  * pages, with no copy. */
-static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size, void **out,
-                               char *err, size_t err_len) {
+/* Count n more bytes read; true when the caller's progress function asks to cancel. */
+static bool progress(qvl_st *st, size_t n) {
+    if (!st)
+        return false;
+    st->prog_done += (uint64_t)n;
+    return st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total);
+}
+
+static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size, bool populate,
+                               void **out, char *err, size_t err_len) {
     *out = NULL;
     size_t span = size + HUGE_ALIGN;
     uint8_t *res = span > size ? mmap(NULL, span, PROT_NONE,
@@ -552,7 +560,7 @@ static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size
 #endif
 #ifdef MADV_POPULATE_READ
     /* fault the mapping in now, in steps so that progress shows and can cancel */
-    for (size_t off = 0; off < size;) {
+    for (size_t off = 0; populate && off < size;) {
         size_t n = size - off < ((size_t)1 << 26) ? size - off : ((size_t)1 << 26);
         if (madvise(m + off, n, MADV_POPULATE_READ) != 0 && errno != EINTR) {
             if (errno == EINVAL || errno == ENOSYS)
@@ -564,8 +572,7 @@ static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size
             return QVL_E_IO;
         }
         off += n;
-        st->prog_done += (uint64_t)n;
-        if (st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total)) {
+        if (progress(st, n)) {
             munmap(m, size);
             qvl_errf(err, err_len, "%s: loading cancelled", path);
             return QVL_E_CANCELLED;
@@ -602,8 +609,7 @@ static qvl_status read_copy(qvl_st *st, int fd, const char *path, size_t size, v
             return QVL_E_IO;
         }
         got += (size_t)r;
-        st->prog_done += (uint64_t)r;
-        if (st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total)) {
+        if (progress(st, (size_t)r)) {
             munmap(m, size);
             qvl_errf(err, err_len, "%s: loading cancelled", path);
             return QVL_E_CANCELLED;
@@ -612,6 +618,92 @@ static qvl_status read_copy(qvl_st *st, int fd, const char *path, size_t size, v
     mprotect(m, size, PROT_READ);
     *out = m;
     return QVL_OK;
+}
+
+/* Bring the open file fd (size bytes) into memory as `mode` says (st.h); st (optional) takes
+ * the progress. *copied tells which way it went. */
+static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *path, size_t size,
+                           void **out, bool *copied, char *err, size_t err_len) {
+    void *m = NULL;
+    *out = NULL;
+    *copied = false;
+    uint64_t done0 = st ? st->prog_done : 0;
+    if (mode != QVL_ST_COPY) {
+        qvl_status ms = map_in_place(st, fd, path, size, mode != QVL_ST_MAP_LAZY, &m, err, err_len);
+        if (ms != QVL_OK)
+            return ms;
+        if (mode == QVL_ST_MAP_LAZY && progress(st, size)) {
+            munmap(m, size);
+            qvl_errf(err, err_len, "%s: loading cancelled", path);
+            return QVL_E_CANCELLED;
+        }
+        /* auto: keep the mapping only where the page cache holds huge pages (see st.h) */
+        size_t pmd = mode == QVL_ST_AUTO && size >= AUTO_MIN_BYTES ? pmd_mapped_bytes(m) : size;
+        if (pmd < size / 10 * 9 && pmd > 0) {
+            /* the file system makes huge folios (some of this file is in them) but most of the
+             * file was cached in small ones, e.g. when it was written: drop the unmapped clean
+             * pages and read the file again through the mapping, once, so that this and later
+             * loads get huge pages */
+            munmap(m, size);
+            m = NULL;
+            if (st)
+                st->prog_done = done0;
+            qvl_log(QVL_LOG_INFO, "%s: re-reading the file into huge pages", path);
+#ifdef POSIX_FADV_DONTNEED
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+#endif
+            ms = map_in_place(st, fd, path, size, true, &m, err, err_len);
+            if (ms != QVL_OK)
+                return ms;
+            pmd = pmd_mapped_bytes(m);
+        }
+        if (pmd < size / 10 * 9) {
+            munmap(m, size);
+            m = NULL;
+            if (st)
+                st->prog_done = done0; /* counted again by the copy */
+        }
+    }
+    if (!m) {
+        qvl_status cs = read_copy(st, fd, path, size, &m, err, err_len);
+        if (cs != QVL_OK)
+            return cs;
+        *copied = true;
+    }
+    *out = m;
+    return QVL_OK;
+}
+
+qvl_status qvl_st_map_whole(const char *path, qvl_st_mode mode, const uint8_t **map,
+                            size_t *size, bool *copied, char *err, size_t err_len) {
+    *map = NULL;
+    *size = 0;
+    *copied = false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        qvl_errf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
+        return QVL_E_IO;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0 ||
+        (uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
+        qvl_errf(err, err_len, "%s: not a regular, non-empty file", path);
+        close(fd);
+        return QVL_E_IO;
+    }
+    void *m = NULL;
+    qvl_status s = bring_in(NULL, mode, fd, path, (size_t)sb.st_size, &m, copied, err, err_len);
+    close(fd);
+    if (s == QVL_OK) {
+        *map = m;
+        *size = (size_t)sb.st_size;
+    }
+    return s;
+}
+
+void qvl_st_unmap_whole(const uint8_t *map, size_t size) {
+    if (map && size)
+        munmap((void *)map, size);
 }
 
 static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *err, size_t err_len) {
@@ -663,47 +755,10 @@ static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *er
     }
     bool copied = false;
     void *m = NULL;
-    if (st->mode != QVL_ST_COPY) {
-        qvl_status ms = map_in_place(st, fd, path, size, &m, err, err_len);
-        if (ms != QVL_OK) {
-            close(fd);
-            return ms;
-        }
-        /* auto: keep the mapping only where the page cache holds huge pages (see st.h) */
-        uint64_t done0 = st->prog_done - size;
-        size_t pmd = st->mode == QVL_ST_AUTO && size >= AUTO_MIN_BYTES ? pmd_mapped_bytes(m) : size;
-        if (pmd < size / 10 * 9 && pmd > 0) {
-            /* the file system makes huge folios (some of this file is in them) but most of the
-             * file was cached in small ones, e.g. when it was written: drop the unmapped clean
-             * pages and read the file again through the mapping, once, so that this and later
-             * loads get huge pages */
-            munmap(m, size);
-            m = NULL;
-            st->prog_done = done0;
-            qvl_log(QVL_LOG_INFO, "%s: re-reading the file into huge pages", path);
-#ifdef POSIX_FADV_DONTNEED
-            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-#endif
-            ms = map_in_place(st, fd, path, size, &m, err, err_len);
-            if (ms != QVL_OK) {
-                close(fd);
-                return ms;
-            }
-            pmd = pmd_mapped_bytes(m);
-        }
-        if (pmd < size / 10 * 9) {
-            munmap(m, size);
-            m = NULL;
-            st->prog_done = done0; /* counted again by the copy */
-        }
-    }
-    if (!m) {
-        qvl_status cs = read_copy(st, fd, path, size, &m, err, err_len);
-        if (cs != QVL_OK) {
-            close(fd);
-            return cs;
-        }
-        copied = true;
+    qvl_status bs = bring_in(st, st->mode, fd, path, size, &m, &copied, err, err_len);
+    if (bs != QVL_OK) {
+        close(fd);
+        return bs;
     }
     close(fd);
     st->files[idx].copied = copied;

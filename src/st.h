@@ -37,7 +37,12 @@ qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_
  * (huge pages requested), one private copy. AUTO: MAP for shards that end up mapped at least
  * 90 % through 2 MiB entries (and shards under 64 MiB), COPY for the others: streaming weights
  * through 4 KiB pages runs at about half speed on this project's virtual machines. */
-typedef enum qvl_st_mode { QVL_ST_MAP = 0, QVL_ST_COPY = 1, QVL_ST_AUTO = 2 } qvl_st_mode;
+typedef enum qvl_st_mode {
+    QVL_ST_MAP = 0,
+    QVL_ST_COPY = 1,
+    QVL_ST_AUTO = 2,
+    QVL_ST_MAP_LAZY = 3, /* as MAP, but pages fault in when first read */
+} qvl_st_mode;
 typedef struct qvl_st_progress {
     int (*fn)(void *user, uint64_t done, uint64_t total); /* non-zero: cancel */
     void *user;
@@ -45,6 +50,11 @@ typedef struct qvl_st_progress {
 /* As qvl_st_open_dir, in the given mode; prog (optional) sees the bytes read or faulted in. */
 qvl_status qvl_st_open_dir_ex(const char *dir, qvl_st_mode mode, const qvl_st_progress *prog,
                               qvl_st **out, char *err, size_t err_len);
+/* Bring one whole file into memory as a shard would be in `mode`; *copied says whether it is a
+ * private copy. Release with qvl_st_unmap_whole. Errors: QVL_E_IO, QVL_E_NOMEM. */
+qvl_status qvl_st_map_whole(const char *path, qvl_st_mode mode, const uint8_t **map,
+                            size_t *size, bool *copied, char *err, size_t err_len);
+void qvl_st_unmap_whole(const uint8_t *map, size_t size);
 /* Bytes of the shards held as copies (COPY, or AUTO's fallback) and in place. */
 void qvl_st_residency(const qvl_st *st, uint64_t *copied, uint64_t *mapped);
 bool qvl_st_file_copied(const qvl_st *st, int i);
