@@ -515,6 +515,17 @@ static size_t pmd_mapped_bytes(const void *addr) {
     return kb << 10;
 }
 
+/* Transparent huge pages switched off for the whole system: a copy would not get them either. */
+static bool thp_off(void) {
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f)
+        return false; /* unknown: assume they may be had */
+    char line[128] = "";
+    bool off = fgets(line, sizeof line, f) && strstr(line, "[never]");
+    fclose(f);
+    return off;
+}
+
 /* Map the file read-only at a 2 MiB-aligned address with transparent huge pages requested and
  * fault it in: page-cache folios of 2 MiB (which the kernel makes when it reads a file through
  * such a mapping) are then mapped whole, and the weights stream as fast as from anonymous huge
@@ -657,7 +668,7 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
                 return ms;
             pmd = pmd_mapped_bytes(m);
         }
-        if (pmd < size / 10 * 9) {
+        if (pmd < size / 10 * 9 && !thp_off()) {
             munmap(m, size);
             m = NULL;
             if (st)

@@ -35,8 +35,11 @@ qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_
  * maps 2 MiB page-cache folios whole where it has them: it makes them when it reads a file
  * through such a mapping, i.e. when the file was not cached). COPY: read into anonymous memory
  * (huge pages requested), one private copy. AUTO: MAP for shards that end up mapped at least
- * 90 % through 2 MiB entries (and shards under 64 MiB), COPY for the others: streaming weights
- * through 4 KiB pages runs at about half speed on this project's virtual machines. */
+ * 90 % through 2 MiB entries (and shards under 64 MiB, and all when the system has huge pages
+ * off); a shard partly in 2 MiB folios (so the file system makes them) but mostly in small ones
+ * is dropped from the page cache and read again through the mapping, once; COPY for the rest:
+ * streaming weights through 4 KiB pages runs at about half speed on this project's virtual
+ * machines. */
 typedef enum qvl_st_mode {
     QVL_ST_MAP = 0,
     QVL_ST_COPY = 1,
