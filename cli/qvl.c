@@ -1069,6 +1069,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    qvl_log_set(log_stderr, NULL, QVL_LOG_WARN); /* -v: everything */
     if (!strcmp(cmd, "bench"))
         return qvl_cli_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "serve"))

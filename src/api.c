@@ -528,12 +528,10 @@ void qvl_model_weight_residency(const qvl_model *m, uint64_t *in_place, uint64_t
 
 int qvl_load_mode_from_name(const char *name, int *out) {
     static const char *const names[] = {"auto", "mmap", "copy"};
-    for (int i = 0; name && i < 3; i++)
-        if (!strcmp(name, names[i])) {
-            *out = i;
-            return 1;
-        }
-    return 0;
+    int i = qvl_name_index(names, 3, name);
+    if (i >= 0)
+        *out = i;
+    return i >= 0;
 }
 
 const char *qvl_load_mode_name(int mode) {

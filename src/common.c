@@ -216,6 +216,13 @@ qvl_status qvl_read_file(const char *path, size_t max_bytes, char **out, size_t 
     return QVL_OK;
 }
 
+int qvl_name_index(const char *const *names, int n, const char *name) {
+    for (int i = 0; name && i < n; i++)
+        if (!strcmp(name, names[i]))
+            return i;
+    return -1;
+}
+
 char *qvl_path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     char *p = qvl_malloc(a + b + 2);

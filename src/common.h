@@ -70,6 +70,8 @@ qvl_status qvl_read_file(const char *path, size_t max_bytes, char **out, size_t 
                          size_t err_len);
 /* path join into a heap string: dir + "/" + name */
 char *qvl_path_join(const char *dir, const char *name);
+/* Index of name in names[0..n) (exact match), or -1 (also for NULL). */
+int qvl_name_index(const char *const *names, int n, const char *name);
 bool qvl_file_exists(const char *path);
 bool qvl_dir_exists(const char *path);
 

@@ -31,12 +31,10 @@ qvl_ctx_params qvl_ctx_default_params(void) {
 
 int qvl_kv_type_from_name(const char *name, qvl_kv_type *out) {
     static const char *const names[] = {"f32", "bf16", "f16"};
-    for (int i = 0; name && i < 3; i++)
-        if (!strcmp(name, names[i])) {
-            *out = (qvl_kv_type)i;
-            return 1;
-        }
-    return 0;
+    int i = qvl_name_index(names, 3, name);
+    if (i >= 0)
+        *out = (qvl_kv_type)i;
+    return i >= 0;
 }
 
 const char *qvl_kv_type_name(qvl_kv_type t) {

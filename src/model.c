@@ -525,7 +525,7 @@ static bool quant_from_cache(qvl_model *m, qmat *q, size_t n, qvl_dtype to, cons
         qvl_log(QVL_LOG_INFO, "quantised weights from %s (%s)", m->qcache_path,
                 copied ? "copied" : "in place");
     } else if (s != QVL_E_IO || qvl_file_exists(m->qcache_path)) {
-        qvl_log(QVL_LOG_WARN, "quantisation cache not used: %s", err);
+        qvl_log(QVL_LOG_INFO, "quantisation cache not used (quantising again): %s", err);
     }
     qvl_free(mats);
     return s == QVL_OK;

@@ -309,6 +309,39 @@ static void quant_cache(void) {
     g_quant = QVL_QUANT_NONE;
 }
 
+/* where --quant-cache puts its files: $QVL_CACHE_DIR, $XDG_CACHE_HOME/qvl (absolute only),
+ * $HOME/.cache/qvl, else none */
+static void cache_dir_env(void) {
+    const char *names[3] = {"QVL_CACHE_DIR", "XDG_CACHE_HOME", "HOME"};
+    char *saved[3];
+    for (int i = 0; i < 3; i++)
+        saved[i] = getenv(names[i]) ? qvl_strdup(getenv(names[i])) : NULL;
+    setenv("QVL_CACHE_DIR", "/x/y", 1);
+    setenv("XDG_CACHE_HOME", "/c", 1);
+    setenv("HOME", "/h", 1);
+    const char *want[4] = {"/x/y", "/c/qvl", "/h/.cache/qvl", NULL};
+    for (int k = 0; k < 4; k++) {
+        if (k == 1)
+            unsetenv("QVL_CACHE_DIR");
+        if (k == 2)
+            setenv("XDG_CACHE_HOME", "relative", 1);
+        if (k == 3) {
+            unsetenv("XDG_CACHE_HOME");
+            unsetenv("HOME");
+        }
+        char *d = qvl_default_cache_dir();
+        CHECKF(want[k] ? d && !strcmp(d, want[k]) : d == NULL, "case %d: %s", k, d ? d : "NULL");
+        qvl_free(d);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (saved[i])
+            setenv(names[i], saved[i], 1);
+        else
+            unsetenv(names[i]);
+        qvl_free(saved[i]);
+    }
+}
+
 /* ---- broken directories ------------------------------------------------------------------ */
 
 static void copy_file(const char *from, const char *to) {
@@ -491,6 +524,7 @@ int main(void) {
     variants();
     load_modes();
     quant_cache();
+    cache_dir_env();
     broken();
     hub_cache();
     rm_rf(tmp_root);
