@@ -198,6 +198,8 @@ int qvl_cli_bench(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--bf16-dot")) {
             mp.bf16_dot = 1;
+        } else if (!strcmp(a, "--quant-vision")) {
+            mp.quant_vision = 1;
         } else if (!strcmp(a, "--quant-cache")) {
             cache = qvl_default_cache_dir();
             mp.quant_cache_dir = cache;
@@ -216,8 +218,9 @@ int qvl_cli_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--no-large")) {
             large = false;
         } else {
-            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [--quant-cache] [-t N] "
-                            "[--reps N] [--json] [--no-large]\n");
+            fprintf(stderr, "usage: qvl bench -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M]\n"
+                            "                 [--quant-cache] [--quant-vision] [-t N] [--reps N] "
+                            "[--json] [--no-large]\n");
             return 2;
         }
     }
@@ -418,6 +421,7 @@ int qvl_cli_bench(int argc, char **argv) {
         cJSON_AddStringToObject(j, "quant", qn);
         cJSON_AddStringToObject(j, "kv", qvl_kv_type_name(kv));
         cJSON_AddBoolToObject(j, "bf16_dot", mp.bf16_dot != 0);
+        cJSON_AddBoolToObject(j, "quant_vision", mp.quant_vision != 0);
         cJSON_AddNumberToObject(j, "threads", threads);
         cJSON_AddNumberToObject(j, "reps", reps);
         cJSON_AddNumberToObject(j, "load_ms", load.med);
@@ -452,8 +456,9 @@ int qvl_cli_bench(int argc, char **argv) {
         free(s);
         cJSON_Delete(j);
     } else {
-        printf("model %s, quant %s, KV %s%s, %d threads, median of %d (min)\n", dir, qn,
-               qvl_kv_type_name(kv), mp.bf16_dot ? ", bf16 dot products" : "", threads, reps);
+        printf("model %s, quant %s%s, KV %s%s, %d threads, median of %d (min)\n", dir, qn,
+               mp.quant_vision ? " (vision too)" : "", qvl_kv_type_name(kv),
+               mp.bf16_dot ? ", bf16 dot products" : "", threads, reps);
         printf("  memory read bandwidth   %8.1f GB/s\n", gbs);
         printf("  load                    %8.0f ms (%.0f), --load %s: %.0f MB in place, %.0f MB "
                "copied\n",

@@ -77,7 +77,7 @@ typedef struct opts {
     qvl_kv_type kv;
     bool bf16_dot;
     int load_mode; /* qvl_load_mode */
-    bool quant_cache;
+    bool quant_cache, quant_vision;
     const char *positional[256];
     int n_pos;
 } opts;
@@ -191,6 +191,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
                 return die(2, "--kv takes f32, bf16 or f16");
         } else if (!strcmp(a, "--quant-cache")) {
             o->quant_cache = true;
+        } else if (!strcmp(a, "--quant-vision")) {
+            o->quant_vision = true;
         } else if (!strcmp(a, "--load")) {
             NEED_ARG();
             if (!qvl_load_mode_from_name(argv[++i], &o->load_mode))
@@ -225,7 +227,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
     return 0;
 }
 
-static int g_quant, g_bf16_dot, g_load_mode, g_quant_cache;
+static int g_quant, g_bf16_dot, g_load_mode, g_quant_cache, g_quant_vision;
 
 /* A progress line on stderr for long steps, only on a terminal and after about a second. */
 typedef struct progress_state {
@@ -275,6 +277,9 @@ static int load_model(const char *dir, qvl_model **m) {
     mp.quant = (qvl_quant)g_quant;
     mp.bf16_dot = g_bf16_dot;
     mp.mmap = g_load_mode;
+    mp.quant_vision = g_quant_vision;
+    if (g_quant_vision && !g_quant)
+        return die(2, "--quant-vision goes with --quant q8|q4");
     char *cache = g_quant_cache ? qvl_default_cache_dir() : NULL;
     if (g_quant_cache && !cache)
         return die(2, "--quant-cache: set QVL_CACHE_DIR or HOME");
@@ -1033,12 +1038,12 @@ static void usage(void) {
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
             "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
-            "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache]\n"
+            "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache] [--quant-vision]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
             "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
             "             random-weight demo model\n"
             "  chat       -m DIR [-s SYSTEM]   interactive; '/image PATH' attaches an image;\n"
-            "             takes run's sampling, stop, --ctx, --kv, --quant, --quant-cache and --load options\n"
+            "             takes run's sampling, stop, --ctx, --kv, --quant*, --load options\n"
             "  info       -m DIR [--json]      architecture, parameters, files, token ids\n"
             "  tokenize   -m DIR TEXT          ids as a JSON array\n"
             "  detokenize -m DIR ID...         text\n"
@@ -1048,8 +1053,8 @@ static void usage(void) {
             "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N] [--kv T]\n"
             "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"
             "             OpenAI-compatible HTTP server (POST /v1/chat/completions)\n"
-            "  bench      -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [-t N] [--reps N]\n"
-            "             [--json] [--no-large]\n"
+            "  bench      -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [--quant-cache]\n"
+            "             [--quant-vision] [-t N] [--reps N] [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n"
             "  --kv: KV cache element type (default f32; bf16/f16 halve its memory).\n"
             "  --bf16-dot: prefill and vision multiply bf16-rounded activations (AVX-512 BF16,\n"
@@ -1059,7 +1064,8 @@ static void usage(void) {
             "  place; copy: always a copy (decode streams through 4 KiB pages at about half\n"
             "  speed on some virtual machines).\n"
             "  --quant-cache: keep --quant's matrices in $QVL_CACHE_DIR (else\n"
-            "  $XDG_CACHE_HOME/qvl or ~/.cache/qvl) and map them from there on later loads.\n");
+            "  $XDG_CACHE_HOME/qvl or ~/.cache/qvl) and map them from there on later loads.\n"
+            "  --quant-vision: quantise the vision tower's matrices too (int8 products there).\n");
 }
 
 int main(int argc, char **argv) {
@@ -1083,6 +1089,7 @@ int main(int argc, char **argv) {
     g_bf16_dot = o.bf16_dot;
     g_load_mode = o.load_mode;
     g_quant_cache = o.quant_cache;
+    g_quant_vision = o.quant_vision;
     g_want_progress = want_progress(&o);
     if (!strcmp(cmd, "run"))
         return cmd_run(&o);

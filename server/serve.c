@@ -575,6 +575,7 @@ static void serve_usage(void) {
             "                 [--max-body-bytes N] [--allow-local-files DIR] [--timeout SEC]\n"
             "                 [--max-connections N] [--alias NAME] [--quant q8|q4|none]\n"
             "                 [--kv f32|bf16|f16] [--bf16-dot] [--load auto|mmap|copy] [--quant-cache]\n"
+            "                 [--quant-vision]\n"
             "  -t is per slot (default: CPUs / slots); --ctx is per slot (default 4096);\n"
             "  --max-image-pixels caps the decoded pixels of all images of one request\n"
             "  (default 16777216); --max-body-bytes defaults to 32 MiB; --timeout (idle\n"
@@ -646,6 +647,8 @@ static int parse_args(int argc, char **argv, srv_opts *o) {
             o->bf16_dot = 1;
         } else if (!strcmp(a, "--quant-cache")) {
             o->quant_cache = 1;
+        } else if (!strcmp(a, "--quant-vision")) {
+            o->quant_vision = 1;
         } else if (!strcmp(a, "--load")) {
             NEED();
             if (!qvl_load_mode_from_name(v, &o->load_mode))
@@ -808,6 +811,7 @@ int qvl_cli_serve(int argc, char **argv) {
     mp.quant = (qvl_quant)S->o.quant;
     mp.bf16_dot = S->o.bf16_dot;
     mp.mmap = S->o.load_mode;
+    mp.quant_vision = S->o.quant_vision;
     char *cache = S->o.quant_cache ? qvl_default_cache_dir() : NULL;
     mp.quant_cache_dir = cache; /* none found: quantise at every load */
     qvl_status st = qvl_model_load(S->o.model_dir, &mp, &m, err, sizeof err);

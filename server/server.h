@@ -33,6 +33,7 @@ typedef struct srv_opts {
     int bf16_dot;   /* qvl_model_params.bf16_dot */
     int load_mode;  /* qvl_model_params.mmap (qvl_load_mode) */
     int quant_cache; /* qvl_model_params.quant_cache_dir = qvl_default_cache_dir() */
+    int quant_vision; /* qvl_model_params.quant_vision */
     int queue_max; /* requests waiting for a slot */
     int timeout_s; /* idle connection timeout */
     int max_conns;

@@ -82,6 +82,22 @@ for opt in "--kv bf16" "--kv f16" "--bf16-dot" "--quant q8" "--quant q4" "--quan
         echo "$out" | grep -q '"generated_ids":\[[0-9]*,[0-9]*,[0-9]*,[0-9]*,[0-9]*,[0-9]*\]' && ok || bad "run $opt: $out"
 done
 expect_fail "$BIN" run -m "$M" -p "x" --kv fp8
+expect_fail "$BIN" run -m "$M" -p "x" --load huge
+expect_fail "$BIN" run -m "$M" -p "x" --quant-vision      # without --quant
+# load modes and the quantisation cache give the same tokens as the plain runs
+base=$("$BIN" run -m "$M" -p "Describe a harbour." -n 6 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]')
+for opt in "--load mmap" "--load copy" "--load auto"; do
+    # shellcheck disable=SC2086
+    got=$("$BIN" run -m "$M" -p "Describe a harbour." -n 6 --temp 0 --json $opt | grep -o '"generated_ids":\[[^]]*\]')
+    [ -n "$base" ] && [ "$got" = "$base" ] && ok || bad "run $opt: $got vs $base"
+done
+q8=$("$BIN" run -m "$M" -p "Describe a harbour." -n 6 --temp 0 --json --quant q8 --quant-vision | grep -o '"generated_ids":\[[^]]*\]')
+for i in 1 2; do
+    got=$(QVL_CACHE_DIR="$T/qc" "$BIN" run -m "$M" -p "Describe a harbour." -n 6 --temp 0 --json --quant q8 --quant-vision --quant-cache | grep -o '"generated_ids":\[[^]]*\]')
+    [ -n "$q8" ] && [ "$got" = "$q8" ] && ok || bad "quant cache run $i: $got vs $q8"
+done
+ls "$T"/qc/*-q8v.qvlq > /dev/null 2>&1 && ok || bad "no cache file in $T/qc"
+QVL_CACHE_DIR="$T/qc" "$BIN" info -m "$M" --json --quant q8 --quant-vision --quant-cache | tr -d ' \t\n' | grep -q '"used":true' && ok || bad "info: cache not used"
 expect_fail "$BIN" run -m "$M" -p "x" --quant q3
 "$BIN" chat -m "$M" --top-k 5 --top-p 0.9 --stop "." --kv bf16 < /dev/null > /dev/null 2>&1 && ok || bad "chat with sampling options"
 echo "$pass passed, $fail failed"
