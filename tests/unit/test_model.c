@@ -290,10 +290,13 @@ static void quant_cache(void) {
                 CHECK(utimensat(AT_FDCWD, cfg, ts, 0) == 0);
             }
             CHECKF(!cache_info(dir, quant, cache, path, sizeof path), "damage %d: file used", d);
-            float *l3 = run(dir, "quantised, cache rewritten");
-            if (ref && l3)
-                CHECKF(max_abs_diff(ref, l3, 151936) == 0, "damage %d changed the logits", d);
-            free(l3);
+            if (d == 2) { /* after the rewrite: the same logits again */
+                float *l3 = run(dir, "quantised, cache rewritten");
+                if (ref && l3)
+                    CHECKF(max_abs_diff(ref, l3, 151936) == 0, "the rewritten cache changed the "
+                                                               "logits");
+                free(l3);
+            }
             CHECKF(cache_info(dir, quant, cache, path, sizeof path), "damage %d: not rewritten",
                    d);
         }
