@@ -286,9 +286,13 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
                     else
                         t0[i] = i8_dot(true, VNNI, t0[i], u, _mm512_set1_epi32(xv));
                 }
-            } else { /* quant byte e: element e (low nibble) and e + 16 (high nibble) */
+            } else { /* quant byte e: element e (low nibble) and e + 16 (high nibble); with
+                      * VNNI the high nibble stays in place (16 x its value: t1 is shifted back
+                      * once per block, exactly, the sums being multiples of 16), without VNNI
+                      * it is moved down (vpmaddubsw's int16 pairs would saturate) */
                 __m512i lo = _mm512_and_si512(w, _mm512_set1_epi8(15));
-                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), _mm512_set1_epi8(15));
+                __m512i hi = VNNI ? _mm512_and_si512(w, _mm512_set1_epi8((char)0xF0))
+                                  : _mm512_and_si512(_mm512_srli_epi16(w, 4), _mm512_set1_epi8(15));
                 for (int i = 0; i < MR; i++) {
                     int32_t xl, xh;
                     memcpy(&xl, xb + i * a->k + 4 * t, 4);
@@ -298,6 +302,9 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
                 }
             }
         }
+        if (!Q8 && VNNI)
+            for (int i = 0; i < MR; i++)
+                t1[i] = _mm512_srai_epi32(t1[i], 4);
         for (int i = 0; i < MR; i++)
             acc[i] = _mm512_fmadd_ps(
                 _mm512_cvtepi32_ps(_mm512_add_epi32(t0[i], t1[i])),
