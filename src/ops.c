@@ -111,6 +111,22 @@ static void attn_task(void *arg, int ith, int nth) {
     attn_job *a = arg;
     const qvl_kern *k = qvl_kern_get();
     int rep = a->n_head / a->n_kv;
+    const size_t kes = a->kvt == QVL_DT_F32 ? 4 : 2;
+    if (a->nq == 1 && rep > 1 && (!a->causal || a->q_pos0 + 1 >= a->nk)) {
+        /* one query that sees every key (decode): the rep heads sharing a K/V head are the
+         * query rows of one call (of at most QVL_KERN_ATTN_ROWS: two for rep 4), so each K/V
+         * row is read once for them, with the bits of one call per head */
+        int nch = (rep + QVL_KERN_ATTN_ROWS - 1) / QVL_KERN_ATTN_ROWS; /* calls per group */
+        for (int u = ith; u < a->n_kv * nch; u += nth) {
+            int g = u / nch, c = u % nch, r0 = c * rep / nch, r1 = (c + 1) * rep / nch;
+            size_t kvo = (size_t)g * (size_t)a->hd * kes;
+            int64_t h0 = ((int64_t)g * rep + r0) * a->hd;
+            k->attn(a->o + h0, a->hd, a->q + h0, a->hd, r1 - r0, (const uint8_t *)a->k + kvo,
+                    a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk, a->hd, a->scale, false, 0,
+                    a->kvt);
+        }
+        return;
+    }
     /* split heads; with fewer heads than threads split each head's queries too, at multiples
      * of the kernels' query chunk so the results do not depend on the thread count */
     int64_t units_q = a->n_head >= nth ? 1 : (nth + a->n_head - 1) / a->n_head;
@@ -123,7 +139,7 @@ static void attn_task(void *arg, int ith, int nth) {
         int64_t i0 = part * per, i1 = i0 + per > a->nq ? a->nq : i0 + per;
         if (i0 >= i1)
             continue;
-        size_t kvo = (size_t)(h / rep) * (size_t)a->hd * (a->kvt == QVL_DT_F32 ? 4 : 2);
+        size_t kvo = (size_t)(h / rep) * (size_t)a->hd * kes;
         k->attn(a->o + i0 * a->ldo + (int64_t)h * a->hd, a->ldo,
                 a->q + i0 * a->ldq + (int64_t)h * a->hd, a->ldq, i1 - i0,
                 (const uint8_t *)a->k + kvo, a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk,

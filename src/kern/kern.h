@@ -19,6 +19,9 @@
 /* Query chunk of the attention kernels (see attn below): a caller that splits one head's
  * queries across threads cuts at multiples of this so results do not depend on the split. */
 #define QVL_KERN_ATTN_QC 256
+/* Query rows per attn call that every path computes one row at a time (below every path's
+ * tile height): with at most this many rows a call gives each row the bits of its own call. */
+#define QVL_KERN_ATTN_ROWS 3
 
 typedef struct qvl_kern {
     const char *name; /* "ref", "avx2", "avx512" */

@@ -489,6 +489,47 @@ static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal, qvl_dt
     qvl_free(vh);
 }
 
+/* Decode with grouped heads (ops.c): query heads that share a K/V head, as rows of one
+ * non-causal call (at most QVL_KERN_ATTN_ROWS), give the very bits of one causal call per head
+ * at the last position. */
+static void check_attn_rows(int rep, int64_t nk, int hd, qvl_dtype kvt,
+                            const qvl_kern *const kt[N_PATHS]) {
+    uint16_t *kh = NULL, *vh = NULL;
+    int64_t ld = 2 * hd + 5;
+    float *q = qvl_malloc(sizeof(float) * (size_t)(rep * hd));
+    float *k = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
+    float *v = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
+    float *o1 = qvl_malloc(sizeof(float) * (size_t)(rep * hd));
+    float *o2 = qvl_malloc(sizeof(float) * (size_t)(rep * hd));
+    CHECK(q && k && v && o1 && o2);
+    if (q && k && v && o1 && o2) {
+        fill(q, (size_t)(rep * hd), 1.0f);
+        fill(k, (size_t)(nk * ld), 1.0f);
+        fill(v, (size_t)(nk * ld), 1.0f);
+        CHECK(kv_as(kvt, k, (size_t)(nk * ld), &kh) && kv_as(kvt, v, (size_t)(nk * ld), &vh));
+        const void *kp = kh ? (const void *)kh : k, *vp = vh ? (const void *)vh : v;
+        float scale = 1.0f / sqrtf((float)hd);
+        for (int pi = 0; pi < N_PATHS; pi++) {
+            if (!kt[pi])
+                continue;
+            kt[pi]->attn(o1, hd, q, hd, rep, kp, ld, vp, ld, nk, hd, scale, false, 0, kvt);
+            for (int r = 0; r < rep; r++)
+                kt[pi]->attn(o2 + r * hd, hd, q + r * hd, hd, 1, kp, ld, vp, ld, nk, hd, scale,
+                             true, nk - 1, kvt);
+            CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(rep * hd)),
+                   "%s attn: %d grouped rows (nk %lld, hd %d) differ from one call per row",
+                   kt[pi]->name, rep, (long long)nk, hd);
+        }
+    }
+    qvl_free(q);
+    qvl_free(k);
+    qvl_free(v);
+    qvl_free(o1);
+    qvl_free(o2);
+    qvl_free(kh);
+    qvl_free(vh);
+}
+
 static void test_attn(const qvl_kern *const kt[N_PATHS]) {
     static const int hds[] = {1, 7, 16, 64, 72, 128, 300};
     static const int64_t nqs[] = {1, 3, 9, 70};
@@ -532,6 +573,11 @@ static void test_attn(const qvl_kern *const kt[N_PATHS]) {
     check_attn(70, 100, 64, 4.0f, false, 0, QVL_DT_F32, kt, &worst);
     check_attn(70, 100, 64, 4.0f, true, 30, QVL_DT_F32, kt, &worst);
     check_attn(2, 300, 128, 4.0f, true, 298, QVL_DT_F32, kt, &worst);
+    /* decode with the query heads of a K/V head grouped (2B: 2, 4B/8B: 4) */
+    check_attn_rows(2, 150, 128, QVL_DT_F32, kt);
+    check_attn_rows(2, 70, 128, QVL_DT_BF16, kt);
+    check_attn_rows(QVL_KERN_ATTN_ROWS, 1, 64, QVL_DT_F16, kt);
+    check_attn_rows(QVL_KERN_ATTN_ROWS, 200, 72, QVL_DT_F32, kt);
     /* no keys at all: output is zero */
     check_attn(5, 0, 16, 1.0f, false, 0, QVL_DT_F32, kt, &worst);
     printf("attn worst nmse vs double %.3g\n", worst);
