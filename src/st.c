@@ -641,8 +641,16 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
     uint64_t done0 = st ? st->prog_done : 0;
     if (mode != QVL_ST_COPY) {
         qvl_status ms = map_in_place(st, fd, path, size, mode != QVL_ST_MAP_LAZY, &m, err, err_len);
-        if (ms != QVL_OK)
+        if (ms == QVL_E_IO && mode == QVL_ST_AUTO) { /* a file system that cannot map: read */
+            qvl_log(QVL_LOG_INFO, "%s: cannot be mapped, reading it", path);
+            if (st)
+                st->prog_done = done0;
+            m = NULL;
+        } else if (ms != QVL_OK) {
             return ms;
+        }
+    }
+    if (m && mode != QVL_ST_COPY) {
         if (mode == QVL_ST_MAP_LAZY && progress(st, size)) {
             munmap(m, size);
             qvl_errf(err, err_len, "%s: loading cancelled", path);
@@ -663,7 +671,7 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
 #ifdef POSIX_FADV_DONTNEED
             posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 #endif
-            ms = map_in_place(st, fd, path, size, true, &m, err, err_len);
+            qvl_status ms = map_in_place(st, fd, path, size, true, &m, err, err_len);
             if (ms != QVL_OK)
                 return ms;
             pmd = pmd_mapped_bytes(m);
