@@ -7,13 +7,13 @@ bash scripts/deps.sh --test
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DQVL_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure -j1 --timeout 900)
+(cd build && ctest --output-on-failure -j"$jobs" --timeout 900)
 if [ "${QVL_SKIP_ASAN:-0}" != "1" ]; then
     cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQVL_SANITIZE=ON -DQVL_WERROR=ON >/dev/null
     cmake --build build-asan -j"$jobs"
     (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        ctest --output-on-failure -j1 --timeout 900)
+        ctest --output-on-failure -j"$jobs" --timeout 900)
 fi
 # ThreadSanitizer on the threaded tests (thread pool, contexts, load-time quantisation, server
 # slots); test_model's loads use the same pool paths as test_gen and take minutes under TSan
@@ -21,13 +21,13 @@ if [ "${QVL_SKIP_TSAN:-0}" != "1" ]; then
     cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQVL_TSAN=ON -DQVL_WERROR=ON >/dev/null
     cmake --build build-tsan -j"$jobs" >/dev/null
     (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        ctest --output-on-failure -j1 --timeout 900 -R "test_golden|test_gen|server_http")
+        ctest --output-on-failure -j1 --timeout 900 -R "^(test_golden|test_gen|server_http)$")
 fi
 # libFuzzer targets (clang): replay the seed corpora, then fuzz each target briefly.
 if [ "${QVL_SKIP_FUZZ:-0}" != "1" ] && command -v clang >/dev/null; then
     CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQVL_FUZZ=ON >/dev/null
     cmake --build build-fuzz -j"$jobs" >/dev/null
-    secs=${QVL_FUZZ_SECONDS:-15}
+    secs=${QVL_FUZZ_SECONDS:-10}
     for f in build-fuzz/fuzz_*; do
         [ -x "$f" ] || continue
         name=$(basename "$f"); corpus=tests/fuzz/corpus/${name#fuzz_}

@@ -15,6 +15,7 @@ typedef struct {
     int64_t m;
     const qvl_mat_job *jobs;
     int n_jobs;
+    uint64_t act_id; /* qvl_kern_set_act_id for the calls of this job */
     int64_t rows_per_chunk[MM_MAX_JOBS];
     long first_chunk[MM_MAX_JOBS + 1]; /* job i owns chunks [first[i], first[i + 1]) */
     atomic_long next;
@@ -42,6 +43,7 @@ static void mm_rows(const float *xs, int64_t m, const qvl_mat_job *jb, int64_t j
 static void mm_task(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
     mm_job *j = arg;
+    qvl_kern_set_act_id(j->act_id); /* every chunk of this call reads the same rows x */
     const long total = j->first_chunk[j->n_jobs];
     int i = 0;
     for (long c; (c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < total;) {
@@ -53,6 +55,7 @@ static void mm_task(void *arg, int ith, int nth) {
                                                              : r0 + j->rows_per_chunk[i];
         mm_rows(j->x, j->m, jb, r0, r1);
     }
+    qvl_kern_set_act_id(0);
 }
 
 void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_mat_job *jobs,
@@ -63,7 +66,9 @@ void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_ma
     for (int i = 0; i < n_jobs; i++)
         work += m * jobs[i].W->rows * jobs[i].W->cols;
     int nth = work < 65536 ? 1 : qvl_pool_size(pool);
+    static atomic_ullong next_act_id;
     mm_job j = {.x = x, .m = m, .jobs = jobs, .n_jobs = n_jobs};
+    j.act_id = atomic_fetch_add_explicit(&next_act_id, 1, memory_order_relaxed) + 1;
     atomic_init(&j.next, 0);
     /* chunks per thread and matrix: a few for the matrix-vector path (cheap to start), one for
      * the matrix-matrix path (each call re-reads, and for the int8 and bf16-dot kernels

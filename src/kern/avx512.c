@@ -365,12 +365,25 @@ MVX_FN(mvx_q4_bw, false, false)
  * (the caller then takes the float path). */
 static bool mvx_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                        const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
-    enum { SK = 4 * 8192 }; /* stack: 4 rows of k <= 8192 */
-    _Alignas(64) int8_t sq[SK];
-    float sd[SK / QVL_QBLOCK];
-    int32_t sc[SK / QVL_QBLOCK];
+    enum { SK = 4 * 8192 }; /* per thread: 4 rows of k <= 8192 */
+    /* the last small call's rounded activations, reused by the next call on the same rows
+     * (qvl_kern_set_act_id: the other chunks of a matrix, the other matrices of one input) */
+    static _Thread_local struct {
+        uint64_t id;
+        const float *x;
+        int64_t ldx, m, k;
+        int off;
+        _Alignas(64) int8_t q[SK];
+        float d[SK / QVL_QBLOCK];
+        int32_t c[SK / QVL_QBLOCK];
+    } memo;
     const int64_t nb = k / QVL_QBLOCK;
-    mvx_act a = {sq, sd, sc, k, nb};
+    mvx_act a = {memo.q, memo.d, memo.c, k, nb};
+    bool vnni = use_vnni(), q8 = wt == QVL_DT_Q8_0X16;
+    int off = q8 ? (vnni ? 128 : 0) : 8;
+    uint64_t id = qvl_kern_act_id();
+    bool reuse = m * k <= SK && id != 0 && memo.id == id && memo.x == x && memo.ldx == ldx &&
+                 memo.m == m && memo.k == k && memo.off == off;
     void *heap = NULL;
     if (m * k > SK) {
         size_t n = 0;
@@ -380,10 +393,17 @@ static bool mvx_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64
         a.c = (int32_t *)(a.d + m * nb);
         a.q = (int8_t *)(a.c + m * nb);
     }
-    bool vnni = use_vnni(), q8 = wt == QVL_DT_Q8_0X16;
-    int off = q8 ? (vnni ? 128 : 0) : 8;
-    for (int64_t i = 0; i < m; i++)
-        mvx_quant_row(x + i * ldx, k, off, a.q + i * k, a.d + i * nb, a.c + i * nb);
+    if (!reuse)
+        for (int64_t i = 0; i < m; i++)
+            mvx_quant_row(x + i * ldx, k, off, a.q + i * k, a.d + i * nb, a.c + i * nb);
+    if (!heap) {
+        memo.id = id;
+        memo.x = x;
+        memo.ldx = ldx;
+        memo.m = m;
+        memo.k = k;
+        memo.off = off;
+    }
     if (q8)
         (vnni ? mvx_q8_vnni : mvx_q8_bw)(y, ldy, &a, m, (const uint8_t *)w, b, j0, j1);
     else

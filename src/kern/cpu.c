@@ -63,6 +63,16 @@ void qvl_kern_init(void) {
     pthread_once(&g_once, pick);
 }
 
+static _Thread_local uint64_t g_act_id;
+
+void qvl_kern_set_act_id(uint64_t id) {
+    g_act_id = id;
+}
+
+uint64_t qvl_kern_act_id(void) {
+    return g_act_id;
+}
+
 const qvl_kern *qvl_kern_get(void) {
     qvl_kern_init();
     return g_kern;

@@ -90,6 +90,14 @@ void qvl_kern_init(void);
 
 /* Scalar reference table and per-ISA tables (NULL getters when not compiled in). */
 const qvl_kern *qvl_kern_ref(void);
+
+/* Activation reuse for the int8 paths. A caller that runs several matmul calls on the same
+ * activation rows on one thread (chunks of output rows, q/k/v of one input) sets an id unique to
+ * those rows for the calls (0 afterwards: no reuse). A kernel may then keep the int8 rounding of
+ * the last call's activations and reuse it while the id, x, ldx, m and k match. The results are
+ * the same either way. */
+void qvl_kern_set_act_id(uint64_t id);
+uint64_t qvl_kern_act_id(void);
 const qvl_kern *qvl_kern_avx2(void);
 const qvl_kern *qvl_kern_avx512(void);
 

@@ -291,6 +291,43 @@ done:
     qvl_free(want);
 }
 
+/* Activation reuse (qvl_kern_set_act_id): chunks of one call under one id give the bits of
+ * calls without an id; new rows at another address under the same id are rounded afresh. */
+static void test_act_reuse(const qvl_kern *const kt[N_PATHS]) {
+    const int64_t n = 96, k = 256;
+    static const qvl_dtype xts[2] = {QVL_DT_Q8_0X16, QVL_DT_Q4_0X16};
+    for (int t = 0; t < 2; t++) {
+        uint8_t *w = NULL, *plain = NULL;
+        float *wf = NULL;
+        float *x = qvl_malloc(sizeof(float) * 2 * 3 * k), *y0 = qvl_malloc(sizeof(float) * 3 * n);
+        float *y1 = qvl_malloc(sizeof(float) * 3 * n);
+        bool ok = x && y0 && y1 && make_x16(xts[t], n, k, &w, &wf, &plain);
+        CHECK(ok);
+        for (int pi = 0; ok && pi < N_PATHS; pi++) {
+            if (!kt[pi])
+                continue;
+            fill(x, (size_t)(2 * 3 * k), 1.0f);
+            for (int rep = 0; rep < 2; rep++) {
+                const float *xr = x + rep * 3 * k; /* the second pass: other rows, same id */
+                qvl_kern_set_act_id(0);
+                CHECK(kt[pi]->matmul(y0, n, xr, k, 3, k, w, xts[t], NULL, 0, n));
+                qvl_kern_set_act_id(77);
+                for (int64_t j0 = 0; j0 < n; j0 += 32)
+                    CHECK(kt[pi]->matmul(y1, n, xr, k, 3, k, w, xts[t], NULL, j0, j0 + 32));
+                qvl_kern_set_act_id(0);
+                CHECKF(!memcmp(y0, y1, sizeof(float) * 3 * n), "%s %s: reused activations differ",
+                       kt[pi]->name, qvl_dtype_name(xts[t]));
+            }
+        }
+        qvl_free(x);
+        qvl_free(y0);
+        qvl_free(y1);
+        qvl_free(w);
+        qvl_free(wf);
+        qvl_free(plain);
+    }
+}
+
 static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
     static const int64_t ms[] = {1, 2, 3, 7, 33};
     static const int64_t ns[] = {1, 7, 33, 130};
@@ -1150,6 +1187,7 @@ int main(int argc, char **argv) {
     test_activations(kt);
     test_norms_add(kt);
     test_dispatch(kt);
-    test_quant_paths(kt); /* last: the shapes above are checked on a fixed random sequence */
+    test_quant_paths(kt); /* after the others: their shapes use a fixed random sequence */
+    test_act_reuse(kt);
     CHECK_DONE();
 }
