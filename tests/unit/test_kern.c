@@ -473,98 +473,108 @@ done:
     qvl_free(sc);
 }
 
+/* Inputs and two outputs for comparing attention calls: nq query rows and nk K/V rows of ld
+ * floats (random), K/V also as kvt (kp, vp point at what the kernels take), o1/o2 of nq rows. */
+typedef struct attn_io {
+    float *q, *k, *v, *o1, *o2;
+    uint16_t *kh, *vh;
+    const void *kp, *vp;
+} attn_io;
+
+static void attn_io_free(attn_io *a) {
+    qvl_free(a->q);
+    qvl_free(a->k);
+    qvl_free(a->v);
+    qvl_free(a->o1);
+    qvl_free(a->o2);
+    qvl_free(a->kh);
+    qvl_free(a->vh);
+}
+
+static bool attn_io_make(attn_io *a, int64_t nq, int64_t nk, int64_t ld, qvl_dtype kvt) {
+    memset(a, 0, sizeof *a);
+    a->q = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
+    a->k = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
+    a->v = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
+    a->o1 = qvl_calloc((size_t)(nq * ld), sizeof(float));
+    a->o2 = qvl_calloc((size_t)(nq * ld), sizeof(float));
+    bool ok = a->q && a->k && a->v && a->o1 && a->o2;
+    if (ok) {
+        fill(a->q, (size_t)(nq * ld), 1.0f);
+        fill(a->k, (size_t)(nk * ld), 1.0f);
+        fill(a->v, (size_t)(nk * ld), 1.0f);
+        ok = kv_as(kvt, a->k, (size_t)(nk * ld), &a->kh) &&
+             kv_as(kvt, a->v, (size_t)(nk * ld), &a->vh);
+        a->kp = a->kh ? (const void *)a->kh : a->k;
+        a->vp = a->vh ? (const void *)a->vh : a->v;
+    }
+    CHECK(ok);
+    if (!ok)
+        attn_io_free(a);
+    return ok;
+}
+
 /* Splitting one head's queries at a multiple of QVL_KERN_ATTN_QC (as ops.c does when there are
  * more threads than heads) gives bit-identical outputs to one call over all queries, and so
  * does the in-place path the SIMD kernels take when their work buffer cannot be allocated. */
 static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal, qvl_dtype kvt,
                              const qvl_kern *const kt[N_PATHS]) {
-    uint16_t *kh = NULL, *vh = NULL;
     int64_t ld = hd + 3, cut = QVL_KERN_ATTN_QC;
     int64_t q_pos0 = causal ? nk - nq : 0;
-    float *q = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
-    float *k = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
-    float *v = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
-    float *o1 = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
-    float *o2 = qvl_malloc(sizeof(float) * (size_t)(nq * ld));
-    CHECK(q && k && v && o1 && o2 && nq > cut);
-    if (q && k && v && o1 && o2 && nq > cut) {
-        fill(q, (size_t)(nq * ld), 1.0f);
-        fill(k, (size_t)(nk * ld), 1.0f);
-        fill(v, (size_t)(nk * ld), 1.0f);
-        CHECK(kv_as(kvt, k, (size_t)(nk * ld), &kh) && kv_as(kvt, v, (size_t)(nk * ld), &vh));
-        const void *kp = kh ? (const void *)kh : k, *vp = vh ? (const void *)vh : v;
-        float scale = 1.0f / sqrtf((float)hd);
-        for (int pi = 0; pi < N_PATHS; pi++) {
-            if (!kt[pi])
-                continue;
-            memset(o1, 0, sizeof(float) * (size_t)(nq * ld));
-            memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
-            kt[pi]->attn(o1, ld, q, ld, nq, kp, ld, vp, ld, nk, hd, scale, causal, q_pos0, kvt);
-            kt[pi]->attn(o2, ld, q, ld, cut, kp, ld, vp, ld, nk, hd, scale, causal, q_pos0, kvt);
-            kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, kp, ld, vp, ld, nk, hd,
-                         scale, causal, q_pos0 + cut, kvt);
-            CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
-                   "%s attn nq=%lld nk=%lld hd=%d causal=%d: split at %lld differs",
-                   kt[pi]->name, (long long)nq, (long long)nk, hd, causal, (long long)cut);
-            /* with every allocation failing the SIMD kernels work in place (no packed buffer):
-             * same bits */
-            memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
-            qvl_alloc_fail_at(0, 1);
-            kt[pi]->attn(o2, ld, q, ld, nq, kp, ld, vp, ld, nk, hd, scale, causal, q_pos0, kvt);
-            qvl_alloc_fail_at(-1, 0);
-            CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
-                   "%s attn nq=%lld nk=%lld hd=%d causal=%d: in-place fallback differs",
-                   kt[pi]->name, (long long)nq, (long long)nk, hd, causal);
-        }
+    attn_io a;
+    CHECK(nq > cut);
+    if (nq <= cut || !attn_io_make(&a, nq, nk, ld, kvt))
+        return;
+    const float *q = a.q;
+    float *o1 = a.o1, *o2 = a.o2;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int pi = 0; pi < N_PATHS; pi++) {
+        if (!kt[pi])
+            continue;
+        memset(o1, 0, sizeof(float) * (size_t)(nq * ld));
+        memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
+        kt[pi]->attn(o1, ld, q, ld, nq, a.kp, ld, a.vp, ld, nk, hd, scale, causal, q_pos0, kvt);
+        kt[pi]->attn(o2, ld, q, ld, cut, a.kp, ld, a.vp, ld, nk, hd, scale, causal, q_pos0, kvt);
+        kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, a.kp, ld, a.vp, ld, nk, hd,
+                     scale, causal, q_pos0 + cut, kvt);
+        CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
+               "%s attn nq=%lld nk=%lld hd=%d causal=%d: split at %lld differs", kt[pi]->name,
+               (long long)nq, (long long)nk, hd, causal, (long long)cut);
+        /* with every allocation failing the SIMD kernels work in place (no packed buffer):
+         * same bits */
+        memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
+        qvl_alloc_fail_at(0, 1);
+        kt[pi]->attn(o2, ld, q, ld, nq, a.kp, ld, a.vp, ld, nk, hd, scale, causal, q_pos0, kvt);
+        qvl_alloc_fail_at(-1, 0);
+        CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
+               "%s attn nq=%lld nk=%lld hd=%d causal=%d: in-place fallback differs",
+               kt[pi]->name, (long long)nq, (long long)nk, hd, causal);
     }
-    qvl_free(q);
-    qvl_free(k);
-    qvl_free(v);
-    qvl_free(o1);
-    qvl_free(o2);
-    qvl_free(kh);
-    qvl_free(vh);
+    attn_io_free(&a);
 }
 
 /* Decode with grouped heads (ops.c): query heads that share a K/V head, as rows of one
  * non-causal call (at most QVL_KERN_ATTN_ROWS), give the very bits of one causal call per head
- * at the last position. */
+ * at the last position. Query rows hd apart (heads of one token), K/V rows ld apart. */
 static void check_attn_rows(int rep, int64_t nk, int hd, qvl_dtype kvt,
                             const qvl_kern *const kt[N_PATHS]) {
-    uint16_t *kh = NULL, *vh = NULL;
     int64_t ld = 2 * hd + 5;
-    float *q = qvl_malloc(sizeof(float) * (size_t)(rep * hd));
-    float *k = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
-    float *v = qvl_malloc(sizeof(float) * (size_t)(nk * ld));
-    float *o1 = qvl_malloc(sizeof(float) * (size_t)(rep * hd));
-    float *o2 = qvl_malloc(sizeof(float) * (size_t)(rep * hd));
-    CHECK(q && k && v && o1 && o2);
-    if (q && k && v && o1 && o2) {
-        fill(q, (size_t)(rep * hd), 1.0f);
-        fill(k, (size_t)(nk * ld), 1.0f);
-        fill(v, (size_t)(nk * ld), 1.0f);
-        CHECK(kv_as(kvt, k, (size_t)(nk * ld), &kh) && kv_as(kvt, v, (size_t)(nk * ld), &vh));
-        const void *kp = kh ? (const void *)kh : k, *vp = vh ? (const void *)vh : v;
-        float scale = 1.0f / sqrtf((float)hd);
-        for (int pi = 0; pi < N_PATHS; pi++) {
-            if (!kt[pi])
-                continue;
-            kt[pi]->attn(o1, hd, q, hd, rep, kp, ld, vp, ld, nk, hd, scale, false, 0, kvt);
-            for (int r = 0; r < rep; r++)
-                kt[pi]->attn(o2 + r * hd, hd, q + r * hd, hd, 1, kp, ld, vp, ld, nk, hd, scale,
-                             true, nk - 1, kvt);
-            CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(rep * hd)),
-                   "%s attn: %d grouped rows (nk %lld, hd %d) differ from one call per row",
-                   kt[pi]->name, rep, (long long)nk, hd);
-        }
+    attn_io a;
+    if (!attn_io_make(&a, rep, nk, ld, kvt))
+        return;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int pi = 0; pi < N_PATHS; pi++) {
+        if (!kt[pi])
+            continue;
+        kt[pi]->attn(a.o1, hd, a.q, hd, rep, a.kp, ld, a.vp, ld, nk, hd, scale, false, 0, kvt);
+        for (int r = 0; r < rep; r++)
+            kt[pi]->attn(a.o2 + r * hd, hd, a.q + r * hd, hd, 1, a.kp, ld, a.vp, ld, nk, hd, scale,
+                         true, nk - 1, kvt);
+        CHECKF(!memcmp(a.o1, a.o2, sizeof(float) * (size_t)(rep * hd)),
+               "%s attn: %d grouped rows (nk %lld, hd %d) differ from one call per row",
+               kt[pi]->name, rep, (long long)nk, hd);
     }
-    qvl_free(q);
-    qvl_free(k);
-    qvl_free(v);
-    qvl_free(o1);
-    qvl_free(o2);
-    qvl_free(kh);
-    qvl_free(vh);
+    attn_io_free(&a);
 }
 
 static void test_attn(const qvl_kern *const kt[N_PATHS]) {
