@@ -478,8 +478,8 @@ static qmat *quant_list(qvl_model *m, bool vision, size_t *n) {
         for (int i = 0; i < 7; i++)
             QADD(ws[i], false, false);
     }
-    if (m->lm_head_tied)
-        m->lm_head = m->embed; /* the head gets a quantised copy, the rows still embed tokens */
+    /* tied: lm_head is a copy of the embeddings' descriptor; the head gets a quantised matrix
+     * of its own, the embeddings' rows still embed tokens */
     QADD(&m->lm_head, false, m->lm_head_tied);
     for (int b = 0; vision && b < m->cfg.vision.depth; b++) {
         qvl_vit_block *B = &m->blocks[b];
