@@ -125,6 +125,47 @@ char *qvl_qcache_fingerprint(const qvl_st *st, const char *model_dir, const char
     return b.p;
 }
 
+size_t qvl_qcache_header_bytes(const char *fp, size_t n) {
+    return 8 + 8 * QC_HEAD_WORDS + strlen(fp) + n * 8 * QC_ENTRY_WORDS;
+}
+
+qvl_status qvl_qcache_check(const uint8_t *h, size_t hlen, uint64_t fsize, const char *fp,
+                            size_t n, qvl_qcache_mat *mats, const char *name, char *err,
+                            size_t err_len) {
+    size_t fpl = strlen(fp), head = qvl_qcache_header_bytes(fp, n);
+    if (hlen < head || memcmp(h, QC_MAGIC, 8) != 0) {
+        qvl_errf(err, err_len, "%s: not a qvl quantisation cache, or truncated", name);
+        return QVL_E_FORMAT;
+    }
+    if (get_u64(h + 8) != QC_VERSION || get_u64(h + 16) != n || get_u64(h + 24) != fpl ||
+        memcmp(h + 48, fp, fpl) != 0) {
+        qvl_errf(err, err_len, "%s: made by another qvl version or from other weights", name);
+        return QVL_E_FORMAT;
+    }
+    uint64_t data0 = get_u64(h + 32);
+    if (get_u64(h + 40) != fsize || data0 < head || data0 > fsize) {
+        qvl_errf(err, err_len, "%s: size %llu differs from its header (truncated?)", name,
+                 (unsigned long long)fsize);
+        return QVL_E_FORMAT;
+    }
+    const uint8_t *e = h + 48 + fpl;
+    for (size_t i = 0; i < n; i++, e += 8 * QC_ENTRY_WORDS) {
+        uint64_t dt = get_u64(e), rows = get_u64(e + 8), cols = get_u64(e + 16);
+        uint64_t off = get_u64(e + 24), nb = get_u64(e + 32);
+        uint64_t want =
+            qvl_dtype_mat_bytes(mats[i].dt, (size_t)mats[i].rows, (size_t)mats[i].cols);
+        if (dt != (uint64_t)mats[i].dt || rows != (uint64_t)mats[i].rows ||
+            cols != (uint64_t)mats[i].cols || nb != want || off < data0 || off % QC_ALIGN != 0 ||
+            off > fsize || nb > fsize - off) {
+            qvl_errf(err, err_len, "%s: matrix %zu does not match the model or the file", name,
+                     i);
+            return QVL_E_FORMAT;
+        }
+        mats[i].data = (const void *)(uintptr_t)off; /* an offset until mapped */
+    }
+    return QVL_OK;
+}
+
 qvl_status qvl_qcache_load(const char *path, qvl_st_mode mode, const char *fp, size_t n,
                            qvl_qcache_mat *mats, const uint8_t **map, size_t *size, bool *copied,
                            char *err, size_t err_len) {
@@ -136,8 +177,7 @@ qvl_status qvl_qcache_load(const char *path, qvl_st_mode mode, const char *fp, s
         return QVL_E_IO;
     }
     /* check the header with a plain read before faulting in gigabytes */
-    size_t fpl = strlen(fp);
-    size_t head = 8 + 8 * QC_HEAD_WORDS + fpl + n * 8 * QC_ENTRY_WORDS;
+    size_t head = qvl_qcache_header_bytes(fp, n);
     uint8_t *h = qvl_malloc(head);
     if (!h)
         return QVL_E_NOMEM;
@@ -147,38 +187,13 @@ qvl_status qvl_qcache_load(const char *path, qvl_st_mode mode, const char *fp, s
     bool have_stat = fd >= 0 && fstat(fd, &sb) == 0;
     if (fd >= 0)
         close(fd);
-    qvl_status s = QVL_E_FORMAT;
+    qvl_status s;
     if (got < 0 || !have_stat) {
         qvl_errf(err, err_len, "%s: cannot read: %s", path, strerror(errno));
         s = QVL_E_IO;
-    } else if ((size_t)got < head || memcmp(h, QC_MAGIC, 8) != 0) {
-        qvl_errf(err, err_len, "%s: not a qvl quantisation cache, or truncated", path);
-    } else if (get_u64(h + 8) != QC_VERSION || get_u64(h + 16) != n || get_u64(h + 24) != fpl ||
-               memcmp(h + 48, fp, fpl) != 0) {
-        qvl_errf(err, err_len, "%s: made by another qvl version or from other weights", path);
-    } else if (get_u64(h + 40) != (uint64_t)sb.st_size || get_u64(h + 32) < head ||
-               get_u64(h + 32) > (uint64_t)sb.st_size) {
-        qvl_errf(err, err_len, "%s: size %lld differs from its header (truncated?)", path,
-                 (long long)sb.st_size);
     } else {
-        s = QVL_OK;
-        uint64_t data0 = get_u64(h + 32), fsz = (uint64_t)sb.st_size;
-        const uint8_t *e = h + 48 + fpl;
-        for (size_t i = 0; i < n && s == QVL_OK; i++, e += 8 * QC_ENTRY_WORDS) {
-            uint64_t dt = get_u64(e), rows = get_u64(e + 8), cols = get_u64(e + 16);
-            uint64_t off = get_u64(e + 24), nb = get_u64(e + 32);
-            uint64_t want = qvl_dtype_mat_bytes(mats[i].dt, (size_t)mats[i].rows,
-                                                (size_t)mats[i].cols);
-            if (dt != (uint64_t)mats[i].dt || rows != (uint64_t)mats[i].rows ||
-                cols != (uint64_t)mats[i].cols || nb != want || off < data0 ||
-                off % QC_ALIGN != 0 || off > fsz || nb > fsz - off) {
-                qvl_errf(err, err_len, "%s: matrix %zu does not match the model or the file",
-                         path, i);
-                s = QVL_E_FORMAT;
-            } else {
-                mats[i].data = (const void *)(uintptr_t)off; /* offset until mapped */
-            }
-        }
+        s = qvl_qcache_check(h, (size_t)got, (uint64_t)sb.st_size, fp, n, mats, path, err,
+                             err_len);
     }
     qvl_free(h);
     if (s != QVL_OK)

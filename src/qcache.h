@@ -41,6 +41,14 @@ qvl_status qvl_qcache_load(const char *path, qvl_st_mode mode, const char *fp, s
                            qvl_qcache_mat *mats, const uint8_t **map, size_t *size, bool *copied,
                            char *err, size_t err_len);
 
+/* The checks qvl_qcache_load makes on the first hlen bytes of a file of fsize bytes (name is
+ * for messages): on success mats[i].data hold the matrices' file offsets. Bytes needed:
+ * qvl_qcache_header_bytes(fp, n). QVL_E_FORMAT with a message otherwise. For the fuzzer too. */
+size_t qvl_qcache_header_bytes(const char *fp, size_t n);
+qvl_status qvl_qcache_check(const uint8_t *h, size_t hlen, uint64_t fsize, const char *fp,
+                            size_t n, qvl_qcache_mat *mats, const char *name, char *err,
+                            size_t err_len);
+
 /* Write the cache file atomically (a temporary file renamed over path, directories made as
  * needed), flushed to disk and dropped from the page cache so that the next load reads it into
  * huge pages. */
