@@ -367,7 +367,7 @@ static void resolve_weights(loader *L) {
 /* ---- load-time quantisation ------------------------------------------------------------ */
 
 typedef struct quant_job {
-    qvl_mat *src;
+    const qvl_mat *src;
     qvl_dtype to;
     uint8_t *dst;
     float *scratch; /* [nth][cols] */
@@ -394,8 +394,9 @@ static void quant_task(void *arg, int ith, int nth) {
     }
 }
 
-/* Replace one matrix by a quantised copy owned by the model. */
-static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dtype to) {
+/* A quantised copy of one matrix (type `to`), owned by the model, at *out. */
+static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, const qvl_mat *w, qvl_dtype to,
+                               const void **out) {
     size_t nb = qvl_dtype_mat_bytes(to, (size_t)w->rows, (size_t)w->cols);
     struct qvl_owned_buf *no = qvl_realloc(m->owned, (m->n_owned + 1) * sizeof *no);
     if (!no)
@@ -417,8 +418,7 @@ static qvl_status quantize_mat(qvl_model *m, qvl_pool *pool, qvl_mat *w, qvl_dty
     qvl_pool_run(pool, quant_task, &j);
     qvl_free(scratch);
     qvl_free(plain);
-    w->data = dst;
-    w->dt = to;
+    *out = dst;
     return QVL_OK;
 }
 
@@ -579,15 +579,10 @@ static qvl_status quantize_model(qvl_model *m, const qvl_model_params *p, char *
         return s;
     }
     for (size_t i = 0; i < n && s == QVL_OK; i++) {
-        const void *src = q[i].w->data;
-        qvl_dtype sdt = q[i].w->dt;
-        s = quantize_mat(m, pool, q[i].w, to);
-        if (s == QVL_OK) {
-            const void *dst = q[i].w->data;
-            q[i].w->data = src; /* quant_done accounts from the source */
-            q[i].w->dt = sdt;
+        const void *dst = NULL;
+        s = quantize_mat(m, pool, q[i].w, to, &dst);
+        if (s == QVL_OK)
             quant_done(m, &q[i], to, dst);
-        }
     }
     qvl_pool_free(pool);
     if (s != QVL_OK)

@@ -116,7 +116,7 @@ static void attn_task(void *arg, int ith, int nth) {
     attn_job *a = arg;
     const qvl_kern *k = qvl_kern_get();
     int rep = a->n_head / a->n_kv;
-    const size_t kes = a->kvt == QVL_DT_F32 ? 4 : 2;
+    const size_t kes = qvl_dtype_row_bytes(a->kvt, 1); /* bytes per K/V element */
     if (a->nq == 1 && rep > 1 && (!a->causal || a->q_pos0 + 1 >= a->nk)) {
         /* one query that sees every key (decode): the rep heads sharing a K/V head are the
          * query rows of one call (of at most QVL_KERN_ATTN_ROWS: two for rep 4), so each K/V

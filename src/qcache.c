@@ -38,7 +38,7 @@ static uint64_t align_up(uint64_t v) {
     return (v + QC_ALIGN - 1) / QC_ALIGN * QC_ALIGN;
 }
 
-char *qvl_qcache_default_dir(void) {
+char *qvl_default_cache_dir(void) {
     const char *d = getenv("QVL_CACHE_DIR");
     if (d && d[0])
         return qvl_strdup(d);
@@ -316,8 +316,4 @@ qvl_status qvl_qcache_write(const char *path, const char *fp, size_t n,
     qvl_free(h);
     qvl_free(tmp);
     return s;
-}
-
-char *qvl_default_cache_dir(void) {
-    return qvl_qcache_default_dir();
 }

@@ -22,9 +22,7 @@ typedef struct qvl_qcache_mat {
     const void *data; /* write: the bytes; load: set to point into the mapped file */
 } qvl_qcache_mat;
 
-/* $QVL_CACHE_DIR, else $XDG_CACHE_HOME/qvl, else $HOME/.cache/qvl (heap string), or NULL when
- * none can be formed. */
-char *qvl_qcache_default_dir(void);
+/* The default cache directory is qvl_default_cache_dir() (qvl.h). */
 
 /* <cache_dir>/<model dir name>-<16 hex digits of its real path's hash>-<tag>.qvlq, heap. */
 char *qvl_qcache_path(const char *cache_dir, const char *model_dir, const char *tag);

@@ -486,10 +486,10 @@ out:
     return s;
 }
 
-/* mmap `path` read-only into st as a new file; *file_out gets its index. */
 /* Shards this size or larger are copied in auto mode when not mapped through huge pages. */
 #define AUTO_MIN_BYTES ((size_t)64 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
+#define IO_STEP ((size_t)1 << 26) /* bytes read or faulted in between progress calls */
 
 /* Bytes of the mapping starting at `addr` that the kernel maps with PMD (2 MiB) entries, from
  * /proc/self/smaps (FilePmdMapped); 0 when that cannot be read. */
@@ -503,7 +503,7 @@ static size_t pmd_mapped_bytes(const void *addr) {
     while (fgets(line, sizeof line, f)) {
         unsigned long a, b;
         char c;
-        if (sscanf(line, "%lx-%lx %c", &a, &b, &c) == 3 && strchr(line, '-') < strchr(line, ' ')) {
+        if (sscanf(line, "%lx-%lx %c", &a, &b, &c) == 3) { /* a mapping's first line */
             if (in)
                 break;
             in = a == (unsigned long)(uintptr_t)addr;
@@ -526,10 +526,6 @@ static bool thp_off(void) {
     return off;
 }
 
-/* Map the file read-only at a 2 MiB-aligned address with transparent huge pages requested and
- * fault it in: page-cache folios of 2 MiB (which the kernel makes when it reads a file through
- * such a mapping) are then mapped whole, and the weights stream as fast as from anonymous huge
- * pages, with no copy. */
 /* Count n more bytes read; true when the caller's progress function asks to cancel. */
 static bool progress(qvl_st *st, size_t n) {
     if (!st)
@@ -538,6 +534,10 @@ static bool progress(qvl_st *st, size_t n) {
     return st->prog.fn && st->prog.fn(st->prog.user, st->prog_done, st->prog_total);
 }
 
+/* Map the file read-only at a 2 MiB-aligned address with transparent huge pages requested and
+ * fault it in (populate; progress counted): page-cache folios of 2 MiB (which the kernel makes
+ * when it reads a file through such a mapping) are then mapped whole, and the weights stream
+ * as fast as from anonymous huge pages, with no copy. */
 static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size, bool populate,
                                void **out, char *err, size_t err_len) {
     *out = NULL;
@@ -572,7 +572,7 @@ static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size
 #ifdef MADV_POPULATE_READ
     /* fault the mapping in now, in steps so that progress shows and can cancel */
     for (size_t off = 0; populate && off < size;) {
-        size_t n = size - off < ((size_t)1 << 26) ? size - off : ((size_t)1 << 26);
+        size_t n = size - off < IO_STEP ? size - off : IO_STEP;
         if (madvise(m + off, n, MADV_POPULATE_READ) != 0 && errno != EINTR) {
             if (errno == EINVAL || errno == ENOSYS)
                 break; /* older kernel: pages fault in on first use */
@@ -609,7 +609,7 @@ static qvl_status read_copy(qvl_st *st, int fd, const char *path, size_t size, v
 #endif
     size_t got = 0;
     while (got < size) {
-        size_t want = size - got < ((size_t)1 << 26) ? size - got : ((size_t)1 << 26);
+        size_t want = size - got < IO_STEP ? size - got : IO_STEP;
         ssize_t r = pread(fd, m + got, want, (off_t)got);
         if (r < 0 && errno == EINTR)
             continue;
@@ -725,6 +725,7 @@ void qvl_st_unmap_whole(const uint8_t *map, size_t size) {
         munmap((void *)map, size);
 }
 
+/* Bring `path` into st as a new file (st->mode); *file_out gets its index. */
 static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *err, size_t err_len) {
     int idx = add_file(st, path);
     if (idx < 0) {
@@ -775,11 +776,9 @@ static qvl_status map_file(qvl_st *st, const char *path, int *file_out, char *er
     bool copied = false;
     void *m = NULL;
     qvl_status bs = bring_in(st, st->mode, fd, path, size, &m, &copied, err, err_len);
-    if (bs != QVL_OK) {
-        close(fd);
-        return bs;
-    }
     close(fd);
+    if (bs != QVL_OK)
+        return bs;
     st->files[idx].copied = copied;
     st->files[idx].map = m;
     st->files[idx].size = size;
