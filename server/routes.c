@@ -296,6 +296,19 @@ typedef struct chat_build {
 /* Append a message's content to cb->parts (room was counted by the caller). Text-only roles
  * take a string or text parts; user messages also take image parts, whose images are loaded and
  * planned here. Returns an HTTP status. */
+/* The URL of an image_url / video_url part (key): {"url": "..."} or a bare string; NULL with a
+ * message naming messages[mi].content[pi] otherwise. */
+static const char *part_url(const cJSON *part, const char *key, size_t mi, size_t pi, char *msg,
+                            size_t ml) {
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(part, key);
+    const cJSON *url = cJSON_IsObject(u) ? cJSON_GetObjectItemCaseSensitive(u, "url") : u;
+    if (!cJSON_IsString(url)) {
+        fmt(msg, ml, "messages[%zu].content[%zu].%s.url must be a string", mi, pi, key);
+        return NULL;
+    }
+    return url->valuestring;
+}
+
 static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bool allow_images,
                           size_t mi, const qvl_image_opts *io, char *msg, size_t ml) {
     if (!content || cJSON_IsNull(content))
@@ -328,13 +341,9 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                 fmt(msg, ml, "messages[%zu]: images are only accepted in user messages", mi);
                 return 400;
             }
-            const cJSON *iu = cJSON_GetObjectItemCaseSensitive(part, "image_url");
-            const cJSON *url = cJSON_IsObject(iu) ? cJSON_GetObjectItemCaseSensitive(iu, "url")
-                                                  : iu;
-            if (!cJSON_IsString(url)) {
-                fmt(msg, ml, "messages[%zu].content[%zu].image_url.url must be a string", mi, pi);
+            const char *url = part_url(part, "image_url", mi, pi, msg, ml);
+            if (!url)
                 return 400;
-            }
             if (cb->n_images == SRV_MAX_IMAGES) {
                 fmt(msg, ml, "at most %d images per request", SRV_MAX_IMAGES);
                 return 400;
@@ -345,7 +354,7 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                     (unsigned long long)S->o.max_image_pixels);
                 return 400;
             }
-            int st = load_image(S, url->valuestring, k, S->o.max_image_pixels - cb->pixels,
+            int st = load_image(S, url, k, S->o.max_image_pixels - cb->pixels,
                                 &cb->images[k], &cb->bytes[k], &cb->len[k], msg, ml);
             if (st != 200)
                 return st;
@@ -365,13 +374,9 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
                 fmt(msg, ml, "messages[%zu]: videos are only accepted in user messages", mi);
                 return 400;
             }
-            const cJSON *vu = cJSON_GetObjectItemCaseSensitive(part, "video_url");
-            const cJSON *url = cJSON_IsObject(vu) ? cJSON_GetObjectItemCaseSensitive(vu, "url")
-                                                  : vu;
-            if (!cJSON_IsString(url)) {
-                fmt(msg, ml, "messages[%zu].content[%zu].video_url.url must be a string", mi, pi);
+            const char *url = part_url(part, "video_url", mi, pi, msg, ml);
+            if (!url)
                 return 400;
-            }
             if (cb->n_videos == SRV_MAX_VIDEOS) {
                 fmt(msg, ml, "at most %d videos per request", SRV_MAX_VIDEOS);
                 return 400;
@@ -383,7 +388,7 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
             }
             uint64_t px = 0;
             size_t k = cb->n_videos;
-            int st = load_video(S, url->valuestring, k, S->o.max_image_pixels - cb->pixels,
+            int st = load_video(S, url, k, S->o.max_image_pixels - cb->pixels,
                                 &cb->videos[k], &px, msg, ml);
             if (st != 200)
                 return st;

@@ -174,6 +174,12 @@ expect "undecodable image" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\
 expect "image 100000x100000 header" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,$(js bigpng)\"}}]}]}" "$C"
 expect "image placeholder in text" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"<|image_pad|>"}]}' "$C"
 expect "video placeholder in text" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"<|vision_start|><|video_pad|><|vision_end|>"}]}' "$C"
+for kind in image_url video_url; do # the url must be a string, in an object or bare
+    for bad in '{"url":5}' '[]'; do
+        expect "$kind $bad" 400 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"$kind\",\"$kind\":$bad}]}]}" "$C"
+        ok "$kind $bad: message names the part" "$(grep -q "content\[0\].$kind.url must be a string" "$T/e"; echo $?)" "$(head -c 200 "$T/e")"
+    done
+done
 
 # ---- video_url parts: same tokens as qvl run --video; budget; bad videos ------------------------
 if command -v ffmpeg >/dev/null; then
