@@ -223,7 +223,6 @@ ALWAYS_INLINE __m512i i8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i 
  * vision tower with quantised weights) run the same kernel 8 activation rows at a time over
  * blocks of groups that stay in L2: an int8 GEMM (vpdpbusd does 4x the multiply-adds of an
  * FMA), with every output computed the same way whatever m or the column slice. */
-#define MVX_PF 1024 /* prefetch distance, bytes (the groups are one sequential stream) */
 
 static int use_vnni(void);
 
@@ -254,9 +253,9 @@ static void mvx_quant_row(const float *x, int64_t k, int off, int8_t *q, float *
 
 /* One group of 16 weight rows (g at its first block) x MR (<= 8) activation rows starting at
  * row i0 of a, over all blocks; stores the 16 x MR outputs (+ bias) under mask mk. */
-ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const bool PF,
-                             const uint8_t *g, const mvx_act *a, int64_t i0, float *y,
-                             int64_t ldy, __mmask16 mk, __m512 bv) {
+ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const uint8_t *g,
+                             const mvx_act *a, int64_t i0, float *y, int64_t ldy, __mmask16 mk,
+                             __m512 bv) {
     const size_t gs = (Q8 ? 34 : 18) * QVL_X16; /* bytes per block of the group */
     const int NC = Q8 ? 8 : 4;                  /* 64-byte chunks per block */
     __m512 acc[8];
@@ -264,9 +263,6 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
         acc[i] = _mm512_setzero_ps();
     const int8_t *xq0 = a->q + i0 * a->k;
     for (int64_t ib = 0; ib < a->nb; ib++, g += gs) {
-        if (PF)
-            for (int l = 0; l < (Q8 ? 9 : 5); l++)
-                _mm_prefetch((const char *)(g + MVX_PF + 64 * l), _MM_HINT_T0);
         __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
         __m512i t0[8], t1[8];
         for (int i = 0; i < MR; i++) {
@@ -316,7 +312,9 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
 
 /* Output columns [j0, j1) for all a's rows: groups in blocks that stay in L2 (MVX_L2 bytes),
  * each block passed over by the activation rows 8 at a time (decode: m <= 4, one pass, the
- * weights streamed once with prefetch). */
+ * weights streamed once). No software prefetch: the groups are one sequential stream, which the
+ * hardware prefetchers follow; prefetching 1 KiB ahead into L1 made bench_kern decode 9-15 %
+ * slower for q8 and q4 (2 threads; other distances and hints were no better than none). */
 #define MVX_L2 (384 * 1024)
 ALWAYS_INLINE void mvx_cols(const bool Q8, const bool VNNI, float *y, int64_t ldy,
                             const mvx_act *a, int64_t m, const uint8_t *w, const float *b,
@@ -336,14 +334,14 @@ ALWAYS_INLINE void mvx_cols(const bool Q8, const bool VNNI, float *y, int64_t ld
                 const uint8_t *g = w + (size_t)gi * grp;
                 float *yy = y + i0 * ldy + jg;
                 switch (mr) {
-                case 1: mvx_group(1, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
-                case 2: mvx_group(2, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
-                case 3: mvx_group(3, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
-                case 4: mvx_group(4, Q8, VNNI, true, g, a, i0, yy, ldy, mk, bv); break;
-                case 5: mvx_group(5, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
-                case 6: mvx_group(6, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
-                case 7: mvx_group(7, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
-                default: mvx_group(8, Q8, VNNI, false, g, a, i0, yy, ldy, mk, bv); break;
+                case 1: mvx_group(1, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                case 2: mvx_group(2, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                case 3: mvx_group(3, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                case 4: mvx_group(4, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                case 5: mvx_group(5, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                case 6: mvx_group(6, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                case 7: mvx_group(7, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
+                default: mvx_group(8, Q8, VNNI, g, a, i0, yy, ldy, mk, bv); break;
                 }
             }
         }
