@@ -208,6 +208,19 @@ ALWAYS_INLINE __m512i i8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i 
     return _mm512_add_epi32(t, p);
 }
 
+/* i8_dot with s = the 4 activation bytes at x4 in every lane; with VNNI the broadcast is the
+ * instruction's memory operand ({1to16}), one instruction instead of a load and a dot */
+ALWAYS_INLINE __m512i i8_dot_x4(const bool Q8, const bool VNNI, __m512i t, __m512i u,
+                                const int8_t *x4) {
+    if (VNNI) {
+        __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(t) : "v"(u), "m"(*(const int32_t *)x4));
+        return t;
+    }
+    int32_t xv;
+    memcpy(&xv, x4, 4);
+    return i8_dot(Q8, VNNI, t, u, _mm512_set1_epi32(xv));
+}
+
 /* ---- int8 matmul on interleaved Q8_0X16 / Q4_0X16 weights ---------------------------------------
  * One 64-byte load holds 4 quant bytes of each of 16 rows (dtype.h), so a 32-bit activation group
  * broadcast to all lanes is dotted with 16 rows at once (vpdpbusd, or vpmaddubsw + vpmaddwd
@@ -275,12 +288,10 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
             if (Q8) {
                 __m512i u = VNNI ? _mm512_xor_si512(w, _mm512_set1_epi8((char)0x80)) : w;
                 for (int i = 0; i < MR; i++) {
-                    int32_t xv;
-                    memcpy(&xv, xb + i * a->k + 4 * t, 4);
                     if (t & 1)
-                        t1[i] = i8_dot(true, VNNI, t1[i], u, _mm512_set1_epi32(xv));
+                        t1[i] = i8_dot_x4(true, VNNI, t1[i], u, xb + i * a->k + 4 * t);
                     else
-                        t0[i] = i8_dot(true, VNNI, t0[i], u, _mm512_set1_epi32(xv));
+                        t0[i] = i8_dot_x4(true, VNNI, t0[i], u, xb + i * a->k + 4 * t);
                 }
             } else { /* quant byte e: element e (low nibble) and e + 16 (high nibble); with
                       * VNNI the high nibble stays in place (16 x its value: t1 is shifted back
@@ -290,11 +301,8 @@ ALWAYS_INLINE void mvx_group(const int MR, const bool Q8, const bool VNNI, const
                 __m512i hi = VNNI ? _mm512_and_si512(w, _mm512_set1_epi8((char)0xF0))
                                   : _mm512_and_si512(_mm512_srli_epi16(w, 4), _mm512_set1_epi8(15));
                 for (int i = 0; i < MR; i++) {
-                    int32_t xl, xh;
-                    memcpy(&xl, xb + i * a->k + 4 * t, 4);
-                    memcpy(&xh, xb + i * a->k + 16 + 4 * t, 4);
-                    t0[i] = i8_dot(false, VNNI, t0[i], lo, _mm512_set1_epi32(xl));
-                    t1[i] = i8_dot(false, VNNI, t1[i], hi, _mm512_set1_epi32(xh));
+                    t0[i] = i8_dot_x4(false, VNNI, t0[i], lo, xb + i * a->k + 4 * t);
+                    t1[i] = i8_dot_x4(false, VNNI, t1[i], hi, xb + i * a->k + 16 + 4 * t);
                 }
             }
         }
