@@ -7,6 +7,8 @@
 #include "check.h"
 #include "common.h"
 #include "kern/kern.h"
+#include "ops.h"
+#include "pool.h"
 
 #include <math.h>
 #include <spawn.h>
@@ -325,6 +327,64 @@ static void test_act_reuse(const qvl_kern *const kt[N_PATHS]) {
         qvl_free(w);
         qvl_free(wf);
         qvl_free(plain);
+    }
+}
+
+/* qvl_op_matmul_multi through pools of 1, 2, 3 and 5 threads: every thread count gives the
+ * bits of the one-thread call (each thread's run of chunks, the chunks taken from the others'
+ * runs, and empty runs when there are more threads than chunks), for the matrix-vector and the
+ * matrix-matrix paths, on the active kernel path. */
+static void test_ops_threads(void) {
+    static const qvl_dtype dts[] = {QVL_DT_BF16, QVL_DT_Q8_0X16, QVL_DT_Q4_0X16};
+    static const int64_t rows[3] = {200, 64, 1000}, ms[] = {1, 3, 20};
+    static const int nths[] = {2, 3, 5};
+    const int64_t k = 96, ny = 20 * (200 + 64 + 1000);
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+        uint8_t *w[3] = {0}, *plain[3] = {0};
+        float *wf[3] = {0};
+        bool ok = true, x16 = qvl_dtype_is_x16(dts[d]);
+        for (int i = 0; i < 3; i++)
+            ok = ok && (x16 ? make_x16(dts[d], rows[i], k, &w[i], &wf[i], &plain[i])
+                            : make_weights(dts[d], rows[i], k, &w[i], &wf[i]));
+        float *x = qvl_malloc(sizeof(float) * 20 * k), *y1 = qvl_malloc(sizeof(float) * ny);
+        float *yn = qvl_malloc(sizeof(float) * ny);
+        ok = ok && x && y1 && yn;
+        CHECK(ok);
+        for (size_t a = 0; ok && a < sizeof ms / sizeof ms[0]; a++) {
+            int64_t m = ms[a], off = 0;
+            fill(x, (size_t)(m * k), 1.0f);
+            qvl_mat W[3];
+            qvl_mat_job jb1[3], jbn[3];
+            for (int i = 0; i < 3; off += m * rows[i], i++) {
+                W[i] = (qvl_mat){w[i], dts[d], rows[i], k};
+                jb1[i] = (qvl_mat_job){y1 + off, &W[i], NULL};
+                jbn[i] = (qvl_mat_job){yn + off, &W[i], NULL};
+            }
+            qvl_pool *p1 = NULL;
+            CHECK(qvl_pool_create(1, &p1) == QVL_OK);
+            qvl_op_matmul_multi(p1, x, m, jb1, 3);
+            qvl_pool_free(p1);
+            for (size_t t = 0; t < sizeof nths / sizeof nths[0]; t++) {
+                qvl_pool *pn = NULL;
+                CHECK(qvl_pool_create(nths[t], &pn) == QVL_OK);
+                for (int rep = 0; pn && rep < 3; rep++) {
+                    memset(yn, 0xff, sizeof(float) * (size_t)off);
+                    qvl_op_matmul_multi(pn, x, m, jbn, 3);
+                    CHECKF(!memcmp(y1, yn, sizeof(float) * (size_t)off),
+                           "ops %s m=%lld: %d threads differ from one", qvl_dtype_name(dts[d]),
+                           (long long)m, nths[t]);
+                }
+                qvl_pool_free(pn);
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            qvl_free(w[i]);
+            qvl_free(wf[i]);
+            qvl_free(plain[i]);
+        }
+        qvl_free(x);
+        qvl_free(y1);
+        qvl_free(yn);
     }
 }
 
@@ -1199,5 +1259,6 @@ int main(int argc, char **argv) {
     test_dispatch(kt);
     test_quant_paths(kt); /* after the others: their shapes use a fixed random sequence */
     test_act_reuse(kt);
+    test_ops_threads();
     CHECK_DONE();
 }
