@@ -1009,15 +1009,17 @@ static int cmd_chat(opts *o) {
 }
 
 /* ---- demo model ------------------------------------------------------------------------------ */
+/* The demo model lives in demo-tiny under qvl's cache directory (qvl_default_cache_dir:
+ * $QVL_CACHE_DIR, $XDG_CACHE_HOME/qvl, ~/.cache/qvl), or /tmp/qvl-demo-tiny without one; it is
+ * generated on first use. */
 static char *demo_model_dir(char *err, size_t err_len) {
-    const char *base = getenv("XDG_CACHE_HOME");
+    char *base = qvl_default_cache_dir();
     char dir[PATH_MAX];
-    if (base && *base)
-        snprintf(dir, sizeof dir, "%s/qvl/demo-tiny", base);
-    else if (getenv("HOME"))
-        snprintf(dir, sizeof dir, "%s/.cache/qvl/demo-tiny", getenv("HOME"));
+    if (base)
+        snprintf(dir, sizeof dir, "%s/demo-tiny", base);
     else
         snprintf(dir, sizeof dir, "/tmp/qvl-demo-tiny");
+    qvl_free(base);
     char cfg[PATH_MAX + 32];
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     struct stat st;

@@ -99,6 +99,16 @@ done
 ls "$T"/qc/*-q8v.qvlq > /dev/null 2>&1 && ok || bad "no cache file in $T/qc"
 QVL_CACHE_DIR="$T/qc" "$BIN" info -m "$M" --json --quant q8 --quant-vision --quant-cache | tr -d ' \t\n' | grep -q '"used":true' && ok || bad "info: cache not used"
 expect_fail "$BIN" run -m "$M" -p "x" --quant q3
+# no -m and no hub copy: a random-weight demo model, generated once under qvl's cache directory
+# ($QVL_CACHE_DIR first, then $XDG_CACHE_HOME/qvl (absolute only), then ~/.cache/qvl)
+demo_run() { env -u QVL_CACHE_DIR -u XDG_CACHE_HOME -u HF_HOME -u HF_HUB_CACHE "$@" "$BIN" run -p "Hi" -n 3 --temp 0 --json 2>"$T/demo.err" | grep -o '"generated_ids":\[[^]]*\]'; }
+mkdir -p "$T/home"
+out=$(demo_run HOME="$T/home") && echo "$out" | grep -q '^"generated_ids":\[[0-9]*,[0-9]*,[0-9]*\]$' && ok || bad "demo run: $out $(cat "$T/demo.err")"
+grep -q "RANDOM-WEIGHT demo model" "$T/demo.err" && grep -q "generating the demo model" "$T/demo.err" && ok || bad "demo run messages: $(cat "$T/demo.err")"
+[ -f "$T/home/.cache/qvl/demo-tiny/config.json" ] && ok || bad "demo model not in ~/.cache/qvl/demo-tiny"
+again=$(demo_run HOME="$T/home") && [ "$again" = "$out" ] && ! grep -q "generating" "$T/demo.err" && ok || bad "second demo run regenerated or differs"
+demo_run HOME="$T/home" QVL_CACHE_DIR="$T/qcd" > /dev/null && [ -f "$T/qcd/demo-tiny/config.json" ] && ok || bad "demo model not under QVL_CACHE_DIR"
+demo_run HOME="$T/home" XDG_CACHE_HOME="$T/xdg" > /dev/null && [ -f "$T/xdg/qvl/demo-tiny/config.json" ] && ok || bad "demo model not under XDG_CACHE_HOME"
 "$BIN" chat -m "$M" --top-k 5 --top-p 0.9 --stop "." --kv bf16 < /dev/null > /dev/null 2>&1 && ok || bad "chat with sampling options"
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
