@@ -14,6 +14,7 @@
  */
 #include "common.h"
 #include "kern/kern.h"
+#include "memread.h"
 #include "ops.h"
 #include "pool.h"
 
@@ -543,34 +544,10 @@ typedef struct {
     uint64_t sink;
 } bk_read;
 
-/* vector loads, as qvl bench's read loop (scalar 8-byte loads stream much slower here) */
-#if defined(__x86_64__)
-#    include <immintrin.h>
-__attribute__((target("avx2"))) static uint64_t bk_read_avx2(const uint64_t *p, size_t n) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 16 <= n; i += 16) {
-        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
-        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
-        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
-        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
-    }
-    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
-    return (uint64_t)_mm256_extract_epi64(a0, 0) ^ (uint64_t)_mm256_extract_epi64(a0, 3);
-}
-#endif
-
 static void bk_read_task(void *arg, int ith, int nth) {
     bk_read *r = arg;
     size_t per = r->n / (size_t)nth / 16 * 16, i0 = per * (size_t)ith;
-    uint64_t a = 0;
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2"))
-        a = bk_read_avx2(r->p + i0, per);
-    else
-#endif
-        for (size_t i = i0; i < i0 + per; i++)
-            a ^= r->p[i];
-    __atomic_fetch_xor(&r->sink, a, __ATOMIC_RELAXED);
+    __atomic_fetch_xor(&r->sink, memread_xor(r->p + i0, per), __ATOMIC_RELAXED);
 }
 
 static void *bk_huge(size_t n) {

@@ -10,6 +10,7 @@
  * (bytes of weights read per token / seconds per token / bandwidth), each decode repetition
  * against the read loop run just before and after it. */
 #include "qvl.h"
+#include "../bench/memread.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h> /* before jpeglib.h, which uses FILE */
@@ -53,43 +54,9 @@ typedef struct bw_arg {
     uint64_t sink;
 } bw_arg;
 
-#if defined(__x86_64__)
-#    include <immintrin.h>
-__attribute__((target("avx2"))) static uint64_t read_avx2(const uint64_t *p, size_t n) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 16 <= n; i += 16) {
-        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
-        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
-        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
-        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
-    }
-    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
-    uint64_t out[4];
-    _mm256_storeu_si256((__m256i *)out, a0);
-    return out[0] ^ out[1] ^ out[2] ^ out[3];
-}
-#endif
-
-static uint64_t read_plain(const uint64_t *p, size_t n) {
-    uint64_t a = 0, b = 0, c = 0, d = 0;
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        a ^= p[i];
-        b ^= p[i + 1];
-        c ^= p[i + 2];
-        d ^= p[i + 3];
-    }
-    return a ^ b ^ c ^ d;
-}
-
 static void *bw_thread(void *v) {
     bw_arg *a = v;
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2")) {
-        a->sink = read_avx2(a->p, a->n);
-        return NULL;
-    }
-#endif
-    a->sink = read_plain(a->p, a->n);
+    a->sink = memread_xor(a->p, a->n);
     return NULL;
 }
 
