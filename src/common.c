@@ -246,6 +246,36 @@ bool qvl_dir_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+bool qvl_mkdir_p(const char *dir) {
+    if (!dir || !dir[0]) {
+        errno = ENOENT;
+        return false;
+    }
+    char *d = qvl_strdup(dir);
+    if (!d) {
+        errno = ENOMEM;
+        return false;
+    }
+    bool ok = true;
+    for (char *p = d + 1; ok; p++) {
+        if (*p != '/' && *p != 0)
+            continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(d, 0777) != 0 && errno != EEXIST)
+            ok = false;
+        *p = c;
+        if (!c)
+            break;
+    }
+    qvl_free(d);
+    if (ok && !qvl_dir_exists(dir)) {
+        errno = ENOTDIR;
+        ok = false;
+    }
+    return ok;
+}
+
 /* ---- half precision ------------------------------------------------------ */
 float qvl_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

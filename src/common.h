@@ -74,6 +74,9 @@ char *qvl_path_join(const char *dir, const char *name);
 int qvl_name_index(const char *const *names, int n, const char *name);
 bool qvl_file_exists(const char *path);
 bool qvl_dir_exists(const char *path);
+/* mkdir -p: create dir and its missing parents (mode 0777 less the umask). True when dir exists
+ * as a directory afterwards; errno tells why not. */
+bool qvl_mkdir_p(const char *dir);
 
 /* bf16 / f16 conversion (exact, scalar) */
 static inline float qvl_bf16_to_f32(uint16_t h) {

@@ -856,31 +856,10 @@ static void json_put(gen_buf *b, const cJSON *it, int depth) {
 
 /* mkdir -p. QVL_E_IO naming the path on failure. */
 static qvl_status make_dirs(const char *path, char *err, size_t err_len) {
-    char *tmp = qvl_strdup(path);
-    if (!tmp) {
-        qvl_errf(err, err_len, "genmodel: out of memory");
-        return QVL_E_NOMEM;
-    }
-    size_t len = strlen(tmp);
-    for (size_t i = 1; i <= len; i++) {
-        if (tmp[i] != '/' && tmp[i] != '\0')
-            continue;
-        char c = tmp[i];
-        tmp[i] = '\0';
-        if (mkdir(tmp, 0777) != 0 && errno != EEXIST) {
-            qvl_errf(err, err_len, "genmodel: cannot create directory %s: %s", tmp,
-                     strerror(errno));
-            qvl_free(tmp);
-            return QVL_E_IO;
-        }
-        tmp[i] = c;
-    }
-    qvl_free(tmp);
-    if (!qvl_dir_exists(path)) {
-        qvl_errf(err, err_len, "genmodel: %s is not a directory", path);
-        return QVL_E_IO;
-    }
-    return QVL_OK;
+    if (qvl_mkdir_p(path))
+        return QVL_OK;
+    qvl_errf(err, err_len, "genmodel: cannot create directory %s: %s", path, strerror(errno));
+    return errno == ENOMEM ? QVL_E_NOMEM : QVL_E_IO;
 }
 
 /* Write `len` bytes to dir/name through a temporary file renamed into place. */

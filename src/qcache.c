@@ -220,14 +220,11 @@ static bool make_parents(const char *path) {
     char *d = qvl_strdup(path);
     if (!d)
         return false;
+    char *slash = strrchr(d, '/');
     bool ok = true;
-    for (char *p = d + 1; *p && ok; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(d, 0755) != 0 && errno != EEXIST)
-            ok = false;
-        *p = '/';
+    if (slash && slash != d) {
+        *slash = 0;
+        ok = qvl_mkdir_p(d);
     }
     qvl_free(d);
     return ok;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define INDEX_NAME      "model.safetensors.index.json"
@@ -526,6 +527,61 @@ static bool thp_off(void) {
     return off;
 }
 
+/* The FilePmdMapped probe; tests replace it (qvl_st_set_pmd_probe) to play the kernel's part. */
+static size_t (*g_pmd_probe)(const void *addr, size_t size);
+
+void qvl_st_set_pmd_probe(size_t (*fn)(const void *addr, size_t size)) {
+    g_pmd_probe = fn;
+}
+
+static size_t pmd_probe(const void *addr, size_t size) {
+    return g_pmd_probe ? g_pmd_probe(addr, size) : pmd_mapped_bytes(addr);
+}
+
+/* A re-read (see bring_in) that left a file mostly in small pages is not tried again for a day:
+ * the kernel could not make huge folios (fragmented memory), and trying again at every load
+ * would read the whole file from disk each time before copying it anyway. The marker is an
+ * empty file in qvl's cache directory named after the file's device, inode, size and mtime, so
+ * a changed file is tried afresh. NULL when there is no cache directory. */
+#define REREAD_RETRY_S (24 * 3600)
+static char *reread_marker(const struct stat *sb) {
+    char *base = qvl_default_cache_dir();
+    if (!base)
+        return NULL;
+    char name[160];
+    snprintf(name, sizeof name, "reread-failed/%llx-%llx-%llx-%llx.%09ld",
+             (unsigned long long)sb->st_dev, (unsigned long long)sb->st_ino,
+             (unsigned long long)sb->st_size, (unsigned long long)sb->st_mtim.tv_sec,
+             (long)sb->st_mtim.tv_nsec);
+    char *path = qvl_path_join(base, name);
+    qvl_free(base);
+    return path;
+}
+
+static bool reread_failed_lately(const struct stat *sb) {
+    char *path = reread_marker(sb);
+    struct stat ms;
+    bool lately = path && stat(path, &ms) == 0 && time(NULL) - ms.st_mtime < REREAD_RETRY_S;
+    qvl_free(path);
+    return lately;
+}
+
+static void reread_failed_mark(const struct stat *sb) {
+    char *path = reread_marker(sb);
+    char *slash = path ? strrchr(path, '/') : NULL;
+    if (slash) {
+        *slash = 0;
+        bool dir = qvl_mkdir_p(path);
+        *slash = '/';
+        int fd = dir ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+        if (fd >= 0) {
+            futimens(fd, NULL); /* an existing marker counts from now */
+            close(fd);
+        }
+    }
+    qvl_free(path);
+}
+
 /* Count n more bytes read; true when the caller's progress function asks to cancel. */
 static bool progress(qvl_st *st, size_t n) {
     if (!st)
@@ -657,8 +713,14 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
             return QVL_E_CANCELLED;
         }
         /* auto: keep the mapping only where the page cache holds huge pages (see st.h) */
-        size_t pmd = mode == QVL_ST_AUTO && size >= AUTO_MIN_BYTES ? pmd_mapped_bytes(m) : size;
-        if (pmd < size / 10 * 9 && pmd > 0) {
+        size_t pmd = mode == QVL_ST_AUTO && size >= AUTO_MIN_BYTES ? pmd_probe(m, size) : size;
+        struct stat sb;
+        bool have_sb = pmd < size / 10 * 9 && fstat(fd, &sb) == 0;
+        if (pmd < size / 10 * 9 && pmd > 0 && have_sb && reread_failed_lately(&sb)) {
+            qvl_log(QVL_LOG_INFO,
+                    "%s: mostly in small pages; a re-read in the last day did not help: copying",
+                    path);
+        } else if (pmd < size / 10 * 9 && pmd > 0) {
             /* the file system makes huge folios (some of this file is in them) but most of the
              * file was cached in small ones, e.g. when it was written: drop the unmapped clean
              * pages and read the file again through the mapping, once, so that this and later
@@ -674,7 +736,9 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
             qvl_status ms = map_in_place(st, fd, path, size, true, &m, err, err_len);
             if (ms != QVL_OK)
                 return ms;
-            pmd = pmd_mapped_bytes(m);
+            pmd = pmd_probe(m, size);
+            if (pmd < size / 10 * 9 && have_sb)
+                reread_failed_mark(&sb);
         }
         if (pmd < size / 10 * 9 && !thp_off()) {
             munmap(m, size);

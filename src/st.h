@@ -37,7 +37,9 @@ qvl_status qvl_st_open_dir(const char *dir, qvl_st **out, char *err, size_t err_
  * (huge pages requested), one private copy. AUTO: MAP for shards that end up mapped at least
  * 90 % through 2 MiB entries (and shards under 64 MiB, and all when the system has huge pages
  * off); a shard partly in 2 MiB folios (so the file system makes them) but mostly in small ones
- * is dropped from the page cache and read again through the mapping, once; COPY for the rest:
+ * is dropped from the page cache and read again through the mapping, once (a re-read that
+ * leaves it mostly in small pages is not repeated for a day: a marker in qvl's cache directory,
+ * qvl_default_cache_dir(), keyed by the file's device, inode, size and mtime); COPY for the rest:
  * streaming weights through 4 KiB pages runs at about half speed on this project's virtual
  * machines. */
 typedef enum qvl_st_mode {
@@ -58,6 +60,9 @@ qvl_status qvl_st_open_dir_ex(const char *dir, qvl_st_mode mode, const qvl_st_pr
 qvl_status qvl_st_map_whole(const char *path, qvl_st_mode mode, const uint8_t **map,
                             size_t *size, bool *copied, char *err, size_t err_len);
 void qvl_st_unmap_whole(const uint8_t *map, size_t size);
+/* Tests only: replace the probe of how many bytes of a fresh mapping the kernel maps through
+ * 2 MiB entries (FilePmdMapped in /proc/self/smaps); NULL restores it. */
+void qvl_st_set_pmd_probe(size_t (*fn)(const void *addr, size_t size));
 /* Bytes of the shards held as copies (COPY, or AUTO's fallback) and in place. */
 void qvl_st_residency(const qvl_st *st, uint64_t *copied, uint64_t *mapped);
 bool qvl_st_file_copied(const qvl_st *st, int i);

@@ -3,11 +3,15 @@
  * must fail with a message naming the file and, where relevant, the tensor). Every case works in
  * its own mkdtemp directory. */
 #include "check.h"
+#include "common.h"
 #include "st.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static char g_err[1024];
@@ -784,6 +788,99 @@ static void test_writer_errors(void) {
     rm_tmpdir(dir);
 }
 
+/* ---- auto mode on a large file (the kernel's part played by a probe) --------------------- */
+
+static int g_tenths = 10; /* the probe reports this many tenths of a mapping in 2 MiB pages */
+static int g_tenths2 = -1; /* ... and this many from its second call in a load on, if >= 0 */
+static int g_probes;       /* probe calls in this load */
+static int g_rereads;     /* "re-reading" messages seen */
+
+static size_t fake_pmd(const void *addr, size_t size) {
+    (void)addr;
+    int t = g_probes++ > 0 && g_tenths2 >= 0 ? g_tenths2 : g_tenths;
+    return size / 10 * (size_t)t;
+}
+
+static void count_rereads(qvl_log_level lvl, const char *msg, void *user) {
+    (void)lvl;
+    (void)user;
+    g_rereads += strstr(msg, "re-reading") != NULL;
+}
+
+/* map `path` in auto mode; *copied and the number of re-reads it logged */
+static int auto_map(const char *path, bool *copied) {
+    const uint8_t *m = NULL;
+    size_t n = 0;
+    int before = g_rereads;
+    g_probes = 0;
+    *copied = false;
+    CHECK(qvl_st_map_whole(path, QVL_ST_AUTO, &m, &n, copied, g_err, sizeof g_err) == QVL_OK);
+    CHECK(m && n == (size_t)72 << 20 && m[n - 1] == 0x5a);
+    qvl_st_unmap_whole(m, n);
+    return g_rereads - before;
+}
+
+/* A 72 MiB file (over auto's 64 MiB threshold): mapped through huge pages it stays in place;
+ * in none it is copied without a re-read; partly (the file system makes huge folios) it is
+ * read again once, and when that does not help a marker in the cache directory stops the
+ * next loads from reading it again; a changed file (new mtime) is tried afresh. */
+static void test_auto_reread(void) {
+    char *d = make_tmpdir();
+    const char *f = pjoin(d, "big.bin");
+    size_t n = (size_t)72 << 20;
+    uint8_t *buf = calloc(1, n);
+    if (!buf)
+        exit(2);
+    buf[n - 1] = 0x5a;
+    write_bytes(f, buf, n);
+    free(buf);
+    setenv("QVL_CACHE_DIR", pjoin(d, "cache"), 1);
+    qvl_st_set_pmd_probe(fake_pmd);
+    qvl_log_set(count_rereads, NULL, QVL_LOG_INFO);
+    bool copied = true;
+    g_tenths = 10;
+    CHECK(auto_map(f, &copied) == 0 && !copied);
+    g_tenths = 0;
+    CHECK(auto_map(f, &copied) == 0 && copied);
+    g_tenths = 3; /* partly huge, and the re-read helps: in place, no marker */
+    g_tenths2 = 10;
+    CHECK(auto_map(f, &copied) == 1 && !copied);
+    CHECK(!qvl_dir_exists(pjoin(d, "cache/reread-failed")));
+    g_tenths2 = -1; /* partly huge, and the re-read does not help */
+    CHECK(auto_map(f, &copied) == 1 && copied);
+    DIR *md = opendir(pjoin(d, "cache/reread-failed"));
+    int markers = 0;
+    for (struct dirent *e; md && (e = readdir(md));)
+        markers += e->d_name[0] != '.';
+    if (md)
+        closedir(md);
+    CHECKF(markers == 1, "%d re-read markers", markers);
+    CHECK(auto_map(f, &copied) == 0 && copied); /* the marker: no second re-read */
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {1000000000, 0}}; /* the file changes */
+    CHECK(utimensat(AT_FDCWD, f, ts, 0) == 0);
+    CHECK(auto_map(f, &copied) == 1 && copied);
+    g_tenths = 10; /* huge pages after all: in place, whatever the markers say */
+    CHECK(auto_map(f, &copied) == 0 && !copied);
+    /* no cache directory at all: the re-read is tried every time, nothing is written */
+    unsetenv("QVL_CACHE_DIR");
+    const char *home = getenv("HOME"), *xdg = getenv("XDG_CACHE_HOME");
+    char *home_s = home ? strdup(home) : NULL, *xdg_s = xdg ? strdup(xdg) : NULL;
+    unsetenv("HOME");
+    unsetenv("XDG_CACHE_HOME");
+    g_tenths = 3;
+    CHECK(auto_map(f, &copied) == 1 && copied);
+    CHECK(auto_map(f, &copied) == 1 && copied);
+    if (home_s)
+        setenv("HOME", home_s, 1);
+    if (xdg_s)
+        setenv("XDG_CACHE_HOME", xdg_s, 1);
+    free(home_s);
+    free(xdg_s);
+    qvl_log_set(NULL, NULL, QVL_LOG_ERROR);
+    qvl_st_set_pmd_probe(NULL);
+    rm_tmpdir(d);
+}
+
 int main(void) {
     test_single_file();
     test_sharded();
@@ -792,5 +889,6 @@ int main(void) {
     test_bad_files();
     test_bad_dirs();
     test_writer_errors();
+    test_auto_reread();
     CHECK_DONE();
 }
