@@ -8,6 +8,7 @@
  * the element-wise ops), or <dir>/bench_kern peak|attn|gemm|shapes [path [reps]]: the FMA peak
  * of a register-only loop, the attention shapes (vision hd 64/72, causal 512 hd 128), two GEMM
  * shapes, or every vision/prefill GEMM shape in bf16 and f16, on one path (best of reps); or
+ * <dir>/bench_kern ceiling: one core's matrix-vector GB/s with the weights in L2 (bf16, q8, q4);
  * <dir>/bench_kern layer [threads [reps]]: the matmuls and attention of one vision layer through
  * the threaded ops (ops.c) on the active path (QVL_CPU), wall time. The ref path is timed on a slice of the work (fewer output rows /
  * queries) and scaled, so the whole run stays within a few seconds.
@@ -656,12 +657,53 @@ static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool f
     qvl_pool_free(pool);
 }
 
+/* One core's matrix-vector throughput with the weights in L2: one 128 x 2048 matrix of each
+ * type (bf16 512 KiB, Q8_0X16 272 KiB, Q4_0X16 144 KiB) times one activation row, over and over,
+ * on the active path; GB/s of weights, best of 5 rounds of ~2 GB. What a core can do when memory
+ * is not the limit: against the 30-35 GB/s per core of a two-thread read loop it says how busy
+ * the arithmetic keeps the core at the bandwidth limit. */
+static void bench_ceiling(void) {
+    static const qvl_dtype wts[3] = {QVL_DT_BF16, QVL_DT_Q8_0X16, QVL_DT_Q4_0X16};
+    const int64_t n = 128, k = 2048;
+    const qvl_kern *kk = qvl_kern_get();
+    float *x = xmalloc(sizeof(float) * k), *y = xmalloc(sizeof(float) * n);
+    for (int64_t i = 0; i < k; i++)
+        x[i] = rnd_f();
+    for (int t = 0; t < 3; t++) {
+        size_t bytes = qvl_dtype_mat_bytes(wts[t], (size_t)n, (size_t)k);
+        uint8_t *w = xmalloc(bytes);
+        bk_fill(w, wts[t], n, k);
+        int reps = (int)(2e9 / (double)bytes);
+        double best = 1e30;
+        for (int r = 0; r < 5; r++) {
+            double t0 = qvl_time_ms();
+            for (int i = 0; i < reps; i++) {
+                qvl_kern_set_act_id(1); /* one input: int8 paths round it once */
+                kk->matmul(y, n, x, k, 1, k, w, wts[t], NULL, 0, n);
+            }
+            double ms = qvl_time_ms() - t0;
+            best = ms < best ? ms : best;
+        }
+        qvl_kern_set_act_id(0);
+        printf("ceiling %s %-7s %lld x %lld (%zu KiB) in L2: %.1f GB/s\n", kk->name,
+               qvl_dtype_name(wts[t]), (long long)n, (long long)k, bytes >> 10,
+               (double)bytes * reps / (best * 1e6));
+        qvl_free(w);
+    }
+    qvl_free(x);
+    qvl_free(y);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "layer")) {
         /* layer [threads [reps]]: one vision layer through ops.c on the active path (QVL_CPU) */
         int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
         g_reps = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 3;
         bench_vision_layer(nth);
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "ceiling")) {
+        bench_ceiling();
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "decode")) {

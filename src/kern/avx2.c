@@ -5,8 +5,9 @@
  * bf16/f16/Q8_0/Q4_0 widening, exp, compares) and the tile sizes, then includes simd_body.h, the
  * kernel body shared with avx512.c, and fills the table from it.
  *
- * Numerics: float32 accumulation throughout (activations are never rounded to bf16/int8), so
- * results agree with ref.c to float32 rounding (different summation order only).
+ * Numerics: float32 accumulation throughout, so results agree with ref.c to float32 rounding
+ * (different summation order only), except the int8 decode of the interleaved Q types below,
+ * which rounds the activations to int8 blocks as the avx512 path does.
  */
 #include "kern.h"
 
@@ -187,9 +188,152 @@ ALWAYS_INLINE vf vexp(vf x) {
 
 #include "simd_body.h"
 
+/* ---- int8 decode on interleaved Q8_0X16 / Q4_0X16 weights ---------------------------------------
+ * For up to 4 activation rows (decode) the interleaved types are multiplied in integers, as the
+ * avx512 path does without VNNI: each activation row is rounded once per call to int8 blocks of
+ * 32 with a float scale (dx = amax / 127, q = round(x / dx)), and a 64-byte chunk of a group (4
+ * quant bytes of each of 16 rows, dtype.h) is two 32-byte halves, rows 0-7 and 8-15, dotted with
+ * the broadcast activation bytes by vpmaddubsw (unsigned weights x signed activations, pairs
+ * summed to int16) and vpmaddwd (pairs to int32): no unpacking, no horizontal sums. Q4_0: the
+ * nibbles (element e low, e + 16 high) are the unsigned operand; the 8 products of a block stay
+ * within int16 (8 x 2 x 15 x 127 = 30480), so they are summed there and widened once per block,
+ * and -8 x the activation block's sum corrects the offset. Q8_0: |w| against x with w's sign
+ * (vpsignb; 2 x 128 x 127 fits int16), widened per chunk. Per block: the int32 sums converted and
+ * scaled by d_w * d_x into one float accumulator per row. The integer dots are exact; the error
+ * against float activations is that of the rounding, at most amax / 254 per element. More rows
+ * (prefill) keep the float GEMM, which unpacks the groups. */
+#define MVA_MAXK 16384
+
+static void mva_quant_row(const float *x, int64_t k, int off, int8_t *q, float *d, int32_t *c) {
+    for (int64_t ib = 0; ib < k / QVL_QBLOCK; ib++) {
+        const float *xb = x + ib * QVL_QBLOCK;
+        __m256 v[4], mx = _mm256_setzero_ps();
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float amax = _mm_cvtss_f32(m4);
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        __m256i n[4];
+        for (int i = 0; i < 4; i++)
+            n[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+        /* int32 -> int16 -> int8 with saturation; the packs interleave 128-bit lanes, the
+         * permute puts the 32 bytes back in element order */
+        __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+        b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(q + ib * QVL_QBLOCK), b);
+        __m256i s = _mm256_sad_epu8(_mm256_xor_si256(b, _mm256_set1_epi8((char)0x80)),
+                                    _mm256_setzero_si256()); /* sum of (q + 128) per 8 bytes */
+        __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        int32_t sum = (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
+        d[ib] = amax / 127.0f;
+        c[ib] = -off * sum;
+    }
+}
+
+/* 16 weight rows (group g) x one rounded activation row (q, d, c) over nb blocks; stores the
+ * outputs of the rows set in mask mk (+ bias) at y */
+ALWAYS_INLINE void mva_group(const bool Q8, const uint8_t *g, const int8_t *q, const float *d,
+                             const int32_t *c, int64_t nb, float *y, unsigned mk,
+                             const float *b) {
+    const size_t gs = (Q8 ? 34 : 18) * QVL_X16;
+    const int NC = Q8 ? 8 : 4;
+    const __m256i ones = _mm256_set1_epi16(1), m15 = _mm256_set1_epi8(15);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < nb; ib++, g += gs) {
+        __m256 dw0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
+        __m256 dw1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16)));
+        const int8_t *xb = q + ib * QVL_QBLOCK;
+        __m256i t0 = _mm256_set1_epi32(c[ib]), t1 = t0;
+        if (Q8) {
+            for (int t = 0; t < NC; t++) {
+                int32_t xv;
+                memcpy(&xv, xb + 4 * t, 4);
+                __m256i xs = _mm256_set1_epi32(xv);
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(g + 2 * QVL_X16 + 64 * t));
+                __m256i w1 = _mm256_loadu_si256((const __m256i *)(g + 2 * QVL_X16 + 64 * t + 32));
+                __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xs, w0));
+                __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xs, w1));
+                t0 = _mm256_add_epi32(t0, _mm256_madd_epi16(p0, ones));
+                t1 = _mm256_add_epi32(t1, _mm256_madd_epi16(p1, ones));
+            }
+        } else {
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+            for (int t = 0; t < NC; t++) {
+                int32_t xl, xh;
+                memcpy(&xl, xb + 4 * t, 4);
+                memcpy(&xh, xb + 16 + 4 * t, 4);
+                __m256i vl = _mm256_set1_epi32(xl), vh = _mm256_set1_epi32(xh);
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(g + 2 * QVL_X16 + 64 * t));
+                __m256i w1 = _mm256_loadu_si256((const __m256i *)(g + 2 * QVL_X16 + 64 * t + 32));
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(w0, m15), vl));
+                s0 = _mm256_add_epi16(
+                    s0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w0, 4), m15), vh));
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(w1, m15), vl));
+                s1 = _mm256_add_epi16(
+                    s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w1, 4), m15), vh));
+            }
+            t0 = _mm256_add_epi32(t0, _mm256_madd_epi16(s0, ones));
+            t1 = _mm256_add_epi32(t1, _mm256_madd_epi16(s1, ones));
+        }
+        __m256 dx = _mm256_set1_ps(d[ib]);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t0), _mm256_mul_ps(dw0, dx), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t1), _mm256_mul_ps(dw1, dx), acc1);
+    }
+    float out[16];
+    _mm256_storeu_ps(out, acc0);
+    _mm256_storeu_ps(out + 8, acc1);
+    for (int r = 0; r < 16; r++)
+        if (mk >> r & 1)
+            y[r] = out[r] + (b ? b[r] : 0.0f);
+}
+
+static void mva_cols(const bool Q8, float *y, const int8_t *q, const float *d, const int32_t *c,
+                     int64_t nb, const uint8_t *w, const float *b, int64_t j0, int64_t j1) {
+    const size_t grp = (size_t)nb * (Q8 ? 34 : 18) * QVL_X16;
+    for (int64_t gi = j0 / QVL_X16; gi * QVL_X16 < j1; gi++) {
+        int64_t jg = gi * QVL_X16;
+        int64_t lo = jg < j0 ? j0 - jg : 0, hi = j1 - jg < QVL_X16 ? j1 - jg : QVL_X16;
+        unsigned mk = ((1u << hi) - 1u) & ~((1u << lo) - 1u);
+        mva_group(Q8, w + (size_t)gi * grp, q, d, c, nb, y + jg, mk, b ? b + jg : NULL);
+    }
+}
+
+static void mva_cols_q8(float *y, const int8_t *q, const float *d, const int32_t *c, int64_t nb,
+                        const uint8_t *w, const float *b, int64_t j0, int64_t j1) {
+    mva_cols(true, y, q, d, c, nb, w, b, j0, j1);
+}
+
+static void mva_cols_q4(float *y, const int8_t *q, const float *d, const int32_t *c, int64_t nb,
+                        const uint8_t *w, const float *b, int64_t j0, int64_t j1) {
+    mva_cols(false, y, q, d, c, nb, w, b, j0, j1);
+}
+
+static bool avx2_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
+                        const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
+    if (qvl_dtype_is_x16(wt) && m > 0 && m <= 4 && k > 0 && k <= MVA_MAXK &&
+        k % QVL_QBLOCK == 0 && j1 > j0) {
+        _Alignas(32) int8_t q[MVA_MAXK];
+        float d[MVA_MAXK / QVL_QBLOCK];
+        int32_t c[MVA_MAXK / QVL_QBLOCK];
+        const bool q8 = wt == QVL_DT_Q8_0X16;
+        for (int64_t i = 0; i < m; i++) {
+            mva_quant_row(x + i * ldx, k, q8 ? 0 : 8, q, d, c);
+            (q8 ? mva_cols_q8 : mva_cols_q4)(y + i * ldy, q, d, c, k / QVL_QBLOCK,
+                                            (const uint8_t *)w, b, j0, j1);
+        }
+        return true;
+    }
+    return simd_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
+}
+
 static const qvl_kern k_avx2 = {
     .name = "avx2",
-    .matmul = simd_matmul,
+    .matmul = avx2_matmul,
     .attn = simd_attn,
     .dot = simd_dot,
     .rmsnorm = simd_rmsnorm,

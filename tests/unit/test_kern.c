@@ -175,8 +175,8 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
             }
             want[i * n + j] = s;
         }
-    /* The avx512 path for the interleaved Q types rounds each activation block to
-     * int8: element error at most amax / 254 of its block. Per output that is bounded by
+    /* The avx512 path for the interleaved Q types (and the avx2 path for up to 4 rows of
+     * k <= 16384) rounds each activation block to int8: element error at most amax / 254 of its block. Per output that is bounded by
      * qerr[i][j] = sum over blocks of amax_b(x_i) / 254 * sum_{p in b} |w_jp| (5% slack for
      * the float rounding of the scales), plus float32 accumulation (1e-5 of sum |x||w|). */
     bool xq_shape = x16; /* the interleaved types, every m and k */
@@ -203,7 +203,8 @@ static void check_matmul(qvl_dtype wt, int64_t m, int64_t k, int64_t n, double b
     for (int pi = 0; pi < N_PATHS; pi++) {
         if (!kt[pi])
             continue;
-        bool xq = xq_shape && !strcmp(kt[pi]->name, "avx512");
+        bool xq = xq_shape && (!strcmp(kt[pi]->name, "avx512") ||
+                               (!strcmp(kt[pi]->name, "avx2") && m <= 4 && k <= 16384));
         for (int variant = 0; variant < 4; variant++) {
             bool use_b = variant & 1;
             int64_t j0 = variant & 2 ? n / 3 : 0;
