@@ -213,7 +213,8 @@ ALWAYS_INLINE __m512i i8_dot(const bool Q8, const bool VNNI, __m512i t, __m512i 
 ALWAYS_INLINE __m512i i8_dot_x4(const bool Q8, const bool VNNI, __m512i t, __m512i u,
                                 const int8_t *x4) {
     if (VNNI) {
-        __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(t) : "v"(u), "m"(*(const int32_t *)x4));
+        typedef int32_t __attribute__((may_alias)) i32_any; /* the bytes are int8_t */
+        __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(t) : "v"(u), "m"(*(const i32_any *)x4));
         return t;
     }
     int32_t xv;

@@ -110,5 +110,15 @@ again=$(demo_run HOME="$T/home") && [ "$again" = "$out" ] && ! grep -q "generati
 demo_run HOME="$T/home" QVL_CACHE_DIR="$T/qcd" > /dev/null && [ -f "$T/qcd/demo-tiny/config.json" ] && ok || bad "demo model not under QVL_CACHE_DIR"
 demo_run HOME="$T/home" XDG_CACHE_HOME="$T/xdg" > /dev/null && [ -f "$T/xdg/qvl/demo-tiny/config.json" ] && ok || bad "demo model not under XDG_CACHE_HOME"
 "$BIN" chat -m "$M" --top-k 5 --top-p 0.9 --stop "." --kv bf16 < /dev/null > /dev/null 2>&1 && ok || bad "chat with sampling options"
+# bench (not timed here): one repetition on the tiny model gives the documented JSON fields, one
+# bandwidth sample per side of each decode repetition; bad options fail cleanly
+out=$("$BIN" bench -m "$M" --reps 1 --no-large --json -t 2 2>/dev/null)
+for key in load_ms vision_ms_400x300 vision_ms_1024x768 prefill_tok_s decode_tok_s ttft_ms peak_rss_bytes \
+           mem_read_gbs decode_bandwidth_fraction decode_bandwidth_fraction_vs_highest; do
+    echo "$out" | grep -q "\"$key\":" && ok || bad "bench --json: no $key in $out"
+done
+echo "$out" | grep -q '"mem_read_gbs_samples":\[[0-9.e+-]*,[0-9.e+-]*,[0-9.e+-]*\]' && ok || bad "bench --json: samples: $out"
+expect_fail "$BIN" bench -m "$M" --reps 0
+expect_fail "$BIN" bench -m "$T/nowhere"
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
