@@ -276,6 +276,22 @@ bool qvl_mkdir_p(const char *dir) {
     return ok;
 }
 
+bool qvl_mkdir_parents(const char *path) {
+    char *d = qvl_strdup(path);
+    if (!d) {
+        errno = ENOMEM;
+        return false;
+    }
+    char *slash = strrchr(d, '/');
+    bool ok = true;
+    if (slash && slash != d) {
+        *slash = 0;
+        ok = qvl_mkdir_p(d);
+    }
+    qvl_free(d);
+    return ok;
+}
+
 /* ---- half precision ------------------------------------------------------ */
 float qvl_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

@@ -77,6 +77,8 @@ bool qvl_dir_exists(const char *path);
 /* mkdir -p: create dir and its missing parents (mode 0777 less the umask). True when dir exists
  * as a directory afterwards; errno tells why not. */
 bool qvl_mkdir_p(const char *dir);
+/* qvl_mkdir_p for the directory part of path (nothing to do without one). */
+bool qvl_mkdir_parents(const char *path);
 
 /* bf16 / f16 conversion (exact, scalar) */
 static inline float qvl_bf16_to_f32(uint16_t h) {

@@ -215,21 +215,6 @@ qvl_status qvl_qcache_load(const char *path, qvl_st_mode mode, const char *fp, s
     return QVL_OK;
 }
 
-/* mkdir -p for the directories above path */
-static bool make_parents(const char *path) {
-    char *d = qvl_strdup(path);
-    if (!d)
-        return false;
-    char *slash = strrchr(d, '/');
-    bool ok = true;
-    if (slash && slash != d) {
-        *slash = 0;
-        ok = qvl_mkdir_p(d);
-    }
-    qvl_free(d);
-    return ok;
-}
-
 static bool write_all(int fd, const void *p, size_t n) {
     const uint8_t *b = p;
     while (n) {
@@ -279,7 +264,7 @@ qvl_status qvl_qcache_write(const char *path, const char *fp, size_t n,
     snprintf(tmp, tl, "%s.%ld.tmp", path, (long)getpid());
     qvl_status s = QVL_E_IO;
     int fd = -1;
-    if (!make_parents(path)) {
+    if (!qvl_mkdir_parents(path)) {
         qvl_errf(err, err_len, "%s: cannot create its directory: %s", path, strerror(errno));
     } else if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
         qvl_errf(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));

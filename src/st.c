@@ -568,16 +568,12 @@ static bool reread_failed_lately(const struct stat *sb) {
 
 static void reread_failed_mark(const struct stat *sb) {
     char *path = reread_marker(sb);
-    char *slash = path ? strrchr(path, '/') : NULL;
-    if (slash) {
-        *slash = 0;
-        bool dir = qvl_mkdir_p(path);
-        *slash = '/';
-        int fd = dir ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
-        if (fd >= 0) {
-            futimens(fd, NULL); /* an existing marker counts from now */
-            close(fd);
-        }
+    int fd = path && qvl_mkdir_parents(path)
+                 ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+                 : -1;
+    if (fd >= 0) {
+        futimens(fd, NULL); /* an existing marker counts from now */
+        close(fd);
     }
     qvl_free(path);
 }
@@ -713,34 +709,38 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
             return QVL_E_CANCELLED;
         }
         /* auto: keep the mapping only where the page cache holds huge pages (see st.h) */
+        const size_t enough = size / 10 * 9; /* bytes in 2 MiB entries to keep the mapping */
         size_t pmd = mode == QVL_ST_AUTO && size >= AUTO_MIN_BYTES ? pmd_probe(m, size) : size;
-        struct stat sb;
-        bool have_sb = pmd < size / 10 * 9 && fstat(fd, &sb) == 0;
-        if (pmd < size / 10 * 9 && pmd > 0 && have_sb && reread_failed_lately(&sb)) {
-            qvl_log(QVL_LOG_INFO,
-                    "%s: mostly in small pages; a re-read in the last day did not help: copying",
-                    path);
-        } else if (pmd < size / 10 * 9 && pmd > 0) {
-            /* the file system makes huge folios (some of this file is in them) but most of the
-             * file was cached in small ones, e.g. when it was written: drop the unmapped clean
-             * pages and read the file again through the mapping, once, so that this and later
-             * loads get huge pages */
-            munmap(m, size);
-            m = NULL;
-            if (st)
-                st->prog_done = done0;
-            qvl_log(QVL_LOG_INFO, "%s: re-reading the file into huge pages", path);
+        if (pmd > 0 && pmd < enough) {
+            struct stat sb;
+            bool have_sb = fstat(fd, &sb) == 0;
+            if (have_sb && reread_failed_lately(&sb)) {
+                qvl_log(QVL_LOG_INFO,
+                        "%s: mostly in small pages; a re-read in the last day did not help: "
+                        "copying",
+                        path);
+            } else {
+                /* the file system makes huge folios (some of this file is in them) but most
+                 * of the file was cached in small ones, e.g. when it was written: drop the
+                 * unmapped clean pages and read the file again through the mapping, once, so
+                 * that this and later loads get huge pages */
+                munmap(m, size);
+                m = NULL;
+                if (st)
+                    st->prog_done = done0;
+                qvl_log(QVL_LOG_INFO, "%s: re-reading the file into huge pages", path);
 #ifdef POSIX_FADV_DONTNEED
-            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+                posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 #endif
-            qvl_status ms = map_in_place(st, fd, path, size, true, &m, err, err_len);
-            if (ms != QVL_OK)
-                return ms;
-            pmd = pmd_probe(m, size);
-            if (pmd < size / 10 * 9 && have_sb)
-                reread_failed_mark(&sb);
+                qvl_status ms = map_in_place(st, fd, path, size, true, &m, err, err_len);
+                if (ms != QVL_OK)
+                    return ms;
+                pmd = pmd_probe(m, size);
+                if (pmd < enough && have_sb)
+                    reread_failed_mark(&sb);
+            }
         }
-        if (pmd < size / 10 * 9 && !thp_off()) {
+        if (pmd < enough && !thp_off()) {
             munmap(m, size);
             m = NULL;
             if (st)
