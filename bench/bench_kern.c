@@ -488,8 +488,8 @@ static void bench_vision_layer(int nth) {
             switch (step) {
             case 0: qvl_op_matmul(pool, qkv, x, m, &mqkv, NULL); break;
             case 1:
-                qvl_op_attn(pool, att, d, qkv, 3 * d, m, qkv + d, 3 * d, qkv + 2 * d, 3 * d, m,
-                            16, 16, 64, 0.125f, false, 0, QVL_DT_F32);
+                qvl_op_attn(pool, att, d, qkv, 3 * d, m, qkv + d, 3 * d, qkv + 2 * d, 3 * d, 64,
+                            m, 16, 16, 64, 0.125f, false, 0, QVL_DT_F32);
                 break;
             case 2: qvl_op_matmul(pool, x, att, m, &mo, NULL); break;
             case 3: qvl_op_matmul(pool, h, x, m, &m1, NULL); break;
@@ -584,6 +584,58 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
             for (int r = 0; r < QVL_X16; r++)
                 memcpy(w + o + 2 * (size_t)r, &d, 2);
     }
+}
+
+/* Decode attention as the decoder runs it: n_layers layers of a K/V cache of nk tokens (each
+ * K/V head's rows contiguous, elements of type kvt; 28 layers of the 2B shapes are 170-340 MB,
+ * so they come from memory, not cache), one query row per head, the layers one after the
+ * other through the threaded op (nth threads). Prints ms per token and GB/s of K/V read. */
+static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
+                              qvl_dtype kvt) {
+    const int hd = 128;
+    const size_t es = qvl_dtype_row_bytes(kvt, 1), per = (size_t)(nk * n_kv * hd) * es;
+    const size_t total = per * 2 * (size_t)n_layers;
+    qvl_pool *pool = NULL;
+    if (qvl_pool_create(nth, &pool) != QVL_OK) {
+        fprintf(stderr, "bench_kern: cannot create a pool of %d threads\n", nth);
+        exit(1);
+    }
+    uint8_t *kv = bk_huge(total);
+    for (size_t i = 0; i < total / es; i++) { /* small random values of type kvt */
+        float f = rnd_f();
+        uint16_t h = kvt == QVL_DT_F16 ? qvl_f32_to_f16(f) : qvl_f32_to_bf16(f);
+        if (kvt == QVL_DT_F32)
+            memcpy(kv + 4 * i, &f, 4);
+        else
+            memcpy(kv + 2 * i, &h, 2);
+    }
+    const int64_t nq = (int64_t)n_head * hd;
+    float *q = xmalloc(sizeof(float) * (size_t)nq), *o = xmalloc(sizeof(float) * (size_t)nq);
+    for (int64_t i = 0; i < nq; i++)
+        q[i] = rnd_f();
+    double best = 1e30, sum = 0;
+    const int reps = 10;
+    for (int r = 0; r <= reps; r++) {
+        double t0 = qvl_time_ms();
+        for (int l = 0; l < n_layers; l++) {
+            const uint8_t *k = kv + 2 * per * (size_t)l, *v = k + per;
+            qvl_op_attn(pool, o, nq, q, nq, 1, k, hd, v, hd, nk * hd, nk, n_head, n_kv, hd,
+                        1.0f / sqrtf((float)hd), true, nk - 1, kvt);
+        }
+        double t = qvl_time_ms() - t0;
+        if (r == 0)
+            continue; /* warm-up */
+        sum += t;
+        best = t < best ? t : best;
+    }
+    printf("attn decode %d layers, %lld tokens, %d x %d heads, %s K/V (%.0f MB), %d threads: best "
+           "%.2f ms (%.1f GB/s), mean %.2f ms\n",
+           n_layers, (long long)nk, n_kv, n_head / n_kv, qvl_dtype_name(kvt), total / 1e6, nth,
+           best, total / (best * 1e6), sum / reps);
+    munmap(kv, total);
+    qvl_free(q);
+    qvl_free(o);
+    qvl_pool_free(pool);
 }
 
 static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool fused) {
@@ -702,6 +754,17 @@ int main(int argc, char **argv) {
         bench_vision_layer(nth);
         return 0;
     }
+    if (argc > 1 && !strcmp(argv[1], "attn-decode")) {
+        /* attn-decode [THREADS] [TOKENS]: 28 layers of the 2B shapes (16 query heads on 8 K/V
+         * heads) and of the 4B/8B ones (32 on 8), f32, bf16 and f16 caches */
+        int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
+        int64_t nk = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 1500;
+        static const qvl_dtype kvts[3] = {QVL_DT_F32, QVL_DT_BF16, QVL_DT_F16};
+        for (int t = 0; t < 3; t++)
+            bench_attn_decode(nth, nk, 16, 8, 28, kvts[t]);
+        bench_attn_decode(nth, nk, 32, 8, 36, QVL_DT_BF16);
+        return 0;
+    }
     if (argc > 1 && !strcmp(argv[1], "ceiling")) {
         bench_ceiling();
         return 0;
@@ -743,6 +806,7 @@ int main(int argc, char **argv) {
             bench_attn(3072, 3072, 72, false, 1);
             bench_attn(512, 512, 128, true, 2);   /* prefill, two query heads per K/V head */
             bench_attn(1, 4096, 128, true, 2);    /* decode at a 4096-token context */
+
             bench_attn_fused(3072, 64);
         } else if (!strcmp(argv[1], "gemm")) {
             bench_gemm(QVL_DT_BF16, 512, 2048, 2048);

@@ -243,13 +243,23 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
                 qvl_rope_rotate(kh, cs + i * half, sn + i * half, (int)half);
             }
         }
+        /* the cache keeps each K/V head's rows contiguous ([n_kv_heads][n_ctx][hd] per layer):
+         * decode attention then streams every head's keys and values sequentially (rows of all
+         * heads side by side made it read 256 of every 2048 bytes, at a third of the bandwidth) */
         const size_t es = qvl_dtype_row_bytes(c->kv_dt, 1);
+        const int64_t hs = c->n_ctx * hd; /* elements from one head's rows to the next */
         uint8_t *kc = (uint8_t *)c->k_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
         uint8_t *vc = (uint8_t *)c->v_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
-        kv_store(c->kv_dt, kc + (size_t)(c->n_past * nkv) * es, k, n * nkv);
-        kv_store(c->kv_dt, vc + (size_t)(c->n_past * nkv) * es, v, n * nkv);
-        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, nkv, vc, nkv, c->n_past + n, (int)nh,
+        for (int64_t h = 0; h < nkvh; h++)
+            for (int64_t i = 0; i < n; i++) {
+                size_t at = (size_t)(h * hs + (c->n_past + i) * hd) * es;
+                kv_store(c->kv_dt, kc + at, k + i * nkv + h * hd, hd);
+                kv_store(c->kv_dt, vc + at, v + i * nkv + h * hd, hd);
+            }
+        double T0 = qvl_time_ms();
+        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, hd, vc, hd, hs, c->n_past + n, (int)nh,
                     (int)nkvh, (int)hd, scale, true, c->n_past, c->kv_dt);
+        if (n == 1) { static double tot; static long cnt; tot += qvl_time_ms() - T0; if (++cnt % (28*64) == 0) fprintf(stderr, "attn %.3f ms/token\n", tot / 64); if (cnt % (28*64) == 0) tot = 0; }
         qvl_op_matmul(c->pool, a, att, n, &Y->o, NULL);
         qvl_add(x, a, n * H);
         for (int64_t i = 0; i < n; i++)

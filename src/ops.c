@@ -156,7 +156,7 @@ typedef struct {
     const void *k;
     int64_t ldk;
     const void *v;
-    int64_t ldv, nk;
+    int64_t ldv, kv_hs, nk;
     int n_head, n_kv, hd;
     float scale;
     bool causal;
@@ -171,12 +171,12 @@ static void attn_task(void *arg, int ith, int nth) {
     const size_t kes = qvl_dtype_row_bytes(a->kvt, 1); /* bytes per K/V element */
     if (a->nq == 1 && rep > 1 && (!a->causal || a->q_pos0 + 1 >= a->nk)) {
         /* one query that sees every key (decode): the rep heads sharing a K/V head are the
-         * query rows of one call (of at most QVL_KERN_ATTN_ROWS: two for rep 4), so each K/V
+         * query rows of one call (of at most QVL_KERN_ATTN_ROWS, 4), so each K/V
          * row is read once for them, with the bits of one call per head */
         int nch = (rep + QVL_KERN_ATTN_ROWS - 1) / QVL_KERN_ATTN_ROWS; /* calls per group */
         for (int u = ith; u < a->n_kv * nch; u += nth) {
             int g = u / nch, c = u % nch, r0 = c * rep / nch, r1 = (c + 1) * rep / nch;
-            size_t kvo = (size_t)g * (size_t)a->hd * kes;
+            size_t kvo = (size_t)g * (size_t)a->kv_hs * kes;
             int64_t h0 = ((int64_t)g * rep + r0) * a->hd;
             k->attn(a->o + h0, a->hd, a->q + h0, a->hd, r1 - r0, (const uint8_t *)a->k + kvo,
                     a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk, a->hd, a->scale, false, 0,
@@ -196,7 +196,7 @@ static void attn_task(void *arg, int ith, int nth) {
         int64_t i0 = part * per, i1 = i0 + per > a->nq ? a->nq : i0 + per;
         if (i0 >= i1)
             continue;
-        size_t kvo = (size_t)(h / rep) * (size_t)a->hd * kes;
+        size_t kvo = (size_t)(h / rep) * (size_t)a->kv_hs * kes;
         k->attn(a->o + i0 * a->ldo + (int64_t)h * a->hd, a->ldo,
                 a->q + i0 * a->ldq + (int64_t)h * a->hd, a->ldq, i1 - i0,
                 (const uint8_t *)a->k + kvo, a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk,
@@ -205,9 +205,10 @@ static void attn_task(void *arg, int ith, int nth) {
 }
 
 void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
-                 const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t nk, int n_head,
-                 int n_kv, int hd, float scale, bool causal, int64_t q_pos0, qvl_dtype kvt) {
-    attn_job a = {o,      ldo, q,     ldq,    nq,     k,      ldk, v,
-                  ldv,    nk,  n_head, n_kv,  hd,     scale,  causal, q_pos0, kvt};
+                 const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t kv_hs,
+                 int64_t nk, int n_head, int n_kv, int hd, float scale, bool causal,
+                 int64_t q_pos0, qvl_dtype kvt) {
+    attn_job a = {o,  ldo,    q,    ldq, nq,    k,      ldk,    v,      ldv,
+                  kv_hs, nk, n_head, n_kv, hd, scale, causal, q_pos0, kvt};
     qvl_pool_run(pool, attn_task, &a);
 }

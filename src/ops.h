@@ -32,11 +32,14 @@ void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_ma
                          int n_jobs);
 
 /* Multi-head attention over one sequence segment.
- * q: [nq, n_head * hd] (row stride ldq); k, v: [nk, n_kv * hd] of type kvt (F32, F16, BF16;
- * row strides ldk, ldv in elements); o: [nq, n_head * hd] (row stride ldo). Head h uses kv
- * head h / (n_head / n_kv). */
+ * q: [nq, n_head * hd] (row stride ldq); o: [nq, n_head * hd] (row stride ldo); k, v: nk rows
+ * per K/V head of type kvt (F32, F16, BF16), row strides ldk, ldv and head stride kv_hs in
+ * elements (kv_hs = hd: heads side by side in [nk, n_kv * hd] rows; kv_hs = n_ctx * hd: each
+ * head's rows contiguous, as the decoder's cache keeps them). Head h uses kv head
+ * h / (n_head / n_kv). */
 void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
-                 const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t nk, int n_head,
-                 int n_kv, int hd, float scale, bool causal, int64_t q_pos0, qvl_dtype kvt);
+                 const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t kv_hs,
+                 int64_t nk, int n_head, int n_kv, int hd, float scale, bool causal,
+                 int64_t q_pos0, qvl_dtype kvt);
 
 #endif

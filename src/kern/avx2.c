@@ -125,6 +125,21 @@ ALWAYS_INLINE void vtrans(vf r[VW]) {
         r[4 + c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x31);
     }
 }
+/* lane j of the result = the sum of a[j]'s 8 lanes: 128-bit halves, then pairs of lanes folded
+ * together (7 adds, 14 shuffles). The tree leaves the sums in the lane order 0 2 1 3 4 6 5 7, a
+ * permutation that is its own inverse, so reading a[] in that order puts them in place. */
+ALWAYS_INLINE vf vsum_lanes(const vf a[VW]) {
+    static const int o[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    vf b[4], c[2];
+    for (int j = 0; j < 4; j++)
+        b[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[o[j]], a[o[j + 4]], 0x20),
+                             _mm256_permute2f128_ps(a[o[j]], a[o[j + 4]], 0x31));
+    for (int j = 0; j < 2; j++)
+        c[j] = _mm256_add_ps(_mm256_unpacklo_ps(b[j], b[j + 2]), _mm256_unpackhi_ps(b[j], b[j + 2]));
+    __m256d lo = _mm256_unpacklo_pd(_mm256_castps_pd(c[0]), _mm256_castps_pd(c[1]));
+    __m256d hi = _mm256_unpackhi_pd(_mm256_castps_pd(c[0]), _mm256_castps_pd(c[1]));
+    return _mm256_add_ps(_mm256_castpd_ps(lo), _mm256_castpd_ps(hi));
+}
 /* 8 bf16 -> f32: zero-extend to 32 bits and shift into the high half */
 ALWAYS_INLINE vf vld_bf16(const uint16_t *p) {
     __m128i h = _mm_loadu_si128((const __m128i *)p);

@@ -125,6 +125,25 @@ ALWAYS_INLINE void vtrans(vf r[VW]) {
         r[12 + c] = _mm512_shuffle_f32x4(c1, c3, 0xDD);
     }
 }
+/* lane j of the result = the sum of a[j]'s 16 lanes: halves, then 128-bit quarters, then pairs
+ * of lanes folded together (15 adds, 30 shuffles). The tree leaves the sums in the lane order
+ * 0 2 1 3 8 10 9 11 4 6 5 7 12 14 13 15, a permutation that is its own inverse, so reading a[]
+ * in that order puts them in place. */
+ALWAYS_INLINE vf vsum_lanes(const vf a[VW]) {
+    static const int o[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+    vf b[8], c[4], d[2];
+    for (int j = 0; j < 8; j++)
+        b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[o[j]], a[o[j + 8]], 0x44),
+                             _mm512_shuffle_f32x4(a[o[j]], a[o[j + 8]], 0xEE));
+    for (int j = 0; j < 4; j++)
+        c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[j], b[j + 4], 0x88),
+                             _mm512_shuffle_f32x4(b[j], b[j + 4], 0xDD));
+    for (int j = 0; j < 2; j++)
+        d[j] = _mm512_add_ps(_mm512_unpacklo_ps(c[j], c[j + 2]), _mm512_unpackhi_ps(c[j], c[j + 2]));
+    __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(d[0]), _mm512_castps_pd(d[1]));
+    __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(d[0]), _mm512_castps_pd(d[1]));
+    return _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+}
 /* 16 bf16 -> f32: zero-extend to 32 bits and shift into the high half */
 ALWAYS_INLINE vf vld_bf16(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);

@@ -19,9 +19,10 @@
 /* Query chunk of the attention kernels (see attn below): a caller that splits one head's
  * queries across threads cuts at multiples of this so results do not depend on the split. */
 #define QVL_KERN_ATTN_QC 256
-/* Query rows per attn call that every path computes one row at a time (below every path's
- * tile height): with at most this many rows a call gives each row the bits of its own call. */
-#define QVL_KERN_ATTN_ROWS 3
+/* Query rows per attn call that every path computes one row at a time (the SIMD paths' in-place
+ * path for decode): with at most this many rows a call gives each row the bits of its own call,
+ * so the query heads sharing a K/V head (2B: 2, 4B/8B: 4) can read it once. */
+#define QVL_KERN_ATTN_ROWS 4
 
 typedef struct qvl_kern {
     const char *name; /* "ref", "avx2", "avx512" */

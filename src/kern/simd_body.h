@@ -430,14 +430,17 @@ static float simd_dot(const float *a, const float *b, int64_t n) {
 /* ---- attention -------------------------------------------------------------------------------
  * Queries go in chunks of AT_QC (running max, per-lane partial sums of the softmax denominator
  * and the chunk's output rows serve as the online-softmax state), keys in blocks of AT_KB.
- * When the call has at least AT_QT queries, each key block is transposed into kt[d][AT_KB] and
- * its value rows packed into whole aligned vectors, once per call into a heap buffer (once per
- * chunk on the stack if that cannot be allocated), and the chunk's query and output rows are
- * made contiguous. Within a chunk each key block is visited once, and every tile of up to AT_QT
- * queries
+ * A chunk of more than QVL_KERN_ATTN_ROWS (4) queries (prefill, the vision tower) transposes
+ * each key block into kt[d][AT_KB] and packs its value rows into whole aligned vectors, once
+ * per call into a heap buffer (once per chunk on the stack if that cannot be allocated), and
+ * makes its query and output rows contiguous. Within a chunk each key block is visited once, and
+ * every tile of up to AT_QT queries
  *   1. forms its AT_QT x AT_KB scores in registers as outer products (a column of kt is loaded
  *      once and feeds AT_QT FMAs; a query element is broadcast once and feeds AT_KB / VW FMAs),
- *      or, for small chunks (decode), by per-key dot products;
+ *      or, in a small chunk (decode: the query heads of one K/V head), from the K rows as they
+ *      lie (f32, bf16 or f16, widened in registers): VW keys at a time, one accumulator per
+ *      key over the head dimension, folded into one vector of VW scores by vsum_lanes (no
+ *      horizontal sum per key);
  *   2. updates the online softmax per query: masked keys (past the end, past the causal
  *      diagonal) get -inf, the running max moves only when the block holds a larger score
  *      (then the old state is rescaled by e^(m_old - m_new), folded into the next step), and
@@ -445,14 +448,20 @@ static float simd_dot(const float *a, const float *b, int64_t n) {
  *   3. accumulates P.V into the output rows in passes of up to AT_PVN vectors of the head
  *      dimension (passes of nearly equal width): each V vector loaded from L1 feeds the tile's
  *      queries, AT_QT x AT_PVN accumulators.
+ * A small chunk reads the V rows as they lie too when hd is a multiple of VW (16-bit rows are
+ * otherwise widened into a float block first), and prefetches the K and V rows of the next key
+ * block while it works on one: decode attention streams the cache from memory (28 layers of
+ * a 1500-token 2B cache are 170 MB in bf16), and the hardware prefetchers alone left it at
+ * about half the memory bandwidth (bench_kern attn-decode).
  * A tile with fewer than AT_QT live queries runs the same code with QN = 1, 2 or 4 rows (or
  * AT_QT rows, the extra ones duplicating the last live query and never stored).
- * Each query's arithmetic depends only on the key blocks and on whether its chunk takes the
- * transposed path (ni >= AT_QT), not on which queries share its tile or chunk or on the buffers;
- * so calls over query ranges cut at multiples of AT_QC give the same bits as one call.
+ * Each query's arithmetic depends only on the key blocks and on whether its chunk is small,
+ * not on which queries share its tile or chunk or on the buffers; so calls over query ranges
+ * cut at multiples of AT_QC give the same bits as one call.
  * Float32 throughout; only the summation order differs from ref.c. */
 
 #define AT_KV (AT_KB / VW) /* score vectors per query row of a tile */
+_Static_assert(QVL_KERN_ATTN_ROWS == 4 && AT_QT >= 4, "small chunks are tiles of 1, 2 or 4 rows");
 
 /* lane index of each key of a block, as floats (mask compares) */
 static const float at_iota[64] = {
@@ -471,11 +480,10 @@ typedef struct {
 /* P.V for one pass over NV vectors of the head dimension starting at d0 (the last one masked to
  * `tail` lanes when PART): o[q][d0..] = o[q][d0..] * c[q] + sum_jj p[q][jj] v[jj][d0..].
  * VP: v is the packed block (rows padded with zeros to whole vectors, no masked loads). */
-ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool VP, int tail,
-                         int nqb,
-                         float *const orow[AT_QT], const float p[AT_QT][AT_KB],
-                         const float cfac[AT_QT], bool rescale, const float *v, int64_t ldv,
-                         int nj, int d0) {
+ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool VP,
+                         const qvl_dtype KT, int tail, int nqb, float *const orow[AT_QT],
+                         const float p[AT_QT][AT_KB], const float cfac[AT_QT], bool rescale,
+                         const uint8_t *v, int64_t ldv, int nj, int d0) {
     vmask mt = vmask_n(PART ? tail : VW);
     vf acc[AT_QT][AT_PVN];
     for (int q = 0; q < QN; q++) {
@@ -488,11 +496,17 @@ ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool
                 acc[q][t] = vmul(acc[q][t], cv);
         }
     }
-    const float *vj = v + d0;
-    for (int jj = 0; jj < nj; jj++, vj += ldv) {
+    const int ES = KT == QVL_DT_F32 ? 4 : 2;
+    const size_t vstep = (size_t)ldv * ES;
+    const uint8_t *vj = v;
+    for (int jj = 0; jj < nj; jj++, vj += vstep) {
         vf vv[AT_PVN];
-        for (int t = 0; t < NV; t++)
-            vv[t] = !VP && PART && t == NV - 1 ? vld_m(vj + t * VW, mt) : vld(vj + t * VW);
+        if (!VP) /* this pass's part of the row one block ahead */
+            for (int b = 0; b < NV * VW * ES; b += 64)
+                _mm_prefetch((const char *)(vj + AT_KB * vstep + d0 * ES + b), _MM_HINT_T0);
+        for (int t = 0; t < NV; t++) /* 16-bit rows come here only as whole vectors */
+            vv[t] = !VP && PART && t == NV - 1 ? vld_m((const float *)vj + d0 + t * VW, mt)
+                                               : wload(KT, vj, d0 + t * VW);
         for (int q = 0; q < QN; q++) {
             vf pb = vset1(p[q][jj]);
             for (int t = 0; t < NV; t++)
@@ -512,9 +526,9 @@ ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool
  * online-softmax update of st rows [0, QN), P.V into orow. valid[q] = how many leading keys of
  * the block query q sees (0..nj). kt: the transposed block, v then the packed value block (kt
  * NULL: dot products with kb, v the caller's rows). */
-ALWAYS_INLINE void at_tile(const int QN, int nqb, const int valid[AT_QT],
+ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int valid[AT_QT],
                            const float *const qr[AT_QT], float *const orow[AT_QT],
-                           const float *kt, const float *kb, int64_t ldk, const float *v,
+                           const float *kt, const uint8_t *kb, int64_t ldk, const uint8_t *v,
                            int64_t ldv, int nj, int hd, float scale, float *mrow,
                            float (*lrow)[VW]) {
     _Alignas(64) float p[AT_QT][AT_KB];
@@ -538,10 +552,43 @@ ALWAYS_INLINE void at_tile(const int QN, int nqb, const int valid[AT_QT],
         for (int q = 0; q < QN; q++)
             for (int t = 0; t < AT_KV; t++)
                 s[q][t] = vmul(s[q][t], sc);
-    } else {
+    } else if (hd % VW == 0) {
+        /* VW keys at a time (rows past nj repeat the last one; their scores are masked below) */
+        const int ES = KT == QVL_DT_F32 ? 4 : 2;
+        const size_t kstep = (size_t)ldk * ES;
+        const vf sc = vset1(scale);
+        for (int q = 0; q < QN; q++)
+            for (int t = 0; t < AT_KV; t++) {
+                if (q >= nqb || t * VW >= nj) {
+                    s[q][t] = vzero();
+                    continue;
+                }
+                const uint8_t *rows[VW];
+                for (int j = 0; j < VW; j++)
+                    rows[j] = kb + (size_t)(t * VW + j < nj ? t * VW + j : nj - 1) * kstep;
+                vf acc[VW];
+                for (int j = 0; j < VW; j++)
+                    acc[j] = vzero();
+                for (int d = 0; d < hd; d += VW) {
+                    vf qv = vld(qr[q] + d);
+                    /* the first query fetches the same line of the next block's rows (spread
+                     * over the loop: all at once was slower) */
+                    const bool pf = q == 0 && (d * ES) % 64 == 0;
+                    for (int j = 0; j < VW; j++) {
+                        if (pf)
+                            _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
+                                         _MM_HINT_T0);
+                        acc[j] = vfma(qv, wload(KT, rows[j], d), acc[j]);
+                    }
+                }
+                s[q][t] = vmul(vsum_lanes(acc), sc);
+            }
+    } else { /* float rows (16-bit ones widened by the caller), a partial last vector */
         for (int q = 0; q < QN; q++) {
             for (int jj = 0; jj < AT_KB; jj++)
-                p[q][jj] = jj < valid[q] ? simd_dot(qr[q], kb + jj * ldk, hd) * scale : 0.0f;
+                p[q][jj] = jj < valid[q] ? simd_dot(qr[q], (const float *)kb + jj * ldk, hd) *
+                                               scale
+                                         : 0.0f;
             for (int t = 0; t < AT_KV; t++)
                 s[q][t] = vld(p[q] + t * VW);
         }
@@ -588,8 +635,9 @@ ALWAYS_INLINE void at_tile(const int QN, int nqb, const int valid[AT_QT],
         bool part = tail && v0 + nvp == nvec;
         int d0 = v0 * VW;
 #define AT_PV1(NV, PART)                                                                        \
-    (kt ? at_pv(QN, NV, PART, true, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0)          \
-        : at_pv(QN, NV, PART, false, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0))
+    (kt ? at_pv(QN, NV, PART, true, QVL_DT_F32, tail, nqb, orow, p, cfac, rescale, v, ldv, nj,  \
+                d0)                                                                             \
+        : at_pv(QN, NV, PART, false, KT, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0))
 #define AT_PV(NV) (part ? AT_PV1(NV, true) : AT_PV1(NV, false))
         switch (nvp) {
         case 1: AT_PV(1); break;
@@ -672,7 +720,6 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
     const bool kf32 = kvt == QVL_DT_F32;
     const size_t es = kf32 ? 4 : 2;
     const uint8_t *kbytes = kp, *vbytes = vp_;
-    const float *k = kp, *v = vp_;
     _Alignas(64) float kt1[AT_HDMAX * AT_KB];
     _Alignas(64) float vp1[AT_KB * AT_HDMAX];
     int64_t ldvp = (hd + VW - 1) / VW * VW; /* packed value rows: whole vectors, aligned */
@@ -688,7 +735,7 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
     int64_t nblk = kmax > 0 ? (kmax + AT_KB - 1) / AT_KB : 0;
     size_t blkf = (size_t)hd * AT_KB + (size_t)AT_KB * (size_t)ldvp; /* floats per packed block */
     void *raw = NULL;
-    if (nq >= AT_QT) {
+    if (nq > QVL_KERN_ATTN_ROWS) {
         size_t n = 0;
         if (qvl_size_mul((size_t)nblk, blkf, &n) &&
             qvl_size_add(n, (size_t)(2 * AT_QC * ldvp), &n) &&
@@ -715,7 +762,7 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
         int64_t kend = nk;
         if (causal && q_pos0 + i0 + ni < kend)
             kend = q_pos0 + i0 + ni;
-        bool transposed = ni >= AT_QT;
+        bool transposed = ni > QVL_KERN_ATTN_ROWS;
         for (; kvall && packed < kend; packed += AT_KB) {
             int nj = kmax - packed < AT_KB ? (int)(kmax - packed) : AT_KB;
             float *blk = kvall + (size_t)(packed / AT_KB) * blkf;
@@ -723,10 +770,14 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                           vbytes + (size_t)(packed * ldv) * es, ldv, nj, hd, ldvp, blk,
                           blk + (size_t)hd * AT_KB, kvt);
         }
+        /* small chunks read 16-bit K/V rows in place when hd is whole vectors */
+        const bool in_place = kf32 || hd % VW == 0;
         for (int64_t j0 = 0; j0 < kend; j0 += AT_KB) {
             int nj = kend - j0 < AT_KB ? (int)(kend - j0) : AT_KB;
-            const float *kb = kf32 ? k + j0 * ldk : NULL, *vrows = kf32 ? v + j0 * ldv : NULL;
+            const uint8_t *kb = kbytes + (size_t)(j0 * ldk) * es;
+            const uint8_t *vrows = vbytes + (size_t)(j0 * ldv) * es;
             int64_t ldkb = ldk, ldvr = ldv;
+            qvl_dtype rt = kvt; /* element type of kb / vrows */
             const float *kt = kt1, *vp = vp1;
             if (kvall) {
                 kt = kvall + (size_t)(j0 / AT_KB) * blkf;
@@ -735,12 +786,13 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                 at_pack_block(kbytes + (size_t)(j0 * ldk) * es, ldk,
                               vbytes + (size_t)(j0 * ldv) * es, ldv, nj, hd, ldvp, kt1, vp1, kvt);
             }
-            if (!transposed && !kf32) { /* widen this block's rows: keys into kt1, values into vp1 */
+            if (!transposed && !in_place) { /* widen this block's rows: keys into kt1, values into vp1 */
                 for (int jj = 0; jj < nj; jj++) {
                     at_row(kvt, kbytes + (size_t)((j0 + jj) * ldk) * es, hd, kt1 + jj * hd);
                     at_row(kvt, vbytes + (size_t)((j0 + jj) * ldv) * es, hd, vp1 + jj * ldvp);
                 }
-                kb = kt1, ldkb = hd, vrows = vp1, ldvr = ldvp;
+                kb = (const uint8_t *)kt1, ldkb = hd, vrows = (const uint8_t *)vp1, ldvr = ldvp;
+                rt = QVL_DT_F32;
             }
             for (int ii = 0; ii < ni; ii += AT_QT) {
                 int nqb = ni - ii < AT_QT ? ni - ii : AT_QT;
@@ -763,21 +815,40 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                     qr[qi] = qc + i * ldqc;
                     orow[qi] = oc + i * ldoc;
                 }
-                const float *ktp = transposed ? kt : NULL;
-                const float *vb = transposed ? vp : vrows;
-                int64_t ldvb = transposed ? ldvp : ldvr;
-                if (nqb == 1)
-                    at_tile(1, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
-                            st.m + ii, st.l + ii);
-                else if (nqb == 2)
-                    at_tile(2, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
-                            st.m + ii, st.l + ii);
-                else if (nqb <= 4)
-                    at_tile(4, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
-                            st.m + ii, st.l + ii);
-                else
-                    at_tile(AT_QT, nqb, valid, qr, orow, ktp, kb, ldkb, vb, ldvb, nj, hd, scale,
-                            st.m + ii, st.l + ii);
+                if (transposed) {
+                    const uint8_t *vb = (const uint8_t *)vp;
+#define AT_BIG(QN)                                                                              \
+    at_tile(QN, QVL_DT_F32, nqb, valid, qr, orow, kt, NULL, 0, vb, ldvp, nj, hd, scale, st.m + ii, \
+            st.l + ii)
+                    if (nqb == 1)
+                        AT_BIG(1);
+                    else if (nqb == 2)
+                        AT_BIG(2);
+                    else if (nqb <= 4)
+                        AT_BIG(4);
+                    else
+                        AT_BIG(AT_QT);
+#undef AT_BIG
+                    continue;
+                }
+#define AT_SMALL(KT)                                                                            \
+    do {                                                                                        \
+        if (nqb == 1)                                                                           \
+            at_tile(1, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
+                    st.m + ii, st.l + ii);                                                      \
+        else if (nqb == 2)                                                                      \
+            at_tile(2, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
+                    st.m + ii, st.l + ii);                                                      \
+        else                                                                                    \
+            at_tile(4, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
+                    st.m + ii, st.l + ii);                                                      \
+    } while (0)
+                switch (rt) { /* small chunks: at most QVL_KERN_ATTN_ROWS (4) queries */
+                case QVL_DT_BF16: AT_SMALL(QVL_DT_BF16); break;
+                case QVL_DT_F16: AT_SMALL(QVL_DT_F16); break;
+                default: AT_SMALL(QVL_DT_F32); break;
+                }
+#undef AT_SMALL
             }
         }
         for (int i = 0; i < ni; i++) {

@@ -671,6 +671,8 @@ static void test_attn(const qvl_kern *const kt[N_PATHS]) {
     static const qvl_dtype kvts[] = {QVL_DT_BF16, QVL_DT_F16};
     for (size_t t = 0; t < 2; t++) {
         check_attn(1, 100, 128, 0.088f, true, 99, kvts[t], kt, &worst);
+        check_attn(5, 77, 128, 0.088f, true, 72, kvts[t], kt, &worst); /* 5 rows in place */
+        check_attn(2, 17, 16, 0.25f, false, 0, kvts[t], kt, &worst);
         check_attn(3, 70, 72, 0.11f, true, 67, kvts[t], kt, &worst);
         check_attn(70, 100, 64, 0.125f, true, 30, kvts[t], kt, &worst);
         check_attn(263, 400, 128, 0.088f, true, 400 - 263, kvts[t], kt, &worst);
@@ -681,6 +683,7 @@ static void test_attn(const qvl_kern *const kt[N_PATHS]) {
     check_attn(70, 100, 64, 4.0f, false, 0, QVL_DT_F32, kt, &worst);
     check_attn(70, 100, 64, 4.0f, true, 30, QVL_DT_F32, kt, &worst);
     check_attn(2, 300, 128, 4.0f, true, 298, QVL_DT_F32, kt, &worst);
+    check_attn(5, 77, 128, 0.088f, true, 72, QVL_DT_F32, kt, &worst);
     /* decode with the query heads of a K/V head grouped (2B: 2, 4B/8B: 4) */
     check_attn_rows(2, 150, 128, QVL_DT_F32, kt);
     check_attn_rows(2, 70, 128, QVL_DT_BF16, kt);
