@@ -553,36 +553,54 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
             for (int t = 0; t < AT_KV; t++)
                 s[q][t] = vmul(s[q][t], sc);
     } else if (hd % VW == 0) {
-        /* VW keys at a time (rows past nj repeat the last one; their scores are masked below) */
+        /* VW keys at a time (rows past nj repeat the last one; their scores are masked below).
+         * The next block's rows are prefetched a line per step of the first pass over these,
+         * spread over the loop (all at once was slower). */
         const int ES = KT == QVL_DT_F32 ? 4 : 2;
         const size_t kstep = (size_t)ldk * ES;
         const vf sc = vset1(scale);
-        for (int q = 0; q < QN; q++)
-            for (int t = 0; t < AT_KV; t++) {
-                if (q >= nqb || t * VW >= nj) {
+        /* 16-bit rows that feed several queries are widened once, into L1 */
+        const bool widen = KT != QVL_DT_F32 && nqb > 1;
+        _Alignas(64) float kw[VW * AT_HDMAX];
+        for (int t = 0; t < AT_KV; t++) {
+            if (t * VW >= nj) {
+                for (int q = 0; q < QN; q++)
+                    s[q][t] = vzero();
+                continue;
+            }
+            const uint8_t *rows[VW];
+            for (int j = 0; j < VW; j++)
+                rows[j] = kb + (size_t)(t * VW + j < nj ? t * VW + j : nj - 1) * kstep;
+            if (widen)
+                for (int j = 0; j < VW; j++)
+                    for (int d = 0; d < hd; d += VW) {
+                        if ((d * ES) % 64 == 0)
+                            _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
+                                         _MM_HINT_T0);
+                        vst(kw + j * hd + d, wload(KT, rows[j], d));
+                    }
+            for (int q = 0; q < QN; q++) {
+                if (q >= nqb) {
                     s[q][t] = vzero();
                     continue;
                 }
-                const uint8_t *rows[VW];
-                for (int j = 0; j < VW; j++)
-                    rows[j] = kb + (size_t)(t * VW + j < nj ? t * VW + j : nj - 1) * kstep;
                 vf acc[VW];
                 for (int j = 0; j < VW; j++)
                     acc[j] = vzero();
                 for (int d = 0; d < hd; d += VW) {
                     vf qv = vld(qr[q] + d);
-                    /* the first query fetches the same line of the next block's rows (spread
-                     * over the loop: all at once was slower) */
-                    const bool pf = q == 0 && (d * ES) % 64 == 0;
+                    const bool pf = !widen && q == 0 && (d * ES) % 64 == 0;
                     for (int j = 0; j < VW; j++) {
                         if (pf)
                             _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
                                          _MM_HINT_T0);
-                        acc[j] = vfma(qv, wload(KT, rows[j], d), acc[j]);
+                        acc[j] = vfma(qv, widen ? vld(kw + j * hd + d) : wload(KT, rows[j], d),
+                                      acc[j]);
                     }
                 }
                 s[q][t] = vmul(vsum_lanes(acc), sc);
             }
+        }
     } else { /* float rows (16-bit ones widened by the caller), a partial last vector */
         for (int q = 0; q < QN; q++) {
             for (int jj = 0; jj < AT_KB; jj++)
