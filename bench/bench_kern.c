@@ -587,9 +587,10 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
 }
 
 /* Decode attention as the decoder runs it: n_layers layers of a K/V cache of nk tokens (each
- * K/V head's rows contiguous, elements of type kvt; 28 layers of the 2B shapes are 170-340 MB,
- * so they come from memory, not cache), one query row per head, the layers one after the
- * other through the threaded op (nth threads). Prints ms per token and GB/s of K/V read. */
+ * K/V head's rows contiguous, elements of type kvt, 4 KiB pages; 28 layers of the 2B shapes
+ * are 170-340 MB, so they come from memory, not cache), one query row per head, the layers one
+ * after the other through the threaded op (nth threads). Prints ms per token and GB/s of K/V
+ * read. */
 static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
                               qvl_dtype kvt) {
     const int hd = 128;
@@ -601,6 +602,7 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
         exit(1);
     }
     uint8_t *kv = bk_huge(total);
+    madvise(kv, total, MADV_NOHUGEPAGE); /* 4 KiB pages, as the decoder's cache */
     for (size_t i = 0; i < total / es; i++) { /* small random values of type kvt */
         float f = rnd_f();
         uint16_t h = kvt == QVL_DT_F16 ? qvl_f32_to_f16(f) : qvl_f32_to_bf16(f);
