@@ -586,13 +586,14 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
     }
 }
 
-/* Decode attention as the decoder runs it: n_layers layers of a K/V cache of nk tokens (each
- * K/V head's rows contiguous, elements of type kvt, 4 KiB pages; 28 layers of the 2B shapes
- * are 170-340 MB, so they come from memory, not cache), one query row per head, the layers one
- * after the other through the threaded op (nth threads). Prints ms per token and GB/s of K/V
- * read. */
+/* Decode attention as the decoder runs it: n_layers layers of a K/V cache of nk tokens
+ * (elements of type kvt in huge pages; 28 layers of the 2B shapes are 170-340 MB, so they come
+ * from memory, not cache), one query row per head, the layers one after the other through the
+ * threaded op (nth threads). The decoder's layout, positions outer ([nk][n_kv * hd] per
+ * layer), or with head_major each K/V head's rows contiguous ([n_kv][nk][hd]). Prints ms per
+ * token and GB/s of K/V read. */
 static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
-                              qvl_dtype kvt) {
+                              qvl_dtype kvt, bool head_major) {
     const int hd = 128;
     const size_t es = qvl_dtype_row_bytes(kvt, 1), per = (size_t)(nk * n_kv * hd) * es;
     const size_t total = per * 2 * (size_t)n_layers;
@@ -602,7 +603,6 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
         exit(1);
     }
     uint8_t *kv = bk_huge(total);
-    madvise(kv, total, MADV_NOHUGEPAGE); /* 4 KiB pages, as the decoder's cache */
     for (size_t i = 0; i < total / es; i++) { /* small random values of type kvt */
         float f = rnd_f();
         uint16_t h = kvt == QVL_DT_F16 ? qvl_f32_to_f16(f) : qvl_f32_to_bf16(f);
@@ -621,8 +621,12 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
         double t0 = qvl_time_ms();
         for (int l = 0; l < n_layers; l++) {
             const uint8_t *k = kv + 2 * per * (size_t)l, *v = k + per;
-            qvl_op_attn(pool, o, nq, q, nq, 1, k, hd, v, hd, nk * hd, nk, n_head, n_kv, hd,
-                        1.0f / sqrtf((float)hd), true, nk - 1, kvt);
+            if (head_major)
+                qvl_op_attn(pool, o, nq, q, nq, 1, k, hd, v, hd, nk * hd, nk, n_head, n_kv, hd,
+                            1.0f / sqrtf((float)hd), true, nk - 1, kvt);
+            else
+                qvl_op_attn(pool, o, nq, q, nq, 1, k, n_kv * hd, v, n_kv * hd, hd, nk, n_head,
+                            n_kv, hd, 1.0f / sqrtf((float)hd), true, nk - 1, kvt);
         }
         double t = qvl_time_ms() - t0;
         if (r == 0)
@@ -630,10 +634,10 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
         sum += t;
         best = t < best ? t : best;
     }
-    printf("attn decode %d layers, %lld tokens, %d x %d heads, %s K/V (%.0f MB), %d threads: best "
-           "%.2f ms (%.1f GB/s), mean %.2f ms\n",
-           n_layers, (long long)nk, n_kv, n_head / n_kv, qvl_dtype_name(kvt), total / 1e6, nth,
-           best, total / (best * 1e6), sum / reps);
+    printf("attn decode %d layers, %lld tokens, %d x %d heads, %s K/V (%.0f MB)%s, %d threads: "
+           "best %.2f ms (%.1f GB/s), mean %.2f ms\n",
+           n_layers, (long long)nk, n_kv, n_head / n_kv, qvl_dtype_name(kvt), total / 1e6,
+           head_major ? " head-major" : "", nth, best, total / (best * 1e6), sum / reps);
     munmap(kv, total);
     qvl_free(q);
     qvl_free(o);
@@ -758,13 +762,15 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && !strcmp(argv[1], "attn-decode")) {
         /* attn-decode [THREADS] [TOKENS]: 28 layers of the 2B shapes (16 query heads on 8 K/V
-         * heads) and of the 4B/8B ones (32 on 8), f32, bf16 and f16 caches */
+         * heads) and 36 of the 4B ones (32 on 8), f32, bf16 and f16 caches; and the 2B bf16
+         * cache in the head-major layout */
         int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
         int64_t nk = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 1500;
         static const qvl_dtype kvts[3] = {QVL_DT_F32, QVL_DT_BF16, QVL_DT_F16};
         for (int t = 0; t < 3; t++)
-            bench_attn_decode(nth, nk, 16, 8, 28, kvts[t]);
-        bench_attn_decode(nth, nk, 32, 8, 36, QVL_DT_BF16);
+            bench_attn_decode(nth, nk, 16, 8, 28, kvts[t], false);
+        bench_attn_decode(nth, nk, 32, 8, 36, QVL_DT_BF16, false);
+        bench_attn_decode(nth, nk, 16, 8, 28, QVL_DT_BF16, true); /* the layout not taken */
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "ceiling")) {

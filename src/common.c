@@ -105,18 +105,6 @@ void *qvl_malloc_big(size_t n) {
     return p;
 }
 
-void *qvl_malloc_sparse(size_t n) {
-    if (alloc_should_fail())
-        return NULL;
-    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-#ifdef MADV_NOHUGEPAGE
-    madvise(p, n ? n : 1, MADV_NOHUGEPAGE); /* THP "always" would otherwise fault 2 MiB */
-#endif
-    return p;
-}
-
 void qvl_free_big(void *p, size_t n) {
     if (p)
         munmap(p, n ? n : 1);

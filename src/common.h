@@ -21,16 +21,11 @@ void *qvl_calloc(size_t n, size_t size);
 void *qvl_realloc(void *p, size_t n);
 char *qvl_strdup(const char *s);
 char *qvl_strndup(const char *s, size_t n);
-/* Large buffers read at memory speed (quantised weights): anonymous memory with transparent
- * huge pages where the kernel allows (plain malloc memory is not eligible when THP is in
- * "madvise" mode, and streaming weights through 4 KiB pages costs TLB misses). Counted by the
- * failure hook like qvl_malloc; qvl_free_big needs the size given at allocation. */
+/* Large buffers read at memory speed (quantised weights, the KV cache): anonymous memory with
+ * transparent huge pages where the kernel allows (plain malloc memory is not eligible when THP
+ * is in "madvise" mode, and streaming weights through 4 KiB pages costs TLB misses). Counted
+ * by the failure hook like qvl_malloc; qvl_free_big needs the size given at allocation. */
 void *qvl_malloc_big(size_t n);
-/* The same with 4 KiB pages only (MADV_NOHUGEPAGE): memory is committed where it is first
- * written, 4 KiB at a time, for buffers used sparsely (the KV cache: each head's rows fill from
- * the start of its own region; a 2 MiB page would be zeroed whole at the first row). Freed with
- * qvl_free_big. */
-void *qvl_malloc_sparse(size_t n);
 void qvl_free_big(void *p, size_t n);
 /* Growing NUL-terminated string: appends after a failed allocation (or a size overflow) do
  * nothing and leave oom set; p is NULL until the first append; free p with qvl_free. */

@@ -13,7 +13,7 @@ struct qvl_ctx {
     int64_t n_past;   /* rows in the KV cache */
     int64_t next_pos; /* text position of the next token (max position so far + 1) */
     qvl_image_opts image;
-    void *k_cache, *v_cache; /* [n_layers][n_kv_heads][n_ctx][head_dim] of kv_dt */
+    void *k_cache, *v_cache; /* [n_layers][n_ctx][n_kv_heads * head_dim] of kv_dt */
     qvl_dtype kv_dt;          /* F32, BF16 or F16 */
     size_t kv_bytes;          /* of each of k_cache, v_cache (qvl_malloc_big) */
     float *logits;            /* [vocab] of the last evaluated row */

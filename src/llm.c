@@ -149,12 +149,8 @@ qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx *
         return QVL_E_LIMIT;
     }
     c->kv_bytes = kv_bytes;
-    /* 4 KiB pages: each K/V head's rows fill its own region from the start, so 2 MiB pages
-     * would be zeroed whole at the first token (the whole cache at once: 0.9 GB of page
-     * clearing for a 4096-token 2B f32 cache, which made a 480-token prefill 2x slower), and
-     * decode attention streams them as fast (bench_kern attn-decode) */
-    c->k_cache = qvl_malloc_sparse(kv_bytes);
-    c->v_cache = qvl_malloc_sparse(kv_bytes);
+    c->k_cache = qvl_malloc_big(kv_bytes);
+    c->v_cache = qvl_malloc_big(kv_bytes);
     c->logits = qvl_malloc((size_t)tc->vocab_size * sizeof(float));
     c->tokens = qvl_malloc((size_t)n_ctx * sizeof(int32_t));
     size_t scratch = (size_t)(B * (2 * H + 2 * nq + 2 * nkv + 2 * I) + hd * 2 * B);
@@ -247,23 +243,19 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
                 qvl_rope_rotate(kh, cs + i * half, sn + i * half, (int)half);
             }
         }
-        /* the cache keeps each K/V head's rows contiguous ([n_kv_heads][n_ctx][hd] per layer):
-         * decode attention then streams every head's keys and values sequentially (rows of all
-         * heads side by side made it read 256 of every 2048 bytes, at a third of the bandwidth) */
+        /* Positions outer: the cache fills in whole rows of all heads, so its huge pages are
+         * faulted in as the sequence grows. Each head's rows contiguous ([n_kv][n_ctx][hd])
+         * made decode attention 25-45 % faster (bench_kern attn-decode) but faulted the whole
+         * cache in at the first token with 2 MiB pages (0.9 GB for a 4096-token 2B f32 cache),
+         * or, with 4 KiB pages, cost a fault per page as it filled (2B q4 decode 10 % slower on
+         * this VM); rows in chunks of positions would get both (not done). */
         const size_t es = qvl_dtype_row_bytes(c->kv_dt, 1);
-        const int64_t hs = c->n_ctx * hd; /* elements from one head's rows to the next */
         uint8_t *kc = (uint8_t *)c->k_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
         uint8_t *vc = (uint8_t *)c->v_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
-        for (int64_t h = 0; h < nkvh; h++)
-            for (int64_t i = 0; i < n; i++) {
-                size_t at = (size_t)(h * hs + (c->n_past + i) * hd) * es;
-                kv_store(c->kv_dt, kc + at, k + i * nkv + h * hd, hd);
-                kv_store(c->kv_dt, vc + at, v + i * nkv + h * hd, hd);
-            }
-        double T0 = qvl_time_ms();
-        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, hd, vc, hd, hs, c->n_past + n, (int)nh,
+        kv_store(c->kv_dt, kc + (size_t)(c->n_past * nkv) * es, k, n * nkv);
+        kv_store(c->kv_dt, vc + (size_t)(c->n_past * nkv) * es, v, n * nkv);
+        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, nkv, vc, nkv, hd, c->n_past + n, (int)nh,
                     (int)nkvh, (int)hd, scale, true, c->n_past, c->kv_dt);
-        if (n == 1) { static double tot; static long cnt; tot += qvl_time_ms() - T0; if (++cnt % (28*64) == 0) fprintf(stderr, "attn %.3f ms/token\n", tot / 64); if (cnt % (28*64) == 0) tot = 0; }
         qvl_op_matmul(c->pool, a, att, n, &Y->o, NULL);
         qvl_add(x, a, n * H);
         for (int64_t i = 0; i < n; i++)

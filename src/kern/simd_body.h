@@ -483,7 +483,7 @@ typedef struct {
 ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool VP,
                          const qvl_dtype KT, int tail, int nqb, float *const orow[AT_QT],
                          const float p[AT_QT][AT_KB], const float cfac[AT_QT], bool rescale,
-                         const uint8_t *v, int64_t ldv, int nj, int d0) {
+                         const uint8_t *v, int64_t ldv, int nj, int d0, bool pf) {
     vmask mt = vmask_n(PART ? tail : VW);
     vf acc[AT_QT][AT_PVN];
     for (int q = 0; q < QN; q++) {
@@ -501,7 +501,7 @@ ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool
     const uint8_t *vj = v;
     for (int jj = 0; jj < nj; jj++, vj += vstep) {
         vf vv[AT_PVN];
-        if (!VP) /* this pass's part of the row one block ahead */
+        if (!VP && pf) /* this pass's part of the row one block ahead */
             for (int b = 0; b < NV * VW * ES; b += 64)
                 _mm_prefetch((const char *)(vj + AT_KB * vstep + d0 * ES + b), _MM_HINT_T0);
         for (int t = 0; t < NV; t++) /* 16-bit rows come here only as whole vectors */
@@ -525,12 +525,13 @@ ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool
 /* One tile of QN query rows (nqb of them live) against one key block of nj keys: scores,
  * online-softmax update of st rows [0, QN), P.V into orow. valid[q] = how many leading keys of
  * the block query q sees (0..nj). kt: the transposed block, v then the packed value block (kt
- * NULL: dot products with kb, v the caller's rows). */
+ * NULL: kb and v are the caller's K and V rows, elements of type KT, ldk and ldv apart; pf: the
+ * next block's rows follow them and are prefetched). */
 ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int valid[AT_QT],
                            const float *const qr[AT_QT], float *const orow[AT_QT],
                            const float *kt, const uint8_t *kb, int64_t ldk, const uint8_t *v,
                            int64_t ldv, int nj, int hd, float scale, float *mrow,
-                           float (*lrow)[VW]) {
+                           float (*lrow)[VW], bool pf) {
     _Alignas(64) float p[AT_QT][AT_KB];
     float cfac[AT_QT];
     vf s[AT_QT][AT_KV];
@@ -574,7 +575,7 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
             if (widen)
                 for (int j = 0; j < VW; j++)
                     for (int d = 0; d < hd; d += VW) {
-                        if ((d * ES) % 64 == 0)
+                        if (pf && (d * ES) % 64 == 0)
                             _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
                                          _MM_HINT_T0);
                         vst(kw + j * hd + d, wload(KT, rows[j], d));
@@ -589,9 +590,9 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
                     acc[j] = vzero();
                 for (int d = 0; d < hd; d += VW) {
                     vf qv = vld(qr[q] + d);
-                    const bool pf = !widen && q == 0 && (d * ES) % 64 == 0;
+                    const bool pfd = pf && !widen && q == 0 && (d * ES) % 64 == 0;
                     for (int j = 0; j < VW; j++) {
-                        if (pf)
+                        if (pfd)
                             _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
                                          _MM_HINT_T0);
                         acc[j] = vfma(qv, widen ? vld(kw + j * hd + d) : wload(KT, rows[j], d),
@@ -654,8 +655,8 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
         int d0 = v0 * VW;
 #define AT_PV1(NV, PART)                                                                        \
     (kt ? at_pv(QN, NV, PART, true, QVL_DT_F32, tail, nqb, orow, p, cfac, rescale, v, ldv, nj,  \
-                d0)                                                                             \
-        : at_pv(QN, NV, PART, false, KT, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0))
+                d0, false)                                                                      \
+        : at_pv(QN, NV, PART, false, KT, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0, pf))
 #define AT_PV(NV) (part ? AT_PV1(NV, true) : AT_PV1(NV, false))
         switch (nvp) {
         case 1: AT_PV(1); break;
@@ -837,7 +838,7 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                     const uint8_t *vb = (const uint8_t *)vp;
 #define AT_BIG(QN)                                                                              \
     at_tile(QN, QVL_DT_F32, nqb, valid, qr, orow, kt, NULL, 0, vb, ldvp, nj, hd, scale, st.m + ii, \
-            st.l + ii)
+            st.l + ii, false)
                     if (nqb == 1)
                         AT_BIG(1);
                     else if (nqb == 2)
@@ -853,14 +854,16 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
     do {                                                                                        \
         if (nqb == 1)                                                                           \
             at_tile(1, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
-                    st.m + ii, st.l + ii);                                                      \
+                    st.m + ii, st.l + ii, pf_next);                                             \
         else if (nqb == 2)                                                                      \
             at_tile(2, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
-                    st.m + ii, st.l + ii);                                                      \
+                    st.m + ii, st.l + ii, pf_next);                                             \
         else                                                                                    \
             at_tile(4, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
-                    st.m + ii, st.l + ii);                                                      \
+                    st.m + ii, st.l + ii, pf_next);                                             \
     } while (0)
+                /* prefetch the next block's rows when there is one, in place (not the stack copy) */
+                const bool pf_next = j0 + AT_KB < kend && in_place;
                 switch (rt) { /* small chunks: at most QVL_KERN_ATTN_ROWS (4) queries */
                 case QVL_DT_BF16: AT_SMALL(QVL_DT_BF16); break;
                 case QVL_DT_F16: AT_SMALL(QVL_DT_F16); break;
