@@ -259,7 +259,7 @@ static void bench_attn(int64_t nq, int64_t nk, int hd, bool causal, int rep) {
         for (int r = 0; r < (pi == 0 ? 1 : g_reps); r++) {
             double t0 = bench_ms();
             for (int h = 0; h < rep; h++)
-                kt->attn(o + h * hd, ldq, q + h * hd, ldq, qrun, k, hd, v, hd, nk, hd,
+                kt->attn(o + h * hd, ldq, q + h * hd, ldq, qrun, k, hd, v, hd, 0, 0, nk, hd,
                          1.0f / sqrtf((float)hd), causal, q_pos0, QVL_DT_F32);
             double t = bench_ms() - t0;
             if (t < best)
@@ -295,8 +295,8 @@ static void bench_attn_fused(int64_t n, int hd) {
         double best = 1e30;
         for (int r = 0; r < g_reps; r++) {
             double t0 = bench_ms();
-            kt->attn(o + off, dm, qkv + off, ld, n, qkv + dm + off, ld, qkv + 2 * dm + off, ld, n,
-                     hd, 1.0f / sqrtf((float)hd), false, 0, QVL_DT_F32);
+            kt->attn(o + off, dm, qkv + off, ld, n, qkv + dm + off, ld, qkv + 2 * dm + off, ld, 0,
+                     0, n, hd, 1.0f / sqrtf((float)hd), false, 0, QVL_DT_F32);
             double t = bench_ms() - t0;
             if (t < best)
                 best = t;
@@ -489,7 +489,7 @@ static void bench_vision_layer(int nth) {
             case 0: qvl_op_matmul(pool, qkv, x, m, &mqkv, NULL); break;
             case 1:
                 qvl_op_attn(pool, att, d, qkv, 3 * d, m, qkv + d, 3 * d, qkv + 2 * d, 3 * d, 64,
-                            m, 16, 16, 64, 0.125f, false, 0, QVL_DT_F32);
+                            0, 0, m, 16, 16, 64, 0.125f, false, 0, QVL_DT_F32);
                 break;
             case 2: qvl_op_matmul(pool, x, att, m, &mo, NULL); break;
             case 3: qvl_op_matmul(pool, h, x, m, &m1, NULL); break;
@@ -589,14 +589,16 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
 /* Decode attention as the decoder runs it: n_layers layers of a K/V cache of nk tokens
  * (elements of type kvt in huge pages; 28 layers of the 2B shapes are 170-340 MB, so they come
  * from memory, not cache), one query row per head, the layers one after the other through the
- * threaded op (nth threads). The decoder's layout, positions outer ([nk][n_kv * hd] per
- * layer), or with head_major each K/V head's rows contiguous ([n_kv][nk][hd]). Prints ms per
- * token and GB/s of K/V read. */
+ * threaded op (nth threads). The decoder's layout, each K/V head's rows contiguous within
+ * chunks of C positions, or with pos_outer whole rows of all heads ([nk][n_kv * hd] per layer,
+ * the layout before). Prints ms per token and GB/s of K/V read. */
 static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
-                              qvl_dtype kvt, bool head_major) {
+                              qvl_dtype kvt, bool pos_outer) {
     const int hd = 128;
-    const size_t es = qvl_dtype_row_bytes(kvt, 1), per = (size_t)(nk * n_kv * hd) * es;
+    const int64_t C = 384, rows = (nk + C - 1) / C * C; /* the decoder's QVL_KV_CHUNK */
+    const size_t es = qvl_dtype_row_bytes(kvt, 1), per = (size_t)(rows * n_kv * hd) * es;
     const size_t total = per * 2 * (size_t)n_layers;
+    const double rd = (double)(nk * n_kv * hd) * (double)es * 2.0 * n_layers; /* bytes read */
     qvl_pool *pool = NULL;
     if (qvl_pool_create(nth, &pool) != QVL_OK) {
         fprintf(stderr, "bench_kern: cannot create a pool of %d threads\n", nth);
@@ -621,12 +623,12 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
         double t0 = qvl_time_ms();
         for (int l = 0; l < n_layers; l++) {
             const uint8_t *k = kv + 2 * per * (size_t)l, *v = k + per;
-            if (head_major)
-                qvl_op_attn(pool, o, nq, q, nq, 1, k, hd, v, hd, nk * hd, nk, n_head, n_kv, hd,
-                            1.0f / sqrtf((float)hd), true, nk - 1, kvt);
+            if (pos_outer)
+                qvl_op_attn(pool, o, nq, q, nq, 1, k, n_kv * hd, v, n_kv * hd, hd, 0, 0, nk,
+                            n_head, n_kv, hd, 1.0f / sqrtf((float)hd), true, nk - 1, kvt);
             else
-                qvl_op_attn(pool, o, nq, q, nq, 1, k, n_kv * hd, v, n_kv * hd, hd, nk, n_head,
-                            n_kv, hd, 1.0f / sqrtf((float)hd), true, nk - 1, kvt);
+                qvl_op_attn(pool, o, nq, q, nq, 1, k, hd, v, hd, C * hd, C, n_kv * C * hd, nk,
+                            n_head, n_kv, hd, 1.0f / sqrtf((float)hd), true, nk - 1, kvt);
         }
         double t = qvl_time_ms() - t0;
         if (r == 0)
@@ -636,8 +638,8 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
     }
     printf("attn decode %d layers, %lld tokens, %d x %d heads, %s K/V (%.0f MB)%s, %d threads: "
            "best %.2f ms (%.1f GB/s), mean %.2f ms\n",
-           n_layers, (long long)nk, n_kv, n_head / n_kv, qvl_dtype_name(kvt), total / 1e6,
-           head_major ? " head-major" : "", nth, best, total / (best * 1e6), sum / reps);
+           n_layers, (long long)nk, n_kv, n_head / n_kv, qvl_dtype_name(kvt), rd / 1e6,
+           pos_outer ? " positions outer" : "", nth, best, rd / (best * 1e6), sum / reps);
     munmap(kv, total);
     qvl_free(q);
     qvl_free(o);
@@ -763,14 +765,14 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "attn-decode")) {
         /* attn-decode [THREADS] [TOKENS]: 28 layers of the 2B shapes (16 query heads on 8 K/V
          * heads) and 36 of the 4B ones (32 on 8), f32, bf16 and f16 caches; and the 2B bf16
-         * cache in the head-major layout */
+         * cache with positions outer */
         int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
         int64_t nk = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 1500;
         static const qvl_dtype kvts[3] = {QVL_DT_F32, QVL_DT_BF16, QVL_DT_F16};
         for (int t = 0; t < 3; t++)
             bench_attn_decode(nth, nk, 16, 8, 28, kvts[t], false);
         bench_attn_decode(nth, nk, 32, 8, 36, QVL_DT_BF16, false);
-        bench_attn_decode(nth, nk, 16, 8, 28, QVL_DT_BF16, true); /* the layout not taken */
+        bench_attn_decode(nth, nk, 16, 8, 28, QVL_DT_BF16, true); /* the layout before */
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "ceiling")) {

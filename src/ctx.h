@@ -5,6 +5,10 @@
 #include "model.h"
 #include "pool.h"
 
+/* K/V cache rows per chunk of positions: a multiple of the attention kernels' chunk unit
+ * (QVL_KERN_KV_CHUNK, 192); 384 rows of the 2B shapes are 1.5 MB per layer in f32 */
+#define QVL_KV_CHUNK 384
+
 struct qvl_ctx {
     const qvl_model *m;
     qvl_pool *pool;
@@ -13,7 +17,10 @@ struct qvl_ctx {
     int64_t n_past;   /* rows in the KV cache */
     int64_t next_pos; /* text position of the next token (max position so far + 1) */
     qvl_image_opts image;
-    void *k_cache, *v_cache; /* [n_layers][n_ctx][n_kv_heads * head_dim] of kv_dt */
+    /* [n_layers][kv_rows / QVL_KV_CHUNK][n_kv_heads][QVL_KV_CHUNK][head_dim] of kv_dt: chunks of
+     * positions, each K/V head's rows contiguous within a chunk (llm.c) */
+    void *k_cache, *v_cache;
+    int64_t kv_rows;          /* n_ctx rounded up to whole chunks */
     qvl_dtype kv_dt;          /* F32, BF16 or F16 */
     size_t kv_bytes;          /* of each of k_cache, v_cache (qvl_malloc_big) */
     float *logits;            /* [vocab] of the last evaluated row */

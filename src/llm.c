@@ -10,6 +10,8 @@
 #include "video.h"
 #include "vit.h"
 
+_Static_assert(QVL_KV_CHUNK % QVL_KERN_KV_CHUNK == 0, "KV chunks: whole attention chunk units");
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -142,7 +144,8 @@ qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx *
                : p->kv_type == QVL_KV_F16 ? QVL_DT_F16
                                           : QVL_DT_F32;
     size_t kv_elems, kv_bytes;
-    if (!qvl_size_mul((size_t)L * (size_t)n_ctx, (size_t)nkv, &kv_elems) ||
+    c->kv_rows = (n_ctx + QVL_KV_CHUNK - 1) / QVL_KV_CHUNK * QVL_KV_CHUNK;
+    if (!qvl_size_mul((size_t)L * (size_t)c->kv_rows, (size_t)nkv, &kv_elems) ||
         !qvl_size_mul(kv_elems, qvl_dtype_row_bytes(c->kv_dt, 1), &kv_bytes)) {
         qvl_errf(err, err_len, "KV cache size overflows");
         qvl_free(c);
@@ -243,19 +246,26 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
                 qvl_rope_rotate(kh, cs + i * half, sn + i * half, (int)half);
             }
         }
-        /* Positions outer: the cache fills in whole rows of all heads, so its huge pages are
-         * faulted in as the sequence grows. Each head's rows contiguous ([n_kv][n_ctx][hd])
-         * made decode attention 25-45 % faster (bench_kern attn-decode) but faulted the whole
-         * cache in at the first token with 2 MiB pages (0.9 GB for a 4096-token 2B f32 cache),
-         * or, with 4 KiB pages, cost a fault per page as it filled (2B q4 decode 10 % slower on
-         * this VM); rows in chunks of positions would get both (not done). */
+        /* The cache keeps each K/V head's rows contiguous within a chunk of QVL_KV_CHUNK
+         * positions: decode attention streams every head's keys and values (rows of all heads
+         * side by side gave it 256 bytes in every 2 KiB, 25-45 % slower), and the cache's huge
+         * pages are faulted in chunk by chunk as the sequence grows (heads contiguous over the
+         * whole context faulted all of it in at the first token). */
         const size_t es = qvl_dtype_row_bytes(c->kv_dt, 1);
-        uint8_t *kc = (uint8_t *)c->k_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
-        uint8_t *vc = (uint8_t *)c->v_cache + (size_t)((int64_t)l * c->n_ctx * nkv) * es;
-        kv_store(c->kv_dt, kc + (size_t)(c->n_past * nkv) * es, k, n * nkv);
-        kv_store(c->kv_dt, vc + (size_t)(c->n_past * nkv) * es, v, n * nkv);
-        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, nkv, vc, nkv, hd, c->n_past + n, (int)nh,
-                    (int)nkvh, (int)hd, scale, true, c->n_past, c->kv_dt);
+        const int64_t C = QVL_KV_CHUNK;
+        uint8_t *kc = (uint8_t *)c->k_cache + (size_t)((int64_t)l * c->kv_rows * nkv) * es;
+        uint8_t *vc = (uint8_t *)c->v_cache + (size_t)((int64_t)l * c->kv_rows * nkv) * es;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t p = c->n_past + i;
+            for (int64_t h = 0; h < nkvh; h++) {
+                size_t at = (size_t)((p / C) * nkv * C + h * C * hd + (p % C) * hd) * es;
+                kv_store(c->kv_dt, kc + at, k + i * nkv + h * hd, hd);
+                kv_store(c->kv_dt, vc + at, v + i * nkv + h * hd, hd);
+            }
+        }
+        qvl_op_attn(c->pool, att, nq, q, nq, n, kc, hd, vc, hd, C * hd, C, nkv * C,
+                    c->n_past + n, (int)nh, (int)nkvh, (int)hd, scale, true, c->n_past,
+                    c->kv_dt);
         qvl_op_matmul(c->pool, a, att, n, &Y->o, NULL);
         qvl_add(x, a, n * H);
         for (int64_t i = 0; i < n; i++)

@@ -156,7 +156,7 @@ typedef struct {
     const void *k;
     int64_t ldk;
     const void *v;
-    int64_t ldv, kv_hs, nk;
+    int64_t ldv, kv_hs, kvc, kvcs, nk;
     int n_head, n_kv, hd;
     float scale;
     bool causal;
@@ -179,8 +179,8 @@ static void attn_task(void *arg, int ith, int nth) {
             size_t kvo = (size_t)g * (size_t)a->kv_hs * kes;
             int64_t h0 = ((int64_t)g * rep + r0) * a->hd;
             k->attn(a->o + h0, a->hd, a->q + h0, a->hd, r1 - r0, (const uint8_t *)a->k + kvo,
-                    a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk, a->hd, a->scale, false, 0,
-                    a->kvt);
+                    a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->kvc, a->kvcs, a->nk, a->hd,
+                    a->scale, false, 0, a->kvt);
         }
         return;
     }
@@ -199,16 +199,19 @@ static void attn_task(void *arg, int ith, int nth) {
         size_t kvo = (size_t)(h / rep) * (size_t)a->kv_hs * kes;
         k->attn(a->o + i0 * a->ldo + (int64_t)h * a->hd, a->ldo,
                 a->q + i0 * a->ldq + (int64_t)h * a->hd, a->ldq, i1 - i0,
-                (const uint8_t *)a->k + kvo, a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->nk,
-                a->hd, a->scale, a->causal, a->q_pos0 + i0, a->kvt);
+                (const uint8_t *)a->k + kvo, a->ldk, (const uint8_t *)a->v + kvo, a->ldv, a->kvc,
+                a->kvcs, a->nk, a->hd, a->scale, a->causal, a->q_pos0 + i0, a->kvt);
     }
 }
 
 void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
                  const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t kv_hs,
-                 int64_t nk, int n_head, int n_kv, int hd, float scale, bool causal,
-                 int64_t q_pos0, qvl_dtype kvt) {
-    attn_job a = {o,  ldo,    q,    ldq, nq,    k,      ldk,    v,      ldv,
-                  kv_hs, nk, n_head, n_kv, hd, scale, causal, q_pos0, kvt};
+                 int64_t kvc, int64_t kvcs, int64_t nk, int n_head, int n_kv, int hd,
+                 float scale, bool causal, int64_t q_pos0, qvl_dtype kvt) {
+    attn_job a = {.o = o,         .ldo = ldo,       .q = q,           .ldq = ldq,
+                  .nq = nq,       .k = k,           .ldk = ldk,       .v = v,
+                  .ldv = ldv,     .kv_hs = kv_hs,   .kvc = kvc,       .kvcs = kvcs,
+                  .nk = nk,       .n_head = n_head, .n_kv = n_kv,     .hd = hd,
+                  .scale = scale, .causal = causal, .q_pos0 = q_pos0, .kvt = kvt};
     qvl_pool_run(pool, attn_task, &a);
 }

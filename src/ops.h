@@ -34,12 +34,13 @@ void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_ma
 /* Multi-head attention over one sequence segment.
  * q: [nq, n_head * hd] (row stride ldq); o: [nq, n_head * hd] (row stride ldo); k, v: nk rows
  * per K/V head of type kvt (F32, F16, BF16), row strides ldk, ldv and head stride kv_hs in
- * elements (kv_hs = hd: heads side by side in [nk, n_kv * hd] rows; kv_hs = n_ctx * hd: each
- * head's rows contiguous, as the decoder's cache keeps them). Head h uses kv head
- * h / (n_head / n_kv). */
+ * elements, in chunks of kvc rows kvcs elements apart when kvc > 0 (the kernels' attn). Heads
+ * side by side in [nk, n_kv * hd] rows: ldk = ldv = n_kv * hd, kv_hs = hd, kvc = 0; the
+ * decoder's cache, each head's rows contiguous within a chunk of kvc positions: ldk = ldv = hd,
+ * kv_hs = kvc * hd, kvcs = n_kv * kvc * hd. Head h uses kv head h / (n_head / n_kv). */
 void qvl_op_attn(qvl_pool *pool, float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
                  const void *k, int64_t ldk, const void *v, int64_t ldv, int64_t kv_hs,
-                 int64_t nk, int n_head, int n_kv, int hd, float scale, bool causal,
-                 int64_t q_pos0, qvl_dtype kvt);
+                 int64_t kvc, int64_t kvcs, int64_t nk, int n_head, int n_kv, int hd,
+                 float scale, bool causal, int64_t q_pos0, qvl_dtype kvt);
 
 #endif

@@ -141,7 +141,8 @@ qvl_status qvl_vit_encode(const qvl_model *m, qvl_pool *pool, const float *pixel
         for (int tt = 0; tt < gt; tt++) {
             const float *q0 = qkv + tt * seg * 3 * D;
             qvl_op_attn(pool, o + tt * seg * D, D, q0, 3 * D, seg, q0 + D, 3 * D, q0 + 2 * D,
-                        3 * D, hv, seg, (int)nh, (int)nh, (int)hv, scale, false, 0, QVL_DT_F32);
+                        3 * D, hv, 0, 0, seg, (int)nh, (int)nh, (int)hv, scale, false, 0,
+                        QVL_DT_F32);
         }
         qvl_op_matmul(pool, h, o, N, &B->proj, B->proj_b);
         qvl_add(X, h, N * D);

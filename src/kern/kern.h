@@ -23,6 +23,9 @@
  * path for decode): with at most this many rows a call gives each row the bits of its own call,
  * so the query heads sharing a K/V head (2B: 2, 4B/8B: 4) can read it once. */
 #define QVL_KERN_ATTN_ROWS 4
+/* K/V chunks (attn's kvc) are multiples of this: of every path's key block (64 keys on
+ * AVX-512, 24 on AVX2), so no block straddles two chunks. */
+#define QVL_KERN_KV_CHUNK 192
 
 typedef struct qvl_kern {
     const char *name; /* "ref", "avx2", "avx512" */
@@ -49,10 +52,15 @@ typedef struct qvl_kern {
      * over query ranges cut at multiples of it give bit-identical results to one call.
      * k and v hold elements of type kvt (F32, or F16 / BF16 for a compact KV cache; strides in
      * elements): they are widened to float exactly, so the arithmetic is that of float K/V
-     * holding the same values. */
+     * holding the same values.
+     * kvc = 0: K/V row j at k + j*ldk (v + j*ldv). kvc > 0 (a multiple of QVL_KERN_KV_CHUNK):
+     * the rows come in chunks of kvc, chunk c starting kvcs elements after chunk c - 1, so row j
+     * is at k + (j / kvc)*kvcs + (j % kvc)*ldk (the decoder's cache keeps each head's rows
+     * contiguous within a chunk of positions). The results are those of the same rows laid out
+     * without chunks, bit for bit. */
     void (*attn)(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const void *k,
-                 int64_t ldk, const void *v, int64_t ldv, int64_t nk, int hd, float scale,
-                 bool causal, int64_t q_pos0, qvl_dtype kvt);
+                 int64_t ldk, const void *v, int64_t ldv, int64_t kvc, int64_t kvcs, int64_t nk,
+                 int hd, float scale, bool causal, int64_t q_pos0, qvl_dtype kvt);
 
     /* dot product of two float vectors */
     float (*dot)(const float *a, const float *b, int64_t n);

@@ -245,8 +245,9 @@ static inline float kv_at(qvl_dtype t, const void *row, int64_t i) {
 }
 
 static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq, const void *k,
-                     int64_t ldk, const void *v, int64_t ldv, int64_t nk, int hd, float scale,
-                     bool causal, int64_t q_pos0, qvl_dtype kvt) {
+                     int64_t ldk, const void *v, int64_t ldv, int64_t kvc, int64_t kvcs,
+                     int64_t nk, int hd, float scale, bool causal, int64_t q_pos0,
+                     qvl_dtype kvt) {
     const size_t es = kvt == QVL_DT_F32 ? 4 : 2;
     for (int64_t i = 0; i < nq; i++) {
         const float *qi = q + i * ldq;
@@ -258,8 +259,9 @@ static void ref_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t
         for (int d = 0; d < hd; d++)
             oi[d] = 0.0f;
         for (int64_t j = 0; j < end; j++) {
-            const uint8_t *kj = (const uint8_t *)k + (size_t)(j * ldk) * es;
-            const uint8_t *vj = (const uint8_t *)v + (size_t)(j * ldv) * es;
+            int64_t ch = kvc > 0 ? j / kvc : 0, r = kvc > 0 ? j % kvc : j; /* chunk, row in it */
+            const uint8_t *kj = (const uint8_t *)k + (size_t)(ch * kvcs + r * ldk) * es;
+            const uint8_t *vj = (const uint8_t *)v + (size_t)(ch * kvcs + r * ldv) * es;
             float s = 0.0f;
             for (int d = 0; d < hd; d++)
                 s += qi[d] * kv_at(kvt, kj, d);

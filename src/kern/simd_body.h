@@ -483,7 +483,7 @@ typedef struct {
 ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool VP,
                          const qvl_dtype KT, int tail, int nqb, float *const orow[AT_QT],
                          const float p[AT_QT][AT_KB], const float cfac[AT_QT], bool rescale,
-                         const uint8_t *v, int64_t ldv, int nj, int d0, bool pf) {
+                         const uint8_t *v, int64_t ldv, int nj, int d0, const uint8_t *vn) {
     vmask mt = vmask_n(PART ? tail : VW);
     vf acc[AT_QT][AT_PVN];
     for (int q = 0; q < QN; q++) {
@@ -501,9 +501,9 @@ ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool
     const uint8_t *vj = v;
     for (int jj = 0; jj < nj; jj++, vj += vstep) {
         vf vv[AT_PVN];
-        if (!VP && pf) /* this pass's part of the row one block ahead */
+        if (!VP && vn) /* this pass's part of the same row of the next block */
             for (int b = 0; b < NV * VW * ES; b += 64)
-                _mm_prefetch((const char *)(vj + AT_KB * vstep + d0 * ES + b), _MM_HINT_T0);
+                _mm_prefetch((const char *)(vn + (vj - v) + d0 * ES + b), _MM_HINT_T0);
         for (int t = 0; t < NV; t++) /* 16-bit rows come here only as whole vectors */
             vv[t] = !VP && PART && t == NV - 1 ? vld_m((const float *)vj + d0 + t * VW, mt)
                                                : wload(KT, vj, d0 + t * VW);
@@ -525,13 +525,13 @@ ALWAYS_INLINE void at_pv(const int QN, const int NV, const bool PART, const bool
 /* One tile of QN query rows (nqb of them live) against one key block of nj keys: scores,
  * online-softmax update of st rows [0, QN), P.V into orow. valid[q] = how many leading keys of
  * the block query q sees (0..nj). kt: the transposed block, v then the packed value block (kt
- * NULL: kb and v are the caller's K and V rows, elements of type KT, ldk and ldv apart; pf: the
- * next block's rows follow them and are prefetched). */
+ * NULL: kb and v are the caller's K and V rows, elements of type KT, ldk and ldv apart; kn, vn:
+ * the next block's, prefetched meanwhile, or NULL). */
 ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int valid[AT_QT],
                            const float *const qr[AT_QT], float *const orow[AT_QT],
                            const float *kt, const uint8_t *kb, int64_t ldk, const uint8_t *v,
                            int64_t ldv, int nj, int hd, float scale, float *mrow,
-                           float (*lrow)[VW], bool pf) {
+                           float (*lrow)[VW], const uint8_t *kn, const uint8_t *vn) {
     _Alignas(64) float p[AT_QT][AT_KB];
     float cfac[AT_QT];
     vf s[AT_QT][AT_KV];
@@ -575,8 +575,8 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
             if (widen)
                 for (int j = 0; j < VW; j++)
                     for (int d = 0; d < hd; d += VW) {
-                        if (pf && (d * ES) % 64 == 0)
-                            _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
+                        if (kn && (d * ES) % 64 == 0)
+                            _mm_prefetch((const char *)(kn + (rows[j] - kb) + d * ES),
                                          _MM_HINT_T0);
                         vst(kw + j * hd + d, wload(KT, rows[j], d));
                     }
@@ -590,10 +590,10 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
                     acc[j] = vzero();
                 for (int d = 0; d < hd; d += VW) {
                     vf qv = vld(qr[q] + d);
-                    const bool pfd = pf && !widen && q == 0 && (d * ES) % 64 == 0;
+                    const bool pfd = kn && !widen && q == 0 && (d * ES) % 64 == 0;
                     for (int j = 0; j < VW; j++) {
                         if (pfd)
-                            _mm_prefetch((const char *)(rows[j] + AT_KB * kstep + d * ES),
+                            _mm_prefetch((const char *)(kn + (rows[j] - kb) + d * ES),
                                          _MM_HINT_T0);
                         acc[j] = vfma(qv, widen ? vld(kw + j * hd + d) : wload(KT, rows[j], d),
                                       acc[j]);
@@ -655,8 +655,8 @@ ALWAYS_INLINE void at_tile(const int QN, const qvl_dtype KT, int nqb, const int 
         int d0 = v0 * VW;
 #define AT_PV1(NV, PART)                                                                        \
     (kt ? at_pv(QN, NV, PART, true, QVL_DT_F32, tail, nqb, orow, p, cfac, rescale, v, ldv, nj,  \
-                d0, false)                                                                      \
-        : at_pv(QN, NV, PART, false, KT, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0, pf))
+                d0, NULL)                                                                       \
+        : at_pv(QN, NV, PART, false, KT, tail, nqb, orow, p, cfac, rescale, v, ldv, nj, d0, vn))
 #define AT_PV(NV) (part ? AT_PV1(NV, true) : AT_PV1(NV, false))
         switch (nvp) {
         case 1: AT_PV(1); break;
@@ -725,13 +725,19 @@ static void at_pack_block(const uint8_t *kb, int64_t ldk, const uint8_t *vr, int
     }
 }
 
+/* elements from the first K/V row to row j (attn's chunked layout when kvc > 0) */
+static inline size_t at_off(int64_t j, int64_t ld, int64_t kvc, int64_t kvcs) {
+    return (size_t)(kvc > 0 ? (j / kvc) * kvcs + (j % kvc) * ld : j * ld);
+}
+
 static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_t nq,
-                      const void *kp, int64_t ldk, const void *vp_, int64_t ldv, int64_t nk,
-                      int hd, float scale, bool causal, int64_t q_pos0, qvl_dtype kvt) {
-    if (hd > AT_HDMAX || hd <= 0 ||
+                      const void *kp, int64_t ldk, const void *vp_, int64_t ldv, int64_t kvc,
+                      int64_t kvcs, int64_t nk, int hd, float scale, bool causal, int64_t q_pos0,
+                      qvl_dtype kvt) {
+    if (hd > AT_HDMAX || hd <= 0 || (kvc > 0 && kvc % AT_KB != 0) ||
         (kvt != QVL_DT_F32 && kvt != QVL_DT_F16 && kvt != QVL_DT_BF16)) {
-        qvl_kern_ref()->attn(o, ldo, q, ldq, nq, kp, ldk, vp_, ldv, nk, hd, scale, causal, q_pos0,
-                             kvt);
+        qvl_kern_ref()->attn(o, ldo, q, ldq, nq, kp, ldk, vp_, ldv, kvc, kvcs, nk, hd, scale,
+                             causal, q_pos0, kvt);
         return;
     }
     /* float K/V are read in place; 16-bit ones are widened block by block (into the packed
@@ -785,16 +791,17 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
         for (; kvall && packed < kend; packed += AT_KB) {
             int nj = kmax - packed < AT_KB ? (int)(kmax - packed) : AT_KB;
             float *blk = kvall + (size_t)(packed / AT_KB) * blkf;
-            at_pack_block(kbytes + (size_t)(packed * ldk) * es, ldk,
-                          vbytes + (size_t)(packed * ldv) * es, ldv, nj, hd, ldvp, blk,
+            at_pack_block(kbytes + at_off(packed, ldk, kvc, kvcs) * es, ldk,
+                          vbytes + at_off(packed, ldv, kvc, kvcs) * es, ldv, nj, hd, ldvp, blk,
                           blk + (size_t)hd * AT_KB, kvt);
         }
         /* small chunks read 16-bit K/V rows in place when hd is whole vectors */
         const bool in_place = kf32 || hd % VW == 0;
         for (int64_t j0 = 0; j0 < kend; j0 += AT_KB) {
             int nj = kend - j0 < AT_KB ? (int)(kend - j0) : AT_KB;
-            const uint8_t *kb = kbytes + (size_t)(j0 * ldk) * es;
-            const uint8_t *vrows = vbytes + (size_t)(j0 * ldv) * es;
+            /* a block's rows lie in one chunk, ldk / ldv apart */
+            const uint8_t *kb = kbytes + at_off(j0, ldk, kvc, kvcs) * es;
+            const uint8_t *vrows = vbytes + at_off(j0, ldv, kvc, kvcs) * es;
             int64_t ldkb = ldk, ldvr = ldv;
             qvl_dtype rt = kvt; /* element type of kb / vrows */
             const float *kt = kt1, *vp = vp1;
@@ -802,13 +809,12 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                 kt = kvall + (size_t)(j0 / AT_KB) * blkf;
                 vp = kt + (size_t)hd * AT_KB;
             } else if (transposed) {
-                at_pack_block(kbytes + (size_t)(j0 * ldk) * es, ldk,
-                              vbytes + (size_t)(j0 * ldv) * es, ldv, nj, hd, ldvp, kt1, vp1, kvt);
+                at_pack_block(kb, ldk, vrows, ldv, nj, hd, ldvp, kt1, vp1, kvt);
             }
             if (!transposed && !in_place) { /* widen this block's rows: keys into kt1, values into vp1 */
                 for (int jj = 0; jj < nj; jj++) {
-                    at_row(kvt, kbytes + (size_t)((j0 + jj) * ldk) * es, hd, kt1 + jj * hd);
-                    at_row(kvt, vbytes + (size_t)((j0 + jj) * ldv) * es, hd, vp1 + jj * ldvp);
+                    at_row(kvt, kb + (size_t)(jj * ldk) * es, hd, kt1 + jj * hd);
+                    at_row(kvt, vrows + (size_t)(jj * ldv) * es, hd, vp1 + jj * ldvp);
                 }
                 kb = (const uint8_t *)kt1, ldkb = hd, vrows = (const uint8_t *)vp1, ldvr = ldvp;
                 rt = QVL_DT_F32;
@@ -838,7 +844,7 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
                     const uint8_t *vb = (const uint8_t *)vp;
 #define AT_BIG(QN)                                                                              \
     at_tile(QN, QVL_DT_F32, nqb, valid, qr, orow, kt, NULL, 0, vb, ldvp, nj, hd, scale, st.m + ii, \
-            st.l + ii, false)
+            st.l + ii, NULL, NULL)
                     if (nqb == 1)
                         AT_BIG(1);
                     else if (nqb == 2)
@@ -854,16 +860,18 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
     do {                                                                                        \
         if (nqb == 1)                                                                           \
             at_tile(1, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
-                    st.m + ii, st.l + ii, pf_next);                                             \
+                    st.m + ii, st.l + ii, kn, vn);                                              \
         else if (nqb == 2)                                                                      \
             at_tile(2, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
-                    st.m + ii, st.l + ii, pf_next);                                             \
+                    st.m + ii, st.l + ii, kn, vn);                                              \
         else                                                                                    \
             at_tile(4, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
-                    st.m + ii, st.l + ii, pf_next);                                             \
+                    st.m + ii, st.l + ii, kn, vn);                                              \
     } while (0)
-                /* prefetch the next block's rows when there is one, in place (not the stack copy) */
-                const bool pf_next = j0 + AT_KB < kend && in_place;
+                /* the next block's rows, prefetched when there is one (rows in place only) */
+                const bool more = j0 + AT_KB < kend && in_place;
+                const uint8_t *kn = more ? kbytes + at_off(j0 + AT_KB, ldk, kvc, kvcs) * es : NULL;
+                const uint8_t *vn = more ? vbytes + at_off(j0 + AT_KB, ldv, kvc, kvcs) * es : NULL;
                 switch (rt) { /* small chunks: at most QVL_KERN_ATTN_ROWS (4) queries */
                 case QVL_DT_BF16: AT_SMALL(QVL_DT_BF16); break;
                 case QVL_DT_F16: AT_SMALL(QVL_DT_F16); break;

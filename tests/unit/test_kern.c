@@ -505,7 +505,7 @@ static void check_attn(int64_t nq, int64_t nk, int hd, float scale, bool causal,
             continue;
         for (int64_t i = 0; i < nq * ldo; i++)
             o[i] = SENTINEL;
-        kt[pi]->attn(o, ldo, q, ldq, nq, kp, ldk, vp, ldv, nk, hd, scale, causal, q_pos0, kvt);
+        kt[pi]->attn(o, ldo, q, ldq, nq, kp, ldk, vp, ldv, 0, 0, nk, hd, scale, causal, q_pos0, kvt);
         nmse_acc a = {0, 0};
         bool outside_ok = true;
         for (int64_t i = 0; i < nq; i++)
@@ -594,9 +594,9 @@ static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal, qvl_dt
             continue;
         memset(o1, 0, sizeof(float) * (size_t)(nq * ld));
         memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
-        kt[pi]->attn(o1, ld, q, ld, nq, a.kp, ld, a.vp, ld, nk, hd, scale, causal, q_pos0, kvt);
-        kt[pi]->attn(o2, ld, q, ld, cut, a.kp, ld, a.vp, ld, nk, hd, scale, causal, q_pos0, kvt);
-        kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, a.kp, ld, a.vp, ld, nk, hd,
+        kt[pi]->attn(o1, ld, q, ld, nq, a.kp, ld, a.vp, ld, 0, 0, nk, hd, scale, causal, q_pos0, kvt);
+        kt[pi]->attn(o2, ld, q, ld, cut, a.kp, ld, a.vp, ld, 0, 0, nk, hd, scale, causal, q_pos0, kvt);
+        kt[pi]->attn(o2 + cut * ld, ld, q + cut * ld, ld, nq - cut, a.kp, ld, a.vp, ld, 0, 0, nk, hd,
                      scale, causal, q_pos0 + cut, kvt);
         CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
                "%s attn nq=%lld nk=%lld hd=%d causal=%d: split at %lld differs", kt[pi]->name,
@@ -605,12 +605,54 @@ static void check_attn_split(int64_t nq, int64_t nk, int hd, bool causal, qvl_dt
          * same bits */
         memset(o2, 0, sizeof(float) * (size_t)(nq * ld));
         qvl_alloc_fail_at(0, 1);
-        kt[pi]->attn(o2, ld, q, ld, nq, a.kp, ld, a.vp, ld, nk, hd, scale, causal, q_pos0, kvt);
+        kt[pi]->attn(o2, ld, q, ld, nq, a.kp, ld, a.vp, ld, 0, 0, nk, hd, scale, causal, q_pos0, kvt);
         qvl_alloc_fail_at(-1, 0);
         CHECKF(!memcmp(o1, o2, sizeof(float) * (size_t)(nq * ld)),
                "%s attn nq=%lld nk=%lld hd=%d causal=%d: in-place fallback differs",
                kt[pi]->name, (long long)nq, (long long)nk, hd, causal);
     }
+    attn_io_free(&a);
+}
+
+/* The chunked K/V layout (attn's kvc, kvcs; the decoder's cache): the rows of a call copied
+ * into chunks of kvc rows (chunk stride with a gap) give the bits of the same rows ld apart,
+ * on every path; a chunk size that is not a whole number of kernel blocks goes through ref's
+ * arithmetic on the SIMD paths and still gives the contiguous call's values. */
+static void check_attn_chunked(int64_t nq, int64_t nk, int hd, bool causal, int64_t q_pos0,
+                               int64_t kvc, qvl_dtype kvt, const qvl_kern *const kt[N_PATHS]) {
+    int64_t ld = hd + 3, nchunk = (nk + kvc - 1) / kvc, kvcs = kvc * ld + 37;
+    size_t es = qvl_dtype_row_bytes(kvt, 1);
+    attn_io a;
+    if (!attn_io_make(&a, nq, nk, ld, kvt))
+        return;
+    uint8_t *kc = qvl_calloc((size_t)(nchunk * kvcs), es), *vc = qvl_calloc((size_t)(nchunk * kvcs), es);
+    CHECK(kc && vc);
+    if (kc && vc) {
+        for (int64_t j = 0; j < nk; j++) {
+            size_t to = (size_t)((j / kvc) * kvcs + (j % kvc) * ld) * es, from = (size_t)(j * ld) * es;
+            memcpy(kc + to, (const uint8_t *)a.kp + from, (size_t)hd * es);
+            memcpy(vc + to, (const uint8_t *)a.vp + from, (size_t)hd * es);
+        }
+        float scale = 1.0f / sqrtf((float)hd);
+        for (int pi = 0; pi < N_PATHS; pi++) {
+            if (!kt[pi])
+                continue;
+            kt[pi]->attn(a.o1, ld, a.q, ld, nq, a.kp, ld, a.vp, ld, 0, 0, nk, hd, scale, causal,
+                         q_pos0, kvt);
+            kt[pi]->attn(a.o2, ld, a.q, ld, nq, kc, ld, vc, ld, kvc, kvcs, nk, hd, scale, causal,
+                         q_pos0, kvt);
+            bool whole = kvc % QVL_KERN_KV_CHUNK == 0;
+            double e = 0;
+            for (int64_t i = 0; i < nq * ld; i++)
+                e = fmax(e, fabs((double)a.o1[i] - a.o2[i]));
+            CHECKF(whole ? !memcmp(a.o1, a.o2, sizeof(float) * (size_t)(nq * ld)) : e < 1e-4,
+                   "%s attn %s nq=%lld nk=%lld hd=%d in chunks of %lld: differs (max %.3g)",
+                   kt[pi]->name, qvl_dtype_name(kvt), (long long)nq, (long long)nk, hd,
+                   (long long)kvc, e);
+        }
+    }
+    qvl_free(kc);
+    qvl_free(vc);
     attn_io_free(&a);
 }
 
@@ -627,9 +669,9 @@ static void check_attn_rows(int rep, int64_t nk, int hd, qvl_dtype kvt,
     for (int pi = 0; pi < N_PATHS; pi++) {
         if (!kt[pi])
             continue;
-        kt[pi]->attn(a.o1, hd, a.q, hd, rep, a.kp, ld, a.vp, ld, nk, hd, scale, false, 0, kvt);
+        kt[pi]->attn(a.o1, hd, a.q, hd, rep, a.kp, ld, a.vp, ld, 0, 0, nk, hd, scale, false, 0, kvt);
         for (int r = 0; r < rep; r++)
-            kt[pi]->attn(a.o2 + r * hd, hd, a.q + r * hd, hd, 1, a.kp, ld, a.vp, ld, nk, hd, scale,
+            kt[pi]->attn(a.o2 + r * hd, hd, a.q + r * hd, hd, 1, a.kp, ld, a.vp, ld, 0, 0, nk, hd, scale,
                          true, nk - 1, kvt);
         CHECKF(!memcmp(a.o1, a.o2, sizeof(float) * (size_t)(rep * hd)),
                "%s attn: %d grouped rows (nk %lld, hd %d) differ from one call per row",
@@ -689,6 +731,16 @@ static void test_attn(const qvl_kern *const kt[N_PATHS]) {
     check_attn_rows(2, 70, 128, QVL_DT_BF16, kt);
     check_attn_rows(QVL_KERN_ATTN_ROWS, 1, 64, QVL_DT_F16, kt);
     check_attn_rows(QVL_KERN_ATTN_ROWS, 200, 72, QVL_DT_F32, kt);
+    /* the decoder's cache layout: chunks of positions (decode, grouped rows, prefill chunks
+     * that start inside the cache, a short last chunk, a chunk size ref must take) */
+    for (size_t t = 0; t < 2; t++) {
+        check_attn_chunked(1, 1000, 128, true, 999, QVL_KERN_KV_CHUNK, kvts[t], kt);
+        check_attn_chunked(4, 700, 128, false, 0, 2 * QVL_KERN_KV_CHUNK, kvts[t], kt);
+        check_attn_chunked(70, 500, 72, true, 430, QVL_KERN_KV_CHUNK, kvts[t], kt);
+    }
+    check_attn_chunked(2, 450, 128, false, 0, QVL_KERN_KV_CHUNK, QVL_DT_F32, kt);
+    check_attn_chunked(300, 800, 64, true, 500, 2 * QVL_KERN_KV_CHUNK, QVL_DT_F32, kt);
+    check_attn_chunked(3, 333, 128, false, 0, 100, QVL_DT_BF16, kt);
     /* no keys at all: output is zero */
     check_attn(5, 0, 16, 1.0f, false, 0, QVL_DT_F32, kt, &worst);
     printf("attn worst nmse vs double %.3g\n", worst);
