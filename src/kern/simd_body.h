@@ -453,6 +453,9 @@ static float simd_dot(const float *a, const float *b, int64_t n) {
  * block while it works on one: decode attention streams the cache from memory (28 layers of
  * a 1500-token 2B cache are 170 MB in bf16), and the hardware prefetchers alone left it at
  * about half the memory bandwidth (bench_kern attn-decode).
+ * K/V rows may come in chunks (attn's kvc: a multiple of AT_KB on every path): a key block then
+ * lies in one chunk, its rows ldk / ldv apart, and only the block's first row is found through
+ * the chunk (at_off), so the arithmetic is that of the same rows without chunks.
  * A tile with fewer than AT_QT live queries runs the same code with QN = 1, 2 or 4 rows (or
  * AT_QT rows, the extra ones duplicating the last live query and never stored).
  * Each query's arithmetic depends only on the key blocks and on whether its chunk is small,
@@ -462,6 +465,7 @@ static float simd_dot(const float *a, const float *b, int64_t n) {
 
 #define AT_KV (AT_KB / VW) /* score vectors per query row of a tile */
 _Static_assert(QVL_KERN_ATTN_ROWS == 4 && AT_QT >= 4, "small chunks are tiles of 1, 2 or 4 rows");
+_Static_assert(QVL_KERN_KV_CHUNK % AT_KB == 0, "a K/V chunk holds whole key blocks");
 
 /* lane index of each key of a block, as floats (mask compares) */
 static const float at_iota[64] = {
