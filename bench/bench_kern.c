@@ -14,6 +14,7 @@
  * queries) and scaled, so the whole run stays within a few seconds.
  */
 #include "common.h"
+#include "ctx.h" /* QVL_KV_CHUNK: the decoder's cache layout */
 #include "kern/kern.h"
 #include "memread.h"
 #include "ops.h"
@@ -595,7 +596,7 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
 static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
                               qvl_dtype kvt, bool pos_outer) {
     const int hd = 128;
-    const int64_t C = 384, rows = (nk + C - 1) / C * C; /* the decoder's QVL_KV_CHUNK */
+    const int64_t C = QVL_KV_CHUNK, rows = (nk + C - 1) / C * C;
     const size_t es = qvl_dtype_row_bytes(kvt, 1), per = (size_t)(rows * n_kv * hd) * es;
     const size_t total = per * 2 * (size_t)n_layers;
     const double rd = (double)(nk * n_kv * hd) * (double)es * 2.0 * n_layers; /* bytes read */

@@ -128,6 +128,16 @@ static double mem_read_gbs_child(int n_threads) {
     return g;
 }
 
+/* greedy generation of steps + 1 tokens past end-of-sequence: steps decode steps (the first
+ * token comes from the logits already there) */
+static qvl_gen_params greedy_steps(int steps) {
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.max_new_tokens = steps + 1;
+    gp.ignore_eos = 1;
+    return gp;
+}
+
 static qvl_image *noise_image(int w, int h) {
     uint8_t *rgb = malloc((size_t)w * h * 3);
     uint64_t x = 88172645463325252ull;
@@ -377,10 +387,7 @@ int qvl_cli_bench(int argc, char **argv) {
             bws[n_bws++] = mem_read_gbs_child(threads);
         qvl_ctx_reset(c);
         qvl_ctx_eval(c, ids, 16, NULL, 0);
-        qvl_gen_params gp = qvl_gen_default_params();
-        gp.temperature = 0;
-        gp.max_new_tokens = 129;
-        gp.ignore_eos = 1;
+        qvl_gen_params gp = greedy_steps(128);
         qvl_gen_result res;
         if (qvl_ctx_generate(c, &gp, NULL, NULL, &res) != QVL_OK) {
             fprintf(stderr, "qvl bench: %s\n", qvl_ctx_errmsg(c));
@@ -421,10 +428,7 @@ int qvl_cli_bench(int argc, char **argv) {
         qvl_status st = qvl_ctx_eval(c, lids, LONG_CTX, NULL, 0);
         free(lids);
         for (int r = -1; r < reps && st == QVL_OK; r++) {
-            qvl_gen_params gp = qvl_gen_default_params();
-            gp.temperature = 0;
-            gp.max_new_tokens = LONG_STEPS + 1;
-            gp.ignore_eos = 1;
+            qvl_gen_params gp = greedy_steps(LONG_STEPS);
             qvl_gen_result res;
             st = qvl_ctx_generate(c, &gp, NULL, NULL, &res);
             if (st == QVL_OK && r >= 0)

@@ -10,13 +10,13 @@
 #include "video.h"
 #include "vit.h"
 
-_Static_assert(QVL_KV_CHUNK % QVL_KERN_KV_CHUNK == 0, "KV chunks: whole attention chunk units");
-
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+_Static_assert(QVL_KV_CHUNK % QVL_KERN_KV_CHUNK == 0, "KV chunks: whole attention chunk units");
 
 void qvl_ctx_setf(qvl_ctx *c, const char *fmt, ...) {
     va_list ap;

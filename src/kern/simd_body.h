@@ -808,6 +808,10 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
             const uint8_t *vrows = vbytes + at_off(j0, ldv, kvc, kvcs) * es;
             int64_t ldkb = ldk, ldvr = ldv;
             qvl_dtype rt = kvt; /* element type of kb / vrows */
+            /* the next block's rows, prefetched by small chunks when there is one (in place) */
+            const bool more = !transposed && in_place && j0 + AT_KB < kend;
+            const uint8_t *kn = more ? kbytes + at_off(j0 + AT_KB, ldk, kvc, kvcs) * es : NULL;
+            const uint8_t *vn = more ? vbytes + at_off(j0 + AT_KB, ldv, kvc, kvcs) * es : NULL;
             const float *kt = kt1, *vp = vp1;
             if (kvall) {
                 kt = kvall + (size_t)(j0 / AT_KB) * blkf;
@@ -872,10 +876,6 @@ static void simd_attn(float *o, int64_t ldo, const float *q, int64_t ldq, int64_
             at_tile(4, KT, nqb, valid, qr, orow, NULL, kb, ldkb, vrows, ldvr, nj, hd, scale,    \
                     st.m + ii, st.l + ii, kn, vn);                                              \
     } while (0)
-                /* the next block's rows, prefetched when there is one (rows in place only) */
-                const bool more = j0 + AT_KB < kend && in_place;
-                const uint8_t *kn = more ? kbytes + at_off(j0 + AT_KB, ldk, kvc, kvcs) * es : NULL;
-                const uint8_t *vn = more ? vbytes + at_off(j0 + AT_KB, ldv, kvc, kvcs) * es : NULL;
                 switch (rt) { /* small chunks: at most QVL_KERN_ATTN_ROWS (4) queries */
                 case QVL_DT_BF16: AT_SMALL(QVL_DT_BF16); break;
                 case QVL_DT_F16: AT_SMALL(QVL_DT_F16); break;
