@@ -105,6 +105,18 @@ void *qvl_malloc_big(size_t n) {
     return p;
 }
 
+void qvl_prefault(void *p, size_t n) {
+#ifdef MADV_POPULATE_WRITE
+    if (!p || !n)
+        return;
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095, b = (uintptr_t)p + n;
+    madvise((void *)a, b - a, MADV_POPULATE_WRITE); /* advisory: failure costs only speed */
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 void qvl_free_big(void *p, size_t n) {
     if (p)
         munmap(p, n ? n : 1);

@@ -27,6 +27,10 @@ char *qvl_strndup(const char *s, size_t n);
  * by the failure hook like qvl_malloc; qvl_free_big needs the size given at allocation. */
 void *qvl_malloc_big(size_t n);
 void qvl_free_big(void *p, size_t n);
+/* Fault in the pages of [p, p + n) of a qvl_malloc_big buffer as if written, without changing
+ * their contents (MADV_POPULATE_WRITE; does nothing where the kernel lacks it, before Linux
+ * 5.14: the pages then fault in when first written, as without it). */
+void qvl_prefault(void *p, size_t n);
 /* Growing NUL-terminated string: appends after a failed allocation (or a size overflow) do
  * nothing and leave oom set; p is NULL until the first append; free p with qvl_free. */
 typedef struct qvl_sbuf {

@@ -8,6 +8,8 @@
 /* K/V cache rows per chunk of positions: a multiple of the attention kernels' chunk unit
  * (QVL_KERN_KV_CHUNK, 192); 384 rows of the 2B shapes are 1.5 MB per layer in f32 */
 #define QVL_KV_CHUNK 384
+/* decode faults the next chunk in over this many positions before it starts (llm.c) */
+#define QVL_KV_WARM_AHEAD 128
 
 struct qvl_ctx {
     const qvl_model *m;
@@ -23,6 +25,8 @@ struct qvl_ctx {
     int64_t kv_rows;          /* n_ctx rounded up to whole chunks */
     qvl_dtype kv_dt;          /* F32, BF16 or F16 */
     size_t kv_bytes;          /* of each of k_cache, v_cache (qvl_malloc_big) */
+    int64_t kv_warm;          /* chunks [0, kv_warm) of the cache are faulted in (llm.c) */
+    size_t kv_warm_done;      /* bytes of chunk kv_warm's regions faulted in so far */
     float *logits;            /* [vocab] of the last evaluated row */
     bool has_logits;
     int32_t *tokens; /* [n_ctx] ids in the cache, -1 for embedding rows */

@@ -211,6 +211,72 @@ static void kv_store(qvl_dtype dt, uint8_t *dst, const float *src, int64_t n) {
     }
 }
 
+/* ---- faulting the cache in ahead of its writes ------------------------------------------------
+ * The first write to a page of the cache costs far more than the write: the kernel clears the
+ * page, and on a virtual machine whose host has taken back the guest's free memory the host
+ * backs it first (1.6-2 ms per MB on this project's machines, one thread; a 2B q4 token is
+ * 20 ms). A chunk of positions is 2 x n_layers regions of the cache (K and V of each layer;
+ * 84 MB for the 2B model in f32), all faulted in at its first row, which stalled generation for
+ * 0.2 s every QVL_KV_CHUNK tokens. So chunks are faulted in before they are written, by every
+ * thread of the pool: in full before a batch of rows needs them (prefill), and during decode a
+ * share at each of the QVL_KV_WARM_AHEAD positions before the next chunk starts. The pages' contents
+ * are not touched (qvl_prefault), so warming a chunk that already holds rows is harmless. A
+ * generation that stops inside the window leaves up to one chunk faulted in unused. */
+typedef struct {
+    qvl_ctx *c;
+    size_t g0, g1; /* bytes [g0, g1) of chunk c->kv_warm's regions, K0 V0 K1 V1 ... */
+} warm_job;
+
+static size_t kv_chunk_region(const qvl_ctx *c) {
+    const qvl_text_cfg *tc = &c->m->cfg.text;
+    return (size_t)QVL_KV_CHUNK * (size_t)tc->n_kv_heads * (size_t)tc->head_dim *
+           qvl_dtype_row_bytes(c->kv_dt, 1);
+}
+
+static void warm_task(void *arg, int ith, int nth) {
+    const warm_job *w = arg;
+    const qvl_ctx *c = w->c;
+    const size_t rb = kv_chunk_region(c);
+    const size_t layer = (size_t)c->kv_rows / QVL_KV_CHUNK * rb; /* bytes per layer */
+    const size_t span = w->g1 - w->g0;
+    size_t g = w->g0 + span * (size_t)ith / (size_t)nth,
+           end = w->g0 + span * (size_t)(ith + 1) / (size_t)nth;
+    while (g < end) {
+        size_t r = g / rb, off = g % rb, len = rb - off < end - g ? rb - off : end - g;
+        uint8_t *base = r % 2 ? c->v_cache : c->k_cache;
+        qvl_prefault(base + (r / 2) * layer + (size_t)c->kv_warm * rb + off, len);
+        g += len;
+    }
+}
+
+/* Fault in the next len bytes of chunk c->kv_warm (all that is left if len is 0). */
+static void kv_warm_some(qvl_ctx *c, size_t len) {
+    const size_t total = kv_chunk_region(c) * 2 * (size_t)c->m->cfg.text.n_layers;
+    if (len == 0 || len > total - c->kv_warm_done)
+        len = total - c->kv_warm_done;
+    warm_job w = {c, c->kv_warm_done, c->kv_warm_done + len};
+    qvl_pool_run(c->pool, warm_task, &w);
+    c->kv_warm_done += len;
+    if (c->kv_warm_done == total) {
+        c->kv_warm++;
+        c->kv_warm_done = 0;
+    }
+}
+
+/* Before rows [n_past, n_past + n) are written: every chunk they touch in full, then, for a
+ * decode step, this position's share of the next chunk. */
+static void kv_warm(qvl_ctx *c, int64_t n) {
+    const int64_t C = QVL_KV_CHUNK, chunks = c->kv_rows / C;
+    while (c->kv_warm < chunks && c->kv_warm * C < c->n_past + n)
+        kv_warm_some(c, 0);
+    int64_t left = c->kv_warm * C - c->n_past; /* positions before the next chunk starts */
+    if (n == 1 && c->kv_warm < chunks && left <= QVL_KV_WARM_AHEAD) {
+        const size_t total = kv_chunk_region(c) * 2 * (size_t)c->m->cfg.text.n_layers;
+        size_t rest = total - c->kv_warm_done;
+        kv_warm_some(c, (rest + (size_t)left - 1) / (size_t)left);
+    }
+}
+
 static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, int64_t pos_stride,
                           const uint8_t *vis, int n_ds, const float *const *ds, int64_t ds_off,
                           bool want_logits) {
@@ -228,6 +294,7 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
                          pos[pos_stride + i], pos[2 * pos_stride + i], cs + i * half,
                          sn + i * half);
     const float scale = 1.0f / sqrtf((float)hd);
+    kv_warm(c, n);
     for (int l = 0; l < tc->n_layers; l++) {
         const qvl_llm_layer *Y = &m->layers[l];
         for (int64_t i = 0; i < n; i++)

@@ -10,6 +10,9 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/mman.h>
 
 static qvl_model *M;
 
@@ -511,6 +514,75 @@ static void video_case(void) {
     cJSON_Delete(g);
 }
 
+/* pages [p, p + n) all resident (mincore) */
+static bool resident(const void *p, size_t n) {
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095, b = (uintptr_t)p + n;
+    size_t np = (b - a + 4095) / 4096;
+    unsigned char *v = malloc(np);
+    bool ok = v && mincore((void *)a, b - a, v) == 0;
+    for (size_t i = 0; ok && i < np; i++)
+        ok = v[i] & 1;
+    free(v);
+    return ok;
+}
+
+/* The cache's chunks are faulted in ahead of their writes (llm.c): during decode, a share of the
+ * next chunk at each of the QVL_KV_WARM_AHEAD positions before it, so that it is whole when its
+ * first row is written; the rows' values are those of a recomputation across the chunk border. */
+static void kv_warm_case(void) {
+    const qvl_text_cfg *tc = &M->cfg.text;
+    const int64_t C = QVL_KV_CHUNK, n_end = C + 16;
+    const size_t region = (size_t)C * (size_t)(tc->n_kv_heads * tc->head_dim) * sizeof(float);
+    /* whether this kernel can fault pages in without writing them (Linux 5.14) */
+    bool populate = false;
+#ifdef MADV_POPULATE_WRITE
+    void *probe = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    populate = probe != MAP_FAILED && madvise(probe, 4096, MADV_POPULATE_WRITE) == 0;
+    if (probe != MAP_FAILED)
+        munmap(probe, 4096);
+#endif
+    qvl_ctx *c = new_ctx(1024);
+    int32_t *ids = malloc((size_t)n_end * sizeof *ids);
+    for (int64_t i = 0; i < n_end; i++)
+        ids[i] = (int32_t)(100 + (i * 7919) % 5000);
+    CHECK(qvl_ctx_eval(c, ids, 8, NULL, 0) == QVL_OK);
+    CHECKF(c->kv_warm == 1 && c->kv_warm_done == 0, "after the prompt: %lld chunks, %zu bytes",
+           (long long)c->kv_warm, c->kv_warm_done);
+    bool window_ok = true, whole_ok = true;
+    for (int64_t p = 8; p < n_end; p++) {
+        CHECK(qvl_ctx_decode_one(c, ids[p]) == QVL_OK);
+        if (p + 1 == C - QVL_KV_WARM_AHEAD) /* not yet in the window */
+            window_ok &= c->kv_warm == 1 && c->kv_warm_done == 0;
+        if (p + 1 == C - QVL_KV_WARM_AHEAD / 2) { /* half way: about half of it */
+            size_t total = region * 2 * (size_t)tc->n_layers;
+            window_ok &= c->kv_warm == 1 && c->kv_warm_done >= total / 3 &&
+                         c->kv_warm_done <= total * 2 / 3;
+            if (populate) /* the first layer's K region comes first */
+                window_ok &= resident((uint8_t *)c->k_cache + region, region / 4);
+        }
+        if (p + 1 == C) { /* the chunk is whole before row C is written */
+            whole_ok &= c->kv_warm == 2;
+            for (int l = 0; populate && l < tc->n_layers; l++) {
+                size_t at = (size_t)l * (size_t)(c->kv_rows / C) * region + region;
+                whole_ok &= resident((uint8_t *)c->k_cache + at, region) &&
+                            resident((uint8_t *)c->v_cache + at, region);
+                /* and no more: the chunk after it is not faulted in yet */
+                whole_ok &= !resident((uint8_t *)c->k_cache + at + region, 4096) &&
+                            !resident((uint8_t *)c->v_cache + at + region, 4096);
+            }
+        }
+    }
+    CHECK(window_ok);
+    CHECK(whole_ok);
+    qvl_ctx *c2 = new_ctx(1024);
+    CHECK(qvl_ctx_eval(c2, ids, (size_t)n_end, NULL, 0) == QVL_OK);
+    double d = max_rel(qvl_ctx_logits(c2, NULL), qvl_ctx_logits(c, NULL), (size_t)tc->vocab_size);
+    CHECKF(d < 1e-5, "decode across a chunk border vs recomputation: %g", d);
+    qvl_ctx_free(c2);
+    qvl_ctx_free(c);
+    free(ids);
+}
+
 int main(void) {
     char err[1024];
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
@@ -525,6 +597,7 @@ int main(void) {
     full_tensors();
     multi_turn();
     video_case();
+    kv_warm_case();
     qvl_model_free(M);
     CHECK_DONE();
 }
