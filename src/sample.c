@@ -379,28 +379,138 @@ static size_t apply_top_p(cand *c, size_t n, double total, float top_p, float vm
     return nucleus_select(c, k1, k2, acc, target);
 }
 
+/* The passes over the whole vocabulary (152k logits for Qwen3-VL, once per generated token) go
+ * through blocks of SB values with fixed-trip inner loops the compiler turns into vector
+ * compares and maxima; only the rare block that holds a NaN, the largest value or a top-k
+ * contender is looked at one value at a time. */
+#define SB 64
+
+/* NaN -> -inf in place; returns how many logits are above -inf */
+static size_t sanitize(float *l, int32_t nv) {
+    size_t live = 0;
+    int32_t i = 0;
+    for (; i + SB <= nv; i += SB) {
+        int nan = 0, up = 0;
+        for (int j = 0; j < SB; j++) {
+            nan |= l[i + j] != l[i + j];
+            up += l[i + j] > -INFINITY;
+        }
+        if (nan)
+            for (int j = 0; j < SB; j++)
+                if (isnan(l[i + j]))
+                    l[i + j] = -INFINITY;
+        live += (size_t)up;
+    }
+    for (; i < nv; i++) {
+        if (isnan(l[i]))
+            l[i] = -INFINITY;
+        live += l[i] > -INFINITY;
+    }
+    return live;
+}
+
+/* the first index of the largest value (none of them NaN), -1 when all are -inf */
+static int32_t argmax_first(const float *l, int32_t nv) {
+    float mx = -INFINITY;
+    int32_t i = 0;
+    float lane[SB];
+    for (int j = 0; j < SB; j++)
+        lane[j] = -INFINITY;
+    for (; i + SB <= nv; i += SB)
+        for (int j = 0; j < SB; j++)
+            lane[j] = l[i + j] > lane[j] ? l[i + j] : lane[j];
+    for (int j = 0; j < SB; j++)
+        mx = lane[j] > mx ? lane[j] : mx;
+    for (; i < nv; i++)
+        mx = l[i] > mx ? l[i] : mx;
+    if (mx == -INFINITY)
+        return -1;
+    for (i = 0; i + SB <= nv; i += SB) {
+        int hit = 0;
+        for (int j = 0; j < SB; j++)
+            hit |= l[i + j] == mx;
+        if (hit)
+            break;
+    }
+    for (; i < nv; i++)
+        if (l[i] == mx)
+            return i;
+    return -1; /* not reached */
+}
+
+/* select_top(c, n, k) on the candidates (every logit above -inf, in id order) without writing
+ * them out: the heap is built from the first k and then fed the rest in the same order, so it
+ * goes through the same states and ends with the same k entries in the same order. A block whose
+ * largest value is not above the heap's worst is skipped whole: a later id with an equal value
+ * never ranks before it. Needs more than k candidates. */
+static void top_k_stream(cand *c, const float *l, int32_t nv, size_t k) {
+    size_t n = 0;
+    int32_t i = 0;
+    for (; i < nv && n < k; i++)
+        if (l[i] > -INFINITY) {
+            c[n].v = l[i];
+            c[n].id = i;
+            n++;
+        }
+    for (size_t h = k / 2; h-- > 0;)
+        sift_down(c, k, h);
+    for (; i < nv && i % SB; i++) {
+        cand x = {l[i], 0.0f, i};
+        if (l[i] > -INFINITY && better(&x, &c[0])) {
+            c[0] = x;
+            sift_down(c, k, 0);
+        }
+    }
+    for (; i < nv; i += SB) {
+        int e = nv - i < SB ? nv - i : SB;
+        float bm = -INFINITY;
+        if (e == SB) {
+            float lane[16];
+            for (int j = 0; j < 16; j++)
+                lane[j] = -INFINITY;
+            for (int j = 0; j < SB; j += 16)
+                for (int t = 0; t < 16; t++)
+                    lane[t] = l[i + j + t] > lane[t] ? l[i + j + t] : lane[t];
+            for (int t = 0; t < 16; t++)
+                bm = lane[t] > bm ? lane[t] : bm;
+        } else {
+            for (int j = 0; j < e; j++)
+                bm = l[i + j] > bm ? l[i + j] : bm;
+        }
+        if (!(bm > c[0].v))
+            continue;
+        for (int j = 0; j < e; j++) {
+            cand x = {l[i + j], 0.0f, i + j};
+            if (x.v > -INFINITY && better(&x, &c[0])) {
+                c[0] = x;
+                sift_down(c, k, 0);
+            }
+        }
+    }
+    for (size_t end = k - 1; end > 0; end--) {
+        cand t = c[0];
+        c[0] = c[end];
+        c[end] = t;
+        sift_down(c, end, 0);
+    }
+}
+
 /* Steps 0-8 of the header: sanitise, penalise, and leave the surviving candidates with their
  * unnormalised weights in s->cand[0..*n_out), *total their sum. Greedy leaves the argmax alone
  * with weight 1. QVL_E_INVAL when no logit is above -inf. */
 static qvl_status filter(qvl_sampler *s, float *logits, size_t *n_out, double *total_out) {
     const int32_t nv = s->n_vocab;
-    for (int32_t i = 0; i < nv; i++)
-        if (isnan(logits[i]))
-            logits[i] = -INFINITY;
+    /* penalties before NaNs become -inf: a NaN stays NaN through them and -inf stays -inf, so
+     * the order does not change the result, and one pass then counts what a penalty took to
+     * -inf (or to NaN: inf - inf) as well */
     apply_penalties(s, logits);
+    size_t live = sanitize(logits, nv);
 
     if (s->p.temperature <= 0.0f) {
-        int32_t best = -1;
-        float bv = -INFINITY;
-        for (int32_t i = 0; i < nv; i++) {
-            if (logits[i] > bv) {
-                bv = logits[i];
-                best = i;
-            }
-        }
+        int32_t best = argmax_first(logits, nv);
         if (best < 0)
             return QVL_E_INVAL;
-        s->cand[0].v = bv;
+        s->cand[0].v = logits[best];
         s->cand[0].w = 1.0f;
         s->cand[0].id = best;
         *n_out = 1;
@@ -408,24 +518,25 @@ static qvl_status filter(qvl_sampler *s, float *logits, size_t *n_out, double *t
         return QVL_OK;
     }
 
-    /* candidates: every token above -inf, in id order */
     cand *c = s->cand;
     size_t n = 0;
-    for (int32_t i = 0; i < nv; i++) {
-        if (logits[i] > -INFINITY) {
-            c[n].v = logits[i];
-            c[n].id = i;
-            n++;
+    if (live == 0)
+        return QVL_E_INVAL;
+    if (s->p.top_k > 0 && (size_t)s->p.top_k < live) {
+        top_k_stream(c, logits, nv, (size_t)s->p.top_k);
+        n = (size_t)s->p.top_k;
+    } else {
+        /* candidates: every token above -inf, in id order */
+        for (int32_t i = 0; i < nv; i++) {
+            if (logits[i] > -INFINITY) {
+                c[n].v = logits[i];
+                c[n].id = i;
+                n++;
+            }
         }
     }
-    if (n == 0)
-        return QVL_E_INVAL;
 
-    /* top-k on the logits (dividing by a positive temperature keeps the order) */
-    if (s->p.top_k > 0 && (size_t)s->p.top_k < n) {
-        select_top(c, n, (size_t)s->p.top_k);
-        n = (size_t)s->p.top_k;
-    }
+    /* top-k above, on the logits (dividing by a positive temperature keeps the order) */
 
     /* temperature and unnormalised softmax */
     const float temp = s->p.temperature;

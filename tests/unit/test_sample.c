@@ -1072,6 +1072,109 @@ static void test_stop_random(void) {
     qvl_stop_free(st);
 }
 
+/* The vocabulary passes run over blocks of values (sample.c): top-k must give exactly the k best
+ * (larger value, then lower id) best first, and greedy the first index of the largest, whatever
+ * the vocabulary size against the block, ties (-0 and +0 among them), NaN, -inf and +inf, and
+ * however many values are above -inf. */
+static void test_block_edges(void) {
+    const int sizes[6] = {5, 63, 64, 65, 1000, 4099};
+    const int ks[5] = {1, 2, 20, 64, 65};
+    float *base = malloc(sizeof(float) * 4099), *l = malloc(sizeof(float) * 4099);
+    float *probs = malloc(sizeof(float) * 4099);
+    int32_t *ids = malloc(sizeof(int32_t) * 4099);
+    ref_ent *tmp = malloc(sizeof(ref_ent) * 4099);
+    int bad = 0, trials = 0;
+    for (int si = 0; si < 6 && base && l && probs && ids && tmp; si++) {
+        const int n = sizes[si];
+        for (int kind = 0; kind < 6; kind++) {
+            for (int i = 0; i < n; i++) {
+                double u = lcg_unit();
+                base[i] = kind == 0   ? (float)(u * 8 - 4)
+                          : kind == 1 ? (float)(int)(u * 5) /* heavy ties */
+                                      : (float)(u * 2 - 1);
+                if (kind == 2 && u < 0.3) /* zeros of both signs tie */
+                    base[i] = u < 0.15 ? -0.0f : 0.0f;
+                if (kind == 3 && i % 7 == 3)
+                    base[i] = NAN;
+                if (kind == 4 && i % 3 != 0) /* few values above -inf */
+                    base[i] = -INFINITY;
+                if (kind == 5 && (i == n / 2 || i == n - 1))
+                    base[i] = INFINITY;
+            }
+            int live = 0;
+            for (int i = 0; i < n; i++)
+                if (base[i] > -INFINITY) /* NaN: no */
+                    tmp[live++] = (ref_ent){base[i], i};
+            qsort(tmp, (size_t)live, sizeof *tmp, ref_cmp);
+            for (int ki = 0; ki < 5; ki++) {
+                const int k = ks[ki];
+                qvl_sampling p = params(1.0f, k, 1.0f, 0.0f, 1);
+                qvl_sampler *s = NULL;
+                if (qvl_sampler_create(&p, n, &s) != QVL_OK) {
+                    bad++;
+                    continue;
+                }
+                memcpy(l, base, sizeof(float) * (size_t)n);
+                size_t got = 0;
+                qvl_status rc = qvl_sampler_filter(s, l, ids, probs, (size_t)n, &got);
+                int want = k < live ? k : live, err = rc != QVL_OK || got != (size_t)want;
+                /* fewer live values than k: all of them, in id order */
+                for (int j = 0; !err && j < want; j++)
+                    err = k < live ? ids[j] != tmp[j].id : j > 0 && ids[j] <= ids[j - 1];
+                /* greedy: the best of the sorted reference */
+                p = params(0.0f, 0, 1.0f, 0.0f, 1);
+                err |= qvl_sampler_set_params(s, &p) != QVL_OK;
+                memcpy(l, base, sizeof(float) * (size_t)n);
+                int32_t id = -1;
+                err |= qvl_sampler_sample(s, l, &id) != QVL_OK || id != tmp[0].id;
+                qvl_sampler_free(s);
+                trials++;
+                if (err) {
+                    fprintf(stderr, "block edges: n %d kind %d k %d: got %zu of %d\n", n, kind,
+                            k, got, want);
+                    bad++;
+                }
+            }
+        }
+    }
+    CHECKF(bad == 0 && trials == 180, "%d of %d top-k / greedy trials differ", bad, trials);
+    /* greedy with the largest value at each edge of the blocks (and again later) */
+    {
+        const int at[9] = {0, 1, 63, 64, 127, 128, 191, 192, 199};
+        qvl_sampler *s = NULL;
+        qvl_sampling p = params(0.0f, 0, 1.0f, 0.0f, 1);
+        CHECK(qvl_sampler_create(&p, 200, &s) == QVL_OK);
+        int wrong = 0;
+        for (int a = 0; a < 9 && l; a++) {
+            for (int i = 0; i < 200; i++)
+                l[i] = (float)(i % 5);
+            l[at[a]] = 9.0f;
+            if (at[a] + 70 < 200)
+                l[at[a] + 70] = 9.0f;
+            int32_t id = -1;
+            wrong += qvl_sampler_sample(s, l, &id) != QVL_OK || id != at[a];
+        }
+        CHECKF(wrong == 0, "greedy: %d of 9 maxima at block edges missed", wrong);
+        qvl_sampler_free(s);
+    }
+    /* nothing above -inf: an error, greedy or not */
+    for (int t = 0; t < 2 && l; t++) {
+        qvl_sampling p = params(t ? 1.0f : 0.0f, 20, 1.0f, 0.0f, 1);
+        qvl_sampler *s = NULL;
+        CHECK(qvl_sampler_create(&p, 100, &s) == QVL_OK);
+        for (int i = 0; i < 100; i++)
+            l[i] = i % 2 ? -INFINITY : NAN;
+        int32_t id = 0;
+        CHECK(qvl_sampler_sample(s, l, &id) == QVL_E_INVAL && id == -1);
+        qvl_sampler_free(s);
+    }
+    free(base);
+    free(l);
+    free(probs);
+    free(ids);
+    free(tmp);
+}
+
 int main(void) {
     double t0 = now_ms();
     test_rng();
@@ -1085,6 +1188,7 @@ int main(void) {
     test_bucket_chi2();
     test_ties();
     test_filter_exact();
+    test_block_edges();
     test_stop_basic();
     test_stop_utf8();
     test_stop_limits();
