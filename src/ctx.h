@@ -9,7 +9,7 @@
  * (QVL_KERN_KV_CHUNK, 192); 384 rows of the 2B shapes are 1.5 MB per layer in f32 */
 #define QVL_KV_CHUNK 384
 /* decode faults the next chunk in over this many positions before it starts (llm.c) */
-#define QVL_KV_WARM_AHEAD 128
+#define QVL_KV_WARM_AHEAD 32
 
 struct qvl_ctx {
     const qvl_model *m;

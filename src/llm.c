@@ -219,9 +219,11 @@ static void kv_store(qvl_dtype dt, uint8_t *dst, const float *src, int64_t n) {
  * 84 MB for the 2B model in f32), all faulted in at its first row, which stalled generation for
  * 0.2 s every QVL_KV_CHUNK tokens. So chunks are faulted in before they are written, by every
  * thread of the pool: in full before a batch of rows needs them (prefill), and during decode a
- * share at each of the QVL_KV_WARM_AHEAD positions before the next chunk starts. The pages' contents
- * are not touched (qvl_prefault), so warming a chunk that already holds rows is harmless. A
- * generation that stops inside the window leaves up to one chunk faulted in unused. */
+ * share at each of the QVL_KV_WARM_AHEAD positions before the next chunk starts. The pages'
+ * contents are not touched (qvl_prefault), so warming a chunk that already holds rows is
+ * harmless. A generation that stops inside the window has paid for pages it does not use (the
+ * reason the window is short: with 128 positions, 64 tokens ending 24 before a chunk ran 3-6 %
+ * slower than without warming; with 32, 2 MB per token, a 2B q4 token takes at most ~40 ms). */
 typedef struct {
     qvl_ctx *c;
     size_t g0, g1; /* bytes [g0, g1) of chunk c->kv_warm's regions, K0 V0 K1 V1 ... */
