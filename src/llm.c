@@ -251,9 +251,14 @@ static void warm_task(void *arg, int ith, int nth) {
     }
 }
 
+/* bytes of a chunk's regions together (K and V of every layer) */
+static size_t kv_chunk_total(const qvl_ctx *c) {
+    return kv_chunk_region(c) * 2 * (size_t)c->m->cfg.text.n_layers;
+}
+
 /* Fault in the next len bytes of chunk c->kv_warm (all that is left if len is 0). */
 static void kv_warm_some(qvl_ctx *c, size_t len) {
-    const size_t total = kv_chunk_region(c) * 2 * (size_t)c->m->cfg.text.n_layers;
+    const size_t total = kv_chunk_total(c);
     if (len == 0 || len > total - c->kv_warm_done)
         len = total - c->kv_warm_done;
     warm_job w = {c, c->kv_warm_done, c->kv_warm_done + len};
@@ -273,8 +278,7 @@ static void kv_warm(qvl_ctx *c, int64_t n) {
         kv_warm_some(c, 0);
     int64_t left = c->kv_warm * C - c->n_past; /* positions before the next chunk starts */
     if (n == 1 && c->kv_warm < chunks && left <= QVL_KV_WARM_AHEAD) {
-        const size_t total = kv_chunk_region(c) * 2 * (size_t)c->m->cfg.text.n_layers;
-        size_t rest = total - c->kv_warm_done;
+        size_t rest = kv_chunk_total(c) - c->kv_warm_done;
         kv_warm_some(c, (rest + (size_t)left - 1) / (size_t)left);
     }
 }

@@ -231,6 +231,16 @@ static void sift_down(cand *c, size_t n, size_t i) {
     }
 }
 
+/* Sort the heap c[0..k) (worst at the root) best first. */
+static void heap_drain(cand *c, size_t k) {
+    for (size_t end = k - 1; end > 0; end--) {
+        cand t = c[0];
+        c[0] = c[end];
+        c[end] = t;
+        sift_down(c, end, 0);
+    }
+}
+
 /* Rearrange c[0..n) so that c[0..k) holds the k best entries (by v, ties to lower id) sorted
  * best first; the order of the rest is unspecified. O(n log k + k log k), in place. */
 static void select_top(cand *c, size_t n, size_t k) {
@@ -248,12 +258,7 @@ static void select_top(cand *c, size_t n, size_t k) {
             sift_down(c, k, 0);
         }
     }
-    for (size_t end = k - 1; end > 0; end--) {
-        cand t = c[0];
-        c[0] = c[end];
-        c[end] = t;
-        sift_down(c, end, 0);
-    }
+    heap_drain(c, k);
 }
 
 static void apply_penalties(const qvl_sampler *s, float *logits) {
@@ -409,23 +414,30 @@ static size_t sanitize(float *l, int32_t nv) {
     return live;
 }
 
+/* the largest of l[0..n) (a NaN never is), -inf when there is none: 16 lanes, which the
+ * compiler turns into vector maxima */
+static float max_of(const float *l, int32_t n) {
+    float lane[16], mx = -INFINITY;
+    for (int t = 0; t < 16; t++)
+        lane[t] = -INFINITY;
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int t = 0; t < 16; t++)
+            lane[t] = l[i + t] > lane[t] ? l[i + t] : lane[t];
+    for (int t = 0; t < 16; t++)
+        mx = lane[t] > mx ? lane[t] : mx;
+    for (; i < n; i++)
+        mx = l[i] > mx ? l[i] : mx;
+    return mx;
+}
+
 /* the first index of the largest value (none of them NaN), -1 when all are -inf */
 static int32_t argmax_first(const float *l, int32_t nv) {
-    float mx = -INFINITY;
-    int32_t i = 0;
-    float lane[SB];
-    for (int j = 0; j < SB; j++)
-        lane[j] = -INFINITY;
-    for (; i + SB <= nv; i += SB)
-        for (int j = 0; j < SB; j++)
-            lane[j] = l[i + j] > lane[j] ? l[i + j] : lane[j];
-    for (int j = 0; j < SB; j++)
-        mx = lane[j] > mx ? lane[j] : mx;
-    for (; i < nv; i++)
-        mx = l[i] > mx ? l[i] : mx;
+    const float mx = max_of(l, nv);
     if (mx == -INFINITY)
         return -1;
-    for (i = 0; i + SB <= nv; i += SB) {
+    int32_t i = 0;
+    for (; i + SB <= nv; i += SB) {
         int hit = 0;
         for (int j = 0; j < SB; j++)
             hit |= l[i + j] == mx;
@@ -463,21 +475,7 @@ static void top_k_stream(cand *c, const float *l, int32_t nv, size_t k) {
     }
     for (; i < nv; i += SB) {
         int e = nv - i < SB ? nv - i : SB;
-        float bm = -INFINITY;
-        if (e == SB) {
-            float lane[16];
-            for (int j = 0; j < 16; j++)
-                lane[j] = -INFINITY;
-            for (int j = 0; j < SB; j += 16)
-                for (int t = 0; t < 16; t++)
-                    lane[t] = l[i + j + t] > lane[t] ? l[i + j + t] : lane[t];
-            for (int t = 0; t < 16; t++)
-                bm = lane[t] > bm ? lane[t] : bm;
-        } else {
-            for (int j = 0; j < e; j++)
-                bm = l[i + j] > bm ? l[i + j] : bm;
-        }
-        if (!(bm > c[0].v))
+        if (!(max_of(l + i, e) > c[0].v))
             continue;
         for (int j = 0; j < e; j++) {
             cand x = {l[i + j], 0.0f, i + j};
@@ -487,12 +485,7 @@ static void top_k_stream(cand *c, const float *l, int32_t nv, size_t k) {
             }
         }
     }
-    for (size_t end = k - 1; end > 0; end--) {
-        cand t = c[0];
-        c[0] = c[end];
-        c[end] = t;
-        sift_down(c, end, 0);
-    }
+    heap_drain(c, k);
 }
 
 /* Steps 0-8 of the header: sanitise, penalise, and leave the surviving candidates with their
@@ -523,6 +516,7 @@ static qvl_status filter(qvl_sampler *s, float *logits, size_t *n_out, double *t
     if (live == 0)
         return QVL_E_INVAL;
     if (s->p.top_k > 0 && (size_t)s->p.top_k < live) {
+        /* top-k on the logits (dividing by a positive temperature keeps the order) */
         top_k_stream(c, logits, nv, (size_t)s->p.top_k);
         n = (size_t)s->p.top_k;
     } else {
@@ -535,8 +529,6 @@ static qvl_status filter(qvl_sampler *s, float *logits, size_t *n_out, double *t
             }
         }
     }
-
-    /* top-k above, on the logits (dividing by a positive temperature keeps the order) */
 
     /* temperature and unnormalised softmax */
     const float temp = s->p.temperature;
