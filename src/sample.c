@@ -414,21 +414,32 @@ static size_t sanitize(float *l, int32_t nv) {
     return live;
 }
 
-/* the largest of l[0..n) (a NaN never is), -inf when there is none: 16 lanes, which the
- * compiler turns into vector maxima */
+/* the largest of l[0..n) (a NaN never is), -inf when there is none: SB lanes (independent
+ * vector maxima) folded to 16, then to one */
 static float max_of(const float *l, int32_t n) {
-    float lane[16], mx = -INFINITY;
-    for (int t = 0; t < 16; t++)
+    float lane[SB], mx = -INFINITY;
+    for (int t = 0; t < SB; t++)
         lane[t] = -INFINITY;
     int32_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int t = 0; t < 16; t++)
+    for (; i + SB <= n; i += SB)
+        for (int t = 0; t < SB; t++)
             lane[t] = l[i + t] > lane[t] ? l[i + t] : lane[t];
+    for (int r = 16; r < SB; r += 16)
+        for (int t = 0; t < 16; t++)
+            lane[t] = lane[r + t] > lane[t] ? lane[r + t] : lane[t];
     for (int t = 0; t < 16; t++)
         mx = lane[t] > mx ? lane[t] : mx;
     for (; i < n; i++)
         mx = l[i] > mx ? l[i] : mx;
     return mx;
+}
+
+/* whether one of l[0..n) is above t (a NaN is not) */
+static bool any_above(const float *l, int n, float t) {
+    int any = 0;
+    for (int j = 0; j < n; j++)
+        any |= l[j] > t;
+    return any;
 }
 
 /* the first index of the largest value (none of them NaN), -1 when all are -inf */
@@ -452,9 +463,9 @@ static int32_t argmax_first(const float *l, int32_t nv) {
 
 /* select_top(c, n, k) on the candidates (every logit above -inf, in id order) without writing
  * them out: the heap is built from the first k and then fed the rest in the same order, so it
- * goes through the same states and ends with the same k entries in the same order. A block whose
- * largest value is not above the heap's worst is skipped whole: a later id with an equal value
- * never ranks before it. Needs more than k candidates. */
+ * goes through the same states and ends with the same k entries in the same order. A block with
+ * no value above the heap's worst is skipped whole: a later id with an equal value never ranks
+ * before it. Needs more than k candidates. */
 static void top_k_stream(cand *c, const float *l, int32_t nv, size_t k) {
     size_t n = 0;
     int32_t i = 0;
@@ -475,7 +486,7 @@ static void top_k_stream(cand *c, const float *l, int32_t nv, size_t k) {
     }
     for (; i < nv; i += SB) {
         int e = nv - i < SB ? nv - i : SB;
-        if (!(max_of(l + i, e) > c[0].v))
+        if (!(e == SB ? any_above(l + i, SB, c[0].v) : any_above(l + i, e, c[0].v)))
             continue;
         for (int j = 0; j < e; j++) {
             cand x = {l[i + j], 0.0f, i + j};
