@@ -477,15 +477,9 @@ static void top_k_stream(cand *c, const float *l, int32_t nv, size_t k) {
         }
     for (size_t h = k / 2; h-- > 0;)
         sift_down(c, k, h);
-    for (; i < nv && i % SB; i++) {
-        cand x = {l[i], 0.0f, i};
-        if (l[i] > -INFINITY && better(&x, &c[0])) {
-            c[0] = x;
-            sift_down(c, k, 0);
-        }
-    }
     for (; i < nv; i += SB) {
         int e = nv - i < SB ? nv - i : SB;
+        /* the constant SB in the common call is what lets the compiler vectorise the test */
         if (!(e == SB ? any_above(l + i, SB, c[0].v) : any_above(l + i, e, c[0].v)))
             continue;
         for (int j = 0; j < e; j++) {
