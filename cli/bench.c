@@ -61,19 +61,30 @@ static void *bw_thread(void *v) {
     return NULL;
 }
 
-/* 2-thread (n_threads) read loop over 1 GiB in transparent huge pages, as the weights are held
- * (through 4 KiB pages the same loop reads markedly slower on virtual machines): best of 5, GB/s */
-static double mem_read_gbs(int n_threads) {
-    size_t bytes = (size_t)1 << 30, n = bytes / 8;
+/* The 2-thread (n_threads) read loop over 1 GiB in transparent huge pages, as the weights are
+ * held (through 4 KiB pages the same loop reads markedly slower on virtual machines). */
+typedef struct bw_buf {
+    uint64_t *p;
+    size_t n; /* 64-bit words */
+} bw_buf;
+
+static bool bw_alloc(bw_buf *b) {
+    size_t bytes = (size_t)1 << 30;
     void *mp = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mp == MAP_FAILED)
-        return 0;
+        return false;
 #ifdef MADV_HUGEPAGE
     madvise(mp, bytes, MADV_HUGEPAGE);
 #endif
-    uint64_t *buf = mp;
-    for (size_t i = 0; i < n; i++)
-        buf[i] = i * 0x9e3779b97f4a7c15ull;
+    b->p = mp;
+    b->n = bytes / 8;
+    for (size_t i = 0; i < b->n; i++)
+        b->p[i] = i * 0x9e3779b97f4a7c15ull;
+    return true;
+}
+
+/* best of 5 passes, GB/s */
+static double bw_measure(const bw_buf *b, int n_threads) {
     double best = 0;
     uint64_t sink = 0;
     for (int rep = 0; rep < 5; rep++) {
@@ -82,50 +93,102 @@ static double mem_read_gbs(int n_threads) {
         int nt = n_threads < 64 ? n_threads : 64;
         double t0 = now_ms();
         for (int i = 0; i < nt; i++) {
-            args[i].p = buf + n / nt * i;
-            args[i].n = n / nt;
+            args[i].p = b->p + b->n / nt * i;
+            args[i].n = b->n / nt;
             pthread_create(&th[i], NULL, bw_thread, &args[i]);
         }
         for (int i = 0; i < nt; i++) {
             pthread_join(th[i], NULL);
             sink ^= args[i].sink;
         }
-        double gbs = bytes / ((now_ms() - t0) / 1e3) / 1e9;
+        double gbs = (double)(b->n * 8) / ((now_ms() - t0) / 1e3) / 1e9;
         if (gbs > best)
             best = gbs;
     }
-    munmap(mp, bytes);
     if (sink == 42) /* keep the reads */
         fprintf(stderr, " ");
     return best;
 }
 
-/* mem_read_gbs in a child process, so that its 1 GiB does not count in this process's peak
- * RSS (the figure reported below); in process when fork fails */
-static double mem_read_gbs_child(int n_threads) {
-    int fd[2];
-    if (pipe(fd) != 0)
-        return mem_read_gbs(n_threads);
+/* The samples are taken by a child process forked at the start (while this process has one
+ * thread) that keeps its 1 GiB for the whole run: the buffer does not count in this process's
+ * peak RSS (reported below), and it is not given back between samples. Giving 1 GiB back just
+ * before a decode repetition slowed it (2B q4, the same process alternating: 43.9 tok/s after a
+ * child that freed 1 GiB, 46.7 without one, 47.7 after a sample from a child that keeps its
+ * memory): a VM's guest reports freed pages to the host, work that competes with the decode's
+ * threads for a few seconds. Without the child (fork failed) the samples are taken in this
+ * process from a buffer mapped for each. */
+typedef struct bw_sampler {
+    pid_t pid; /* 0: no child */
+    int req, resp;
+    int n_threads;
+} bw_sampler;
+
+static void bw_child(int req, int resp, int n_threads) {
+    bw_buf b;
+    bool ok = bw_alloc(&b);
+    char c;
+    while (read(req, &c, 1) == 1) {
+        double g = ok ? bw_measure(&b, n_threads) : 0;
+        if (write(resp, &g, sizeof g) != (ssize_t)sizeof g)
+            break;
+    }
+    _exit(0);
+}
+
+static void bw_start(bw_sampler *s, int n_threads) {
+    int q[2], r[2];
+    s->pid = 0;
+    s->n_threads = n_threads;
+    if (pipe(q) != 0)
+        return;
+    if (pipe(r) != 0) {
+        close(q[0]);
+        close(q[1]);
+        return;
+    }
     fflush(NULL);
     pid_t pid = fork();
-    if (pid < 0) {
-        close(fd[0]);
-        close(fd[1]);
-        return mem_read_gbs(n_threads);
-    }
     if (pid == 0) {
-        close(fd[0]);
-        double g = mem_read_gbs(n_threads);
-        ssize_t w = write(fd[1], &g, sizeof g);
-        _exit(w == (ssize_t)sizeof g ? 0 : 1);
+        close(q[1]);
+        close(r[0]);
+        bw_child(q[0], r[1], n_threads);
     }
-    close(fd[1]);
+    close(q[0]);
+    close(r[1]);
+    if (pid < 0) {
+        close(q[1]);
+        close(r[0]);
+        return;
+    }
+    s->pid = pid;
+    s->req = q[1];
+    s->resp = r[0];
+}
+
+static double bw_sample(bw_sampler *s) {
     double g = 0;
-    if (read(fd[0], &g, sizeof g) != (ssize_t)sizeof g)
-        g = 0;
-    close(fd[0]);
-    waitpid(pid, NULL, 0);
+    if (s->pid > 0) {
+        char c = 's';
+        if (write(s->req, &c, 1) == 1 && read(s->resp, &g, sizeof g) == (ssize_t)sizeof g)
+            return g;
+        return 0;
+    }
+    bw_buf b;
+    if (!bw_alloc(&b))
+        return 0;
+    g = bw_measure(&b, s->n_threads);
+    munmap(b.p, b.n * 8);
     return g;
+}
+
+static void bw_stop(bw_sampler *s) {
+    if (s->pid > 0) {
+        close(s->req);
+        close(s->resp);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+    }
 }
 
 /* greedy generation of steps + 1 tokens past end-of-sequence: steps decode steps (the first
@@ -250,7 +313,9 @@ int qvl_cli_bench(int argc, char **argv) {
 
     if (!json)
         fprintf(stderr, "qvl bench: measuring memory bandwidth...\n");
-    double gbs = mem_read_gbs_child(threads);
+    bw_sampler bws_child;
+    bw_start(&bws_child, threads);
+    double gbs = bw_sample(&bws_child);
 
     /* load: warm cache (first load not counted) */
     qvl_model *m = NULL;
@@ -384,7 +449,7 @@ int qvl_cli_bench(int argc, char **argv) {
     const double bytes_tok = (double)qvl_model_decode_bytes(m);
     for (int r = -1; r < reps; r++) {
         if (r >= 0)
-            bws[n_bws++] = mem_read_gbs_child(threads);
+            bws[n_bws++] = bw_sample(&bws_child);
         qvl_ctx_reset(c);
         qvl_ctx_eval(c, ids, 16, NULL, 0);
         qvl_gen_params gp = greedy_steps(128);
@@ -398,7 +463,7 @@ int qvl_cli_bench(int argc, char **argv) {
             v[r] = (double)(res.n_tokens - 1) / (res.decode_ms / 1e3);
         qvl_gen_result_free(&res);
     }
-    bws[n_bws++] = mem_read_gbs_child(threads);
+    bws[n_bws++] = bw_sample(&bws_child);
     for (int r = 0; r < reps; r++) { /* bws[r + 1] before repetition r, bws[r + 2] after */
         double lim = bws[r + 1] > bws[r + 2] ? bws[r + 1] : bws[r + 2];
         frac_rep[r] = lim > 0 ? bytes_tok * v[r] / (lim * 1e9) : 0;
@@ -561,5 +626,6 @@ int qvl_cli_bench(int argc, char **argv) {
     qvl_ctx_free(c);
     qvl_model_free(m);
     qvl_free(cache);
+    bw_stop(&bws_child);
     return 0;
 }
