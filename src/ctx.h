@@ -4,6 +4,7 @@
 
 #include "model.h"
 #include "pool.h"
+#include "vit.h"
 
 /* K/V cache rows per chunk of positions: a multiple of the attention kernels' chunk unit
  * (QVL_KERN_KV_CHUNK, 192); 384 rows of the 2B shapes are 1.5 MB per layer in f32 */
@@ -33,6 +34,7 @@ struct qvl_ctx {
     float *scratch;  /* per-chunk activations */
     float *inv_freq; /* [head_dim / 2] */
     float *decode_x; /* [hidden] */
+    qvl_vit_scratch vit_keep; /* the vision tower's activations, kept between images (vit.h) */
     double vision_ms, prefill_ms;
     qvl_progress_fn progress;
     void *progress_user;

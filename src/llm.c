@@ -192,6 +192,7 @@ void qvl_ctx_free(qvl_ctx *c) {
     qvl_free(c->scratch);
     qvl_free(c->inv_freq);
     qvl_free(c->decode_x);
+    qvl_free_big(c->vit_keep.p, c->vit_keep.n);
     qvl_free(c);
 }
 
@@ -592,7 +593,8 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
         }
         qvl_vit_cb cb = {c->progress ? vit_progress : NULL, c};
         s = qvl_vit_encode(m, c->pool, md[i].px.data, md[i].px.grid_t, md[i].px.grid_h,
-                           md[i].px.grid_w, md[i].feat, md[i].ds, &cb, c->err, sizeof c->err);
+                           md[i].px.grid_w, md[i].feat, md[i].ds, &cb, &c->vit_keep, c->err,
+                           sizeof c->err);
         qvl_pixels_free(&md[i].px);
     }
     c->vision_ms += qvl_time_ms() - t0;

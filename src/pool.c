@@ -163,3 +163,25 @@ void qvl_pool_run(qvl_pool *p, qvl_pool_fn fn, void *arg) {
         pthread_mutex_unlock(&p->mu);
     }
 }
+
+typedef struct {
+    uint8_t *p;
+    size_t n;
+} prefault_job;
+
+static void prefault_task(void *arg, int ith, int nth) {
+    const prefault_job *j = arg;
+    size_t a = j->n * (size_t)ith / (size_t)nth, b = j->n * (size_t)(ith + 1) / (size_t)nth;
+    qvl_prefault(j->p + a, b - a);
+}
+
+void qvl_pool_prefault(qvl_pool *p, void *buf, size_t n) {
+    if (!buf || !n)
+        return;
+    if (!p || p->n == 1 || n < ((size_t)4 << 20)) {
+        qvl_prefault(buf, n);
+        return;
+    }
+    prefault_job j = {buf, n};
+    qvl_pool_run(p, prefault_task, &j);
+}

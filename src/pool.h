@@ -13,5 +13,9 @@ void qvl_pool_free(qvl_pool *p);
 int qvl_pool_size(const qvl_pool *p);
 /* Run fn on all n threads (NULL pool: run inline with nth = 1). Not reentrant. */
 void qvl_pool_run(qvl_pool *p, qvl_pool_fn fn, void *arg);
+/* qvl_prefault(buf, n) with every thread faulting in a share: on a virtual machine the first
+ * touch of memory the process has not used costs ~2 ms per MB of one thread's time (the guest
+ * clears the pages, the host backs them again). Small buffers are done by the caller alone. */
+void qvl_pool_prefault(qvl_pool *p, void *buf, size_t n);
 
 #endif

@@ -431,7 +431,7 @@ static void video_case(void) {
     float feat[18 * 64], dsv[2 * 18 * 64];
     qvl_pool *pool = NULL;
     qvl_pool_create(2, &pool);
-    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, NULL, err, sizeof err) == QVL_OK);
+    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, NULL, NULL, err, sizeof err) == QVL_OK);
     float *gpo = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_pooler_output.f32",
                           18 * 64);
     float *gd0 = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_deepstack_0.f32",
@@ -583,6 +583,52 @@ static void kv_warm_case(void) {
     free(ids);
 }
 
+/* A context keeps the vision tower's activations between images (vit.h): a smaller image after
+ * a larger one reuses the larger one's buffer, stale contents and all, and gives the bits of a
+ * fresh context; so does the larger one again. */
+static const float *eval_image(qvl_ctx *c, const char *file) {
+    char err[512], rel[128];
+    qvl_image *img = NULL;
+    snprintf(rel, sizeof rel, "fixtures/tiny-qwen3vl/images/%s", file);
+    CHECK(qvl_image_load_file(shared_path(rel), 0, &img, err, sizeof err) == QVL_OK);
+    qvl_message msg = {"user", "What is this?", 1, 0};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK(qvl_prompt_build(M, &msg, 1, 1, &img, 1, NULL, &ids, &n, err, sizeof err) == QVL_OK);
+    qvl_ctx_reset(c);
+    qvl_status s = qvl_ctx_eval(c, ids, n, &img, 1);
+    CHECKF(s == QVL_OK, "eval %s: %s", file, qvl_ctx_errmsg(c));
+    qvl_free(ids);
+    qvl_image_free(img);
+    return s == QVL_OK ? qvl_ctx_logits(c, NULL) : NULL;
+}
+
+static void vit_reuse_case(void) {
+    const size_t nv = (size_t)M->cfg.text.vocab_size;
+    qvl_ctx *c = new_ctx(1024), *f1 = new_ctx(1024), *f2 = new_ctx(1024);
+    if (!c || !f1 || !f2)
+        goto done;
+    const float *big = eval_image(f1, "rgb_400x300.png");
+    const float *small = eval_image(f2, "rgb_64x64.png");
+    const float *l = eval_image(c, "rgb_400x300.png");
+    void *kept = c->vit_keep.p;
+    size_t kept_n = c->vit_keep.n;
+    CHECKF(kept != NULL && kept_n > 0, "the vision activations were not kept");
+    CHECK(big && l && !memcmp(l, big, nv * sizeof *l));
+    l = eval_image(c, "rgb_64x64.png");
+    CHECKF(c->vit_keep.p == kept && c->vit_keep.n == kept_n,
+           "a smaller image did not reuse the kept activations");
+    CHECKF(small && l && !memcmp(l, small, nv * sizeof *l),
+           "a smaller image after a larger one: logits differ from a fresh context's");
+    l = eval_image(c, "rgb_400x300.png");
+    CHECKF(big && l && !memcmp(l, big, nv * sizeof *l),
+           "the larger image again: logits differ from a fresh context's");
+done:
+    qvl_ctx_free(c);
+    qvl_ctx_free(f1);
+    qvl_ctx_free(f2);
+}
+
 int main(void) {
     char err[1024];
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
@@ -598,6 +644,7 @@ int main(void) {
     multi_turn();
     video_case();
     kv_warm_case();
+    vit_reuse_case();
     qvl_model_free(M);
     CHECK_DONE();
 }
