@@ -534,6 +534,21 @@ void qvl_st_set_pmd_probe(size_t (*fn)(const void *addr, size_t size)) {
     g_pmd_probe = fn;
 }
 
+static _Atomic int g_mmap_fail;
+
+void qvl_st_set_mmap_fail(int on) {
+    g_mmap_fail = on;
+}
+
+/* a read-only private mapping of fd (qvl_st_set_mmap_fail can make it fail) */
+static void *map_file_ro(void *addr, size_t size, int flags, int fd) {
+    if (g_mmap_fail) {
+        errno = ENODEV;
+        return MAP_FAILED;
+    }
+    return mmap(addr, size, PROT_READ, MAP_PRIVATE | flags, fd, 0);
+}
+
 static size_t pmd_probe(const void *addr, size_t size) {
     return g_pmd_probe ? g_pmd_probe(addr, size) : pmd_mapped_bytes(addr);
 }
@@ -600,7 +615,7 @@ static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size
     uint8_t *m = MAP_FAILED;
     if (res != MAP_FAILED) {
         uint8_t *al = (uint8_t *)(((uintptr_t)res + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
-        m = mmap(al, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+        m = map_file_ro(al, size, MAP_FIXED, fd);
         if (m == MAP_FAILED) {
             munmap(res, span);
         } else { /* give back the unused ends of the reservation */
@@ -613,7 +628,7 @@ static qvl_status map_in_place(qvl_st *st, int fd, const char *path, size_t size
         }
     }
     if (m == MAP_FAILED) /* no aligned reservation: a plain mapping still works */
-        m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        m = map_file_ro(NULL, size, 0, fd);
     if (m == MAP_FAILED) {
         qvl_errf(err, err_len, "%s: mmap failed: %s", path, strerror(errno));
         return QVL_E_IO;
@@ -693,7 +708,8 @@ static qvl_status bring_in(qvl_st *st, qvl_st_mode mode, int fd, const char *pat
     uint64_t done0 = st ? st->prog_done : 0;
     if (mode != QVL_ST_COPY) {
         qvl_status ms = map_in_place(st, fd, path, size, mode != QVL_ST_MAP_LAZY, &m, err, err_len);
-        if (ms == QVL_E_IO && mode == QVL_ST_AUTO) { /* a file system that cannot map: read */
+        if (ms == QVL_E_IO && (mode == QVL_ST_AUTO || mode == QVL_ST_MAP_LAZY)) {
+            /* a file system that cannot map: read the file */
             qvl_log(QVL_LOG_INFO, "%s: cannot be mapped, reading it", path);
             if (st)
                 st->prog_done = done0;

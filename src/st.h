@@ -46,7 +46,8 @@ typedef enum qvl_st_mode {
     QVL_ST_MAP = 0,
     QVL_ST_COPY = 1,
     QVL_ST_AUTO = 2,
-    QVL_ST_MAP_LAZY = 3, /* as MAP, but pages fault in when first read */
+    QVL_ST_MAP_LAZY = 3, /* as MAP, but pages fault in when first read; a file that cannot be
+                            mapped is read into memory (as AUTO does) */
 } qvl_st_mode;
 typedef struct qvl_st_progress {
     int (*fn)(void *user, uint64_t done, uint64_t total); /* non-zero: cancel */
@@ -63,6 +64,8 @@ void qvl_st_unmap_whole(const uint8_t *map, size_t size);
 /* Tests only: replace the probe of how many bytes of a fresh mapping the kernel maps through
  * 2 MiB entries (FilePmdMapped in /proc/self/smaps); NULL restores it. */
 void qvl_st_set_pmd_probe(size_t (*fn)(const void *addr, size_t size));
+/* Tests: while on, every file mapping fails (ENODEV, as on a file system that cannot map). */
+void qvl_st_set_mmap_fail(int on);
 /* Bytes of the shards held as copies (COPY, or AUTO's fallback) and in place. */
 void qvl_st_residency(const qvl_st *st, uint64_t *copied, uint64_t *mapped);
 bool qvl_st_file_copied(const qvl_st *st, int i);

@@ -213,6 +213,28 @@ static void load_modes(void) {
         if (l[0] && l[i])
             CHECKF(max_abs_diff(l[0], l[i], 151936) == 0, "load mode %d changed the logits",
                    modes[i]);
+    /* a file system that cannot map: auto reads the shards (the same logits), so does a
+     * quantised load (its shards are otherwise mapped and read once); --load mmap says why not */
+    qvl_st_set_mmap_fail(1);
+    float *nomap = run(dir, "auto without mmap");
+    CHECK(nomap && l[0] && max_abs_diff(l[0], nomap, 151936) == 0);
+    free(nomap);
+    g_quant = QVL_QUANT_Q8;
+    nomap = run(dir, "q8 without mmap");
+    CHECK(nomap != NULL);
+    free(nomap);
+    g_quant = QVL_QUANT_NONE;
+    {
+        char err[512] = "";
+        qvl_model *m = (qvl_model *)1;
+        qvl_model_params mp = qvl_model_default_params();
+        mp.mmap = QVL_LOAD_MMAP;
+        qvl_status s = qvl_model_load(dir, &mp, &m, err, sizeof err);
+        CHECKF(s == QVL_E_IO && m == NULL && strstr(err, "mmap failed") &&
+                   strstr(err, ".safetensors"),
+               "--load mmap without mmap: status %d, '%s'", (int)s, err);
+    }
+    qvl_st_set_mmap_fail(0);
     for (int i = 0; i < 3; i++)
         free(l[i]);
     int junk = 0;

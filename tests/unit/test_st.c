@@ -881,6 +881,60 @@ static void test_auto_reread(void) {
     rm_tmpdir(d);
 }
 
+/* A file system that cannot map (every file mmap fails): auto and lazy (what a quantised load
+ * uses) read the shards into memory with the same bytes, map fails with a message naming the
+ * shard, copy is unaffected. */
+static void test_mmap_fail(void) {
+    char *dir = make_tmpdir();
+    make_shards(dir);
+    write_text(pjoin(dir, "model.safetensors.index.json"),
+               "{\"weight_map\":{\"model.visual.a\":\"s1.safetensors\","
+               "\"model.visual.b\":\"s1.safetensors\",\"lm_head.weight\":\"s2.safetensors\"}}");
+    qvl_st *ref = NULL;
+    CHECKF(qvl_st_open_dir_ex(dir, QVL_ST_COPY, NULL, &ref, g_err, sizeof g_err) == QVL_OK, "%s",
+           g_err);
+    qvl_st_set_mmap_fail(1);
+    for (int mode = QVL_ST_MAP; mode <= QVL_ST_MAP_LAZY; mode++) {
+        qvl_st *st = NULL;
+        g_err[0] = 0;
+        qvl_status s = qvl_st_open_dir_ex(dir, (qvl_st_mode)mode, NULL, &st, g_err, sizeof g_err);
+        if (mode != QVL_ST_MAP) {
+            CHECKF(s == QVL_OK, "mode %d without mmap: %s", mode, g_err);
+            if (s != QVL_OK || !ref)
+                continue;
+            uint64_t copied = 0, mapped = 0;
+            qvl_st_residency(st, &copied, &mapped);
+            CHECKF(mapped == 0 && copied == qvl_st_file_size(st, 0) + qvl_st_file_size(st, 1),
+                   "mode %d without mmap: %llu copied, %llu mapped", mode,
+                   (unsigned long long)copied, (unsigned long long)mapped);
+            static const char *names[3] = {"model.visual.a", "model.visual.b", "lm_head.weight"};
+            for (int i = 0; i < 3; i++) {
+                const qvl_st_tensor *a = qvl_st_find(st, names[i]), *b = qvl_st_find(ref, names[i]);
+                CHECKF(a && b && a->nbytes == b->nbytes && !memcmp(a->data, b->data, a->nbytes),
+                       "mode %d without mmap: bytes of %s", mode, names[i]);
+            }
+            qvl_st_free(st);
+        } else {
+            CHECKF(s == QVL_E_IO && st == NULL && strstr(g_err, "s1.safetensors") &&
+                       strstr(g_err, "mmap failed"),
+                   "mode %d without mmap: status %d, '%s'", mode, (int)s, g_err);
+        }
+    }
+    /* one whole file (the quantisation cache's way in) */
+    const uint8_t *m = NULL;
+    size_t n = 0;
+    bool copied = false;
+    CHECKF(qvl_st_map_whole(pjoin(dir, "s2.safetensors"), QVL_ST_AUTO, &m, &n, &copied, g_err,
+                            sizeof g_err) == QVL_OK,
+           "%s", g_err);
+    CHECK(m && copied && n > 2 && m[n - 2] == 0 && m[n - 1] == 1);
+    if (m)
+        qvl_st_unmap_whole(m, n);
+    qvl_st_set_mmap_fail(0);
+    qvl_st_free(ref);
+    rm_tmpdir(dir);
+}
+
 int main(void) {
     test_single_file();
     test_sharded();
@@ -890,5 +944,6 @@ int main(void) {
     test_bad_dirs();
     test_writer_errors();
     test_auto_reread();
+    test_mmap_fail();
     CHECK_DONE();
 }
