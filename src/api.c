@@ -186,7 +186,7 @@ qvl_status qvl_vision_encode(const qvl_model *m, const qvl_image *img, const qvl
         goto done;
     }
     s = qvl_vit_encode(m, pool, px.data, px.grid_t, px.grid_h, px.grid_w, out->embd,
-                       out->deepstack, NULL, NULL, err, err_len);
+                       out->deepstack, 0, NULL, NULL, err, err_len);
     out->n_tokens = px.n_tokens;
     out->dim = (int)O;
     out->n_deepstack = n_ds;

@@ -31,10 +31,13 @@ struct qvl_ctx {
     float *logits;            /* [vocab] of the last evaluated row */
     bool has_logits;
     int32_t *tokens; /* [n_ctx] ids in the cache, -1 for embedding rows */
-    float *scratch;  /* per-chunk activations */
+    float *scratch;  /* per-chunk activations (qvl_malloc_big, scratch_bytes) */
+    size_t scratch_bytes;
+    int64_t scratch_rows; /* rows [0, scratch_rows) of its per-row regions are faulted in */
     float *inv_freq; /* [head_dim / 2] */
     float *decode_x; /* [hidden] */
-    qvl_vit_scratch vit_keep; /* the vision tower's activations, kept between images (vit.h) */
+    qvl_keep vit_keep;  /* the vision tower's activations, kept between images (vit.h) */
+    qvl_keep eval_keep; /* an eval's embeddings, positions and image features (llm.c) */
     double vision_ms, prefill_ms;
     qvl_progress_fn progress;
     void *progress_user;

@@ -95,6 +95,46 @@ const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab) {
     return c->has_logits ? c->logits : NULL;
 }
 
+/* The scratch holds n_batch rows of each of these regions, one region after the other: the
+ * normed input and attention output (hidden), queries and the o projection's input (heads x
+ * head_dim), keys and values (KV heads x head_dim), gate and up (intermediate), M-RoPE cos and
+ * sin (head_dim / 2). */
+enum { SCR_A, SCR_ATT, SCR_Q, SCR_O, SCR_K, SCR_V, SCR_G, SCR_U, SCR_COS, SCR_SIN, SCR_N };
+
+/* floats per row of region r (SCR_N: of all of them) */
+static int64_t scratch_width(const qvl_text_cfg *tc, int r) {
+    const int64_t hd = tc->head_dim;
+    const int64_t w[SCR_N] = {tc->hidden, tc->hidden, tc->n_heads * hd, tc->n_heads * hd,
+                              tc->n_kv_heads * hd, tc->n_kv_heads * hd, tc->intermediate,
+                              tc->intermediate, hd / 2, hd / 2};
+    if (r < SCR_N)
+        return w[r];
+    int64_t sum = 0;
+    for (int i = 0; i < SCR_N; i++)
+        sum += w[i];
+    return sum;
+}
+
+static float *scratch_region(const qvl_ctx *c, int r) {
+    int64_t before = 0;
+    for (int i = 0; i < r; i++)
+        before += scratch_width(&c->m->cfg.text, i);
+    return c->scratch + c->n_batch * before;
+}
+
+/* Fault in the first n rows of every region with all threads (a fresh context's first long
+ * prompt would otherwise touch them one page at a time; decode uses one row). */
+static void scratch_ready(qvl_ctx *c, int64_t n) {
+    if (n <= c->scratch_rows)
+        return;
+    for (int r = 0; r < SCR_N; r++) {
+        int64_t w = scratch_width(&c->m->cfg.text, r);
+        qvl_pool_prefault(c->pool, scratch_region(c, r) + c->scratch_rows * w,
+                          (size_t)((n - c->scratch_rows) * w) * sizeof(float));
+    }
+    c->scratch_rows = n;
+}
+
 qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx **out, char *err,
                           size_t err_len) {
     if (!out)
@@ -137,9 +177,8 @@ qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx *
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
     c->image = p->image;
-    const int64_t H = tc->hidden, hd = tc->head_dim, L = tc->n_layers;
-    const int64_t nq = (int64_t)tc->n_heads * hd, nkv = (int64_t)tc->n_kv_heads * hd;
-    const int64_t I = tc->intermediate, B = n_batch;
+    const int64_t H = tc->hidden, hd = tc->head_dim, L = tc->n_layers, B = n_batch;
+    const int64_t nkv = (int64_t)tc->n_kv_heads * hd;
     c->kv_dt = p->kv_type == QVL_KV_BF16  ? QVL_DT_BF16
                : p->kv_type == QVL_KV_F16 ? QVL_DT_F16
                                           : QVL_DT_F32;
@@ -156,8 +195,8 @@ qvl_status qvl_ctx_create(const qvl_model *m, const qvl_ctx_params *p, qvl_ctx *
     c->v_cache = qvl_malloc_big(kv_bytes);
     c->logits = qvl_malloc((size_t)tc->vocab_size * sizeof(float));
     c->tokens = qvl_malloc((size_t)n_ctx * sizeof(int32_t));
-    size_t scratch = (size_t)(B * (2 * H + 2 * nq + 2 * nkv + 2 * I) + hd * 2 * B);
-    c->scratch = qvl_malloc(scratch * sizeof(float));
+    c->scratch_bytes = (size_t)(B * scratch_width(tc, SCR_N)) * sizeof(float);
+    c->scratch = qvl_malloc_big(c->scratch_bytes);
     c->inv_freq = qvl_malloc((size_t)hd / 2 * sizeof(float));
     c->decode_x = qvl_malloc((size_t)H * sizeof(float));
     qvl_status s = QVL_OK;
@@ -189,10 +228,11 @@ void qvl_ctx_free(qvl_ctx *c) {
     qvl_free_big(c->v_cache, c->kv_bytes);
     qvl_free(c->logits);
     qvl_free(c->tokens);
-    qvl_free(c->scratch);
+    qvl_free_big(c->scratch, c->scratch_bytes);
     qvl_free(c->inv_freq);
     qvl_free(c->decode_x);
-    qvl_free_big(c->vit_keep.p, c->vit_keep.n);
+    qvl_keep_free(&c->vit_keep);
+    qvl_keep_free(&c->eval_keep);
     qvl_free(c);
 }
 
@@ -291,11 +331,12 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
     const qvl_text_cfg *tc = &m->cfg.text;
     const int64_t H = tc->hidden, hd = tc->head_dim, half = hd / 2, I = tc->intermediate;
     const int64_t nh = tc->n_heads, nkvh = tc->n_kv_heads, nq = nh * hd, nkv = nkvh * hd;
-    const int64_t B = c->n_batch;
-    float *a = c->scratch, *att = a + B * H, *q = att + B * H, *o = q + B * nq;
-    float *k = o + B * nq, *v = k + B * nkv, *g = v + B * nkv, *u = g + B * I;
-    float *cs = u + B * I, *sn = cs + B * half;
-    (void)o;
+    scratch_ready(c, n);
+    float *a = scratch_region(c, SCR_A), *att = scratch_region(c, SCR_ATT);
+    float *q = scratch_region(c, SCR_Q), *k = scratch_region(c, SCR_K);
+    float *v = scratch_region(c, SCR_V), *g = scratch_region(c, SCR_G);
+    float *u = scratch_region(c, SCR_U), *cs = scratch_region(c, SCR_COS);
+    float *sn = scratch_region(c, SCR_SIN);
     for (int64_t i = 0; i < n; i++)
         qvl_mrope_angles(c->inv_freq, (int)half, tc->mrope_section, pos[i],
                          pos[pos_stride + i], pos[2 * pos_stride + i], cs + i * half,
@@ -367,6 +408,39 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
     }
 }
 
+/* An eval's buffers (embeddings, positions, image features) are slices of one block that the
+ * context keeps for the next eval (eval_keep, up to QVL_EVAL_KEEP_MAX bytes): a fresh block's
+ * pages are faulted in by every thread, a kept one's are already there. */
+#define QVL_EVAL_KEEP_MAX ((size_t)256 << 20)
+typedef struct {
+    size_t end;
+    bool overflow;
+} slab;
+
+/* offset of a new 64-byte aligned slice of count elements of size bytes */
+static size_t slab_add(slab *s, int64_t count, size_t size) {
+    size_t bytes, at = (s->end + 63) & ~(size_t)63;
+    if (count < 0 || !qvl_size_mul((size_t)count, size, &bytes) || at < s->end ||
+        at > SIZE_MAX - bytes) {
+        s->overflow = true;
+        return 0;
+    }
+    s->end = at + bytes;
+    return at;
+}
+
+/* the block for s; *own: the caller releases it with qvl_free_big(p, s->end). NULL (the
+ * context's error set): too large or out of memory. */
+static uint8_t *slab_get(qvl_ctx *c, const slab *s, bool *own) {
+    *own = false;
+    uint8_t *p = s->overflow ? NULL
+                             : qvl_keep_get(&c->eval_keep, s->end ? s->end : 1,
+                                            QVL_EVAL_KEEP_MAX, c->pool, own);
+    if (!p)
+        qvl_ctx_setf(c, "out of memory for the prompt's buffers (%zu MB)", s->end >> 20);
+    return p;
+}
+
 /* Run n rows of embeddings (consumed: used as the residual stream) in chunks of n_batch.
  * Returns false when the progress callback cancelled: the cache is then back where it was. */
 static bool forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, const uint8_t *vis,
@@ -427,14 +501,14 @@ qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
             return QVL_E_INVAL;
         }
     int64_t n = (int64_t)b->n;
-    float *x = qvl_malloc((size_t)(n * H) * sizeof(float));
-    int32_t *pos = qvl_malloc((size_t)(3 * n) * sizeof(int32_t));
-    if (!x || !pos) {
-        qvl_free(x);
-        qvl_free(pos);
-        qvl_ctx_setf(c, "eval_embd: out of memory");
+    slab L = {0};
+    size_t o_x = slab_add(&L, n * H, sizeof(float)), o_pos = slab_add(&L, 3 * n, sizeof(int32_t));
+    bool own;
+    uint8_t *base = slab_get(c, &L, &own);
+    if (!base)
         return QVL_E_NOMEM;
-    }
+    float *x = (float *)(base + o_x);
+    int32_t *pos = (int32_t *)(base + o_pos);
     memcpy(x, b->embd, (size_t)(n * H) * sizeof(float));
     int64_t next = c->next_pos;
     if (b->pos) {
@@ -450,17 +524,16 @@ qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
             pos[i] = pos[n + i] = pos[2 * n + i] = (int32_t)(next + i);
         next += n;
     }
-    if (!forward(c, x, n, pos, b->visual_mask, b->n_deepstack, b->deepstack)) {
-        qvl_free(x);
-        qvl_free(pos);
+    bool done = forward(c, x, n, pos, b->visual_mask, b->n_deepstack, b->deepstack);
+    if (own)
+        qvl_free_big(base, L.end);
+    if (!done) {
         qvl_ctx_setf(c, "cancelled");
         return QVL_E_CANCELLED;
     }
     for (int64_t i = 0; i < n; i++)
         c->tokens[c->n_past - n + i] = -1;
     c->next_pos = next;
-    qvl_free(x);
-    qvl_free(pos);
     return QVL_OK;
 }
 
@@ -469,11 +542,9 @@ qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n_ids, qvl_image 
     return qvl_ctx_eval_mm(c, ids, n_ids, images, n_images, NULL, 0);
 }
 
-/* One image or video of a prompt: its pixel rows, grid and features. */
+/* One image or video of a prompt: its pixel rows and grid. */
 typedef struct media {
     qvl_pixels px;
-    float *feat; /* [n_tokens, H] */
-    float *ds;   /* [n_ds, n_tokens, H] */
     int64_t n_tokens;
 } media;
 
@@ -518,9 +589,10 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
     media *md = qvl_calloc(n_media + 1, sizeof *md);
     qvl_grid *igrid = qvl_calloc(n_images + 1, sizeof *igrid);
     qvl_grid *vgrid = NULL;
-    float *x = NULL, **ds = NULL;
-    int32_t *pos = NULL;
-    uint8_t *vis = NULL;
+    const float **ds = NULL;
+    uint8_t *base = NULL;
+    bool own = false;
+    slab L = {0};
     if (!md || !igrid) {
         s = QVL_E_NOMEM;
         goto done;
@@ -554,15 +626,37 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
         s = QVL_E_INVAL;
         goto done;
     }
+    /* The encoder writes the features of all media one after the other, images first, each
+     * DeepStack feature as one array over them all; image pads take image rows in order, video
+     * pads video rows in order, and the decoder adds the DeepStack rows in sequence order: the
+     * encoder's order unless an image pad comes after a video pad, when they are gathered. */
+    const int64_t n_feat = n_img_feat + n_vid_feat;
+    const int n_ds = n_feat > 0 ? n_ds_model : 0;
+    bool ds_in_order = true, seen_video = false;
+    for (int64_t i = 0; i < n; i++) {
+        seen_video |= ids[i] == cfg->video_token_id;
+        ds_in_order &= !(seen_video && ids[i] == cfg->image_token_id);
+    }
+    const size_t o_pos = slab_add(&L, 3 * n, sizeof(int32_t)), o_vis = slab_add(&L, n, 1);
+    const size_t o_x = slab_add(&L, n * H, sizeof(float));
+    const size_t o_feat = slab_add(&L, n_feat * H, sizeof(float));
+    const size_t o_ds = slab_add(&L, (int64_t)n_ds * n_feat * H, sizeof(float));
+    const size_t o_dsg = slab_add(&L, ds_in_order ? 0 : (int64_t)n_ds * n_feat * H, sizeof(float));
     /* every frame group of a video is positioned like a one-frame image */
     vgrid = qvl_calloc((size_t)n_vgroups + 1, sizeof *vgrid);
-    pos = qvl_malloc((size_t)(3 * n) * sizeof(int32_t));
-    x = qvl_malloc((size_t)(n * H) * sizeof(float));
-    vis = qvl_calloc((size_t)n, 1);
-    if (!vgrid || !pos || !x || !vis) {
+    ds = qvl_calloc((size_t)n_ds + 1, sizeof *ds);
+    if (!vgrid || !ds) {
         s = QVL_E_NOMEM;
         goto done;
     }
+    if (!(base = slab_get(c, &L, &own))) {
+        s = QVL_E_NOMEM;
+        goto done;
+    }
+    int32_t *pos = (int32_t *)(base + o_pos);
+    uint8_t *vis = base + o_vis;
+    float *x = (float *)(base + o_x), *feat = (float *)(base + o_feat);
+    float *dsall = (float *)(base + o_ds), *dsg = (float *)(base + o_dsg);
     for (size_t i = n_images, g = 0; i < n_media; i++)
         for (int t = 0; t < md[i].px.grid_t; t++)
             vgrid[g++] = (qvl_grid){1, md[i].px.grid_h, md[i].px.grid_w};
@@ -580,64 +674,33 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
         vis[i] = ids[i] == cfg->image_token_id || ids[i] == cfg->video_token_id;
     }
     /* vision: encode each image / video */
-    const int64_t n_feat = n_img_feat + n_vid_feat;
-    const int n_ds = n_feat > 0 ? n_ds_model : 0;
     double t0 = qvl_time_ms();
-    for (size_t i = 0; i < n_media && s == QVL_OK; i++) {
-        int64_t ni = md[i].px.n_tokens;
-        md[i].feat = qvl_malloc((size_t)(ni * H) * sizeof(float));
-        md[i].ds = qvl_malloc((size_t)(n_ds_model * ni * H + 1) * sizeof(float));
-        if (!md[i].feat || !md[i].ds) {
-            s = QVL_E_NOMEM;
-            break;
-        }
+    for (size_t i = 0, row = 0; i < n_media && s == QVL_OK; row += md[i].n_tokens, i++) {
         qvl_vit_cb cb = {c->progress ? vit_progress : NULL, c};
         s = qvl_vit_encode(m, c->pool, md[i].px.data, md[i].px.grid_t, md[i].px.grid_h,
-                           md[i].px.grid_w, md[i].feat, md[i].ds, &cb, &c->vit_keep, c->err,
-                           sizeof c->err);
+                           md[i].px.grid_w, feat + row * H, dsall + row * H, n_feat * H, &cb,
+                           &c->vit_keep, c->err, sizeof c->err);
         qvl_pixels_free(&md[i].px);
     }
     c->vision_ms += qvl_time_ms() - t0;
     if (s != QVL_OK)
         goto done;
-    /* scatter: image pads take image rows in order, video pads video rows in order; the
-     * DeepStack rows are gathered in sequence order the same way */
-    if (n_feat > 0) {
-        ds = qvl_calloc((size_t)n_ds + 1, sizeof *ds);
-        if (!ds) {
-            s = QVL_E_NOMEM;
-            goto done;
-        }
-        for (int k = 0; k < n_ds; k++) {
-            ds[k] = qvl_malloc((size_t)(n_feat * H) * sizeof(float));
-            if (!ds[k]) {
-                s = QVL_E_NOMEM;
-                goto done;
-            }
-        }
-        size_t cur[2] = {0, n_images}; /* current media of each kind */
-        int64_t row[2] = {0, 0};       /* row inside it */
-        int64_t r = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (!vis[i])
-                continue;
-            int kind = ids[i] == cfg->video_token_id;
-            while (row[kind] >= md[cur[kind]].n_tokens) {
-                cur[kind]++;
-                row[kind] = 0;
-            }
-            const media *mm = &md[cur[kind]];
-            int64_t ni = mm->n_tokens;
-            memcpy(x + i * H, mm->feat + row[kind] * H, (size_t)H * sizeof(float));
+    /* scatter the features into the embeddings */
+    for (int64_t i = 0, r_img = 0, r_vid = n_img_feat, r = 0; i < n; i++) {
+        if (!vis[i])
+            continue;
+        int64_t src = ids[i] == cfg->video_token_id ? r_vid++ : r_img++;
+        memcpy(x + i * H, feat + src * H, (size_t)H * sizeof(float));
+        if (!ds_in_order)
             for (int k = 0; k < n_ds; k++)
-                memcpy(ds[k] + r * H, mm->ds + ((int64_t)k * ni + row[kind]) * H,
+                memcpy(dsg + (k * n_feat + r) * H, dsall + (k * n_feat + src) * H,
                        (size_t)H * sizeof(float));
-            row[kind]++;
-            r++;
-        }
+        r++;
     }
+    for (int k = 0; k < n_ds; k++)
+        ds[k] = (ds_in_order ? dsall : dsg) + k * n_feat * H;
     double t1 = qvl_time_ms();
-    bool done_ok = forward(c, x, n, pos, n_feat > 0 ? vis : NULL, n_ds, (const float *const *)ds);
+    bool done_ok = forward(c, x, n, pos, n_feat > 0 ? vis : NULL, n_ds, ds);
     c->prefill_ms += qvl_time_ms() - t1;
     if (!done_ok) {
         qvl_ctx_setf(c, "prompt evaluation cancelled");
@@ -649,21 +712,14 @@ qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n_ids,
 done:
     if (s == QVL_E_NOMEM && !c->err[0])
         qvl_ctx_setf(c, "out of memory evaluating %lld tokens", (long long)n);
-    if (ds)
-        for (int k = 0; k < n_ds_model; k++)
-            qvl_free(ds[k]);
+    if (own)
+        qvl_free_big(base, L.end);
     qvl_free(ds);
-    for (size_t i = 0; md && i < n_media; i++) {
+    for (size_t i = 0; md && i < n_media; i++)
         qvl_pixels_free(&md[i].px);
-        qvl_free(md[i].feat);
-        qvl_free(md[i].ds);
-    }
     qvl_free(md);
     qvl_free(igrid);
     qvl_free(vgrid);
-    qvl_free(pos);
-    qvl_free(x);
-    qvl_free(vis);
     return s;
 }
 

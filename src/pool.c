@@ -185,3 +185,26 @@ void qvl_pool_prefault(qvl_pool *p, void *buf, size_t n) {
     prefault_job j = {buf, n};
     qvl_pool_run(p, prefault_task, &j);
 }
+
+void *qvl_keep_get(qvl_keep *keep, size_t n, size_t max, qvl_pool *pool, bool *own) {
+    *own = false;
+    if (keep && keep->p && keep->n >= n)
+        return keep->p;
+    qvl_keep_free(keep); /* too small: replaced */
+    void *p = qvl_malloc_big(n);
+    if (!p)
+        return NULL;
+    qvl_pool_prefault(pool, p, n);
+    if (keep && n <= max)
+        *keep = (qvl_keep){p, n};
+    else
+        *own = true;
+    return p;
+}
+
+void qvl_keep_free(qvl_keep *keep) {
+    if (keep && keep->p) {
+        qvl_free_big(keep->p, keep->n);
+        *keep = (qvl_keep){NULL, 0};
+    }
+}

@@ -4,6 +4,8 @@
 
 #include "qvl.h"
 
+#include <stdbool.h>
+
 typedef struct qvl_pool qvl_pool;
 /* fn is called once on every worker with (arg, ith, nth) and run() returns when all finished. */
 typedef void (*qvl_pool_fn)(void *arg, int ith, int nth);
@@ -17,5 +19,18 @@ void qvl_pool_run(qvl_pool *p, qvl_pool_fn fn, void *arg);
  * touch of memory the process has not used costs ~2 ms per MB of one thread's time (the guest
  * clears the pages, the host backs them again). Small buffers are done by the caller alone. */
 void qvl_pool_prefault(qvl_pool *p, void *buf, size_t n);
+
+/* A big buffer a context keeps between calls ({NULL, 0} at first, released with qvl_keep_free),
+ * so that a later call needing at most as many bytes reuses pages already faulted in. */
+typedef struct qvl_keep {
+    void *p;
+    size_t n;
+} qvl_keep;
+/* n bytes: keep's buffer when it holds at least n; else a new qvl_malloc_big buffer faulted in
+ * by the pool's threads, which replaces keep's (released first) when keep is given and n <= max,
+ * and otherwise sets *own: the caller releases it with qvl_free_big(p, n). NULL: out of memory
+ * (keep then holds nothing). */
+void *qvl_keep_get(qvl_keep *keep, size_t n, size_t max, qvl_pool *pool, bool *own);
+void qvl_keep_free(qvl_keep *keep);
 
 #endif

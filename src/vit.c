@@ -95,8 +95,8 @@ size_t qvl_vit_scratch_floats(const qvl_model *m, int64_t N) {
 }
 
 qvl_status qvl_vit_encode(const qvl_model *m, qvl_pool *pool, const float *pixels, int gt, int gh,
-                          int gw, float *feat, float *ds, const qvl_vit_cb *cb,
-                          qvl_vit_scratch *keep, char *err, size_t err_len) {
+                          int gw, float *feat, float *ds, int64_t ds_stride, const qvl_vit_cb *cb,
+                          qvl_keep *keep, char *err, size_t err_len) {
     const qvl_vision_cfg *vc = &m->cfg.vision;
     const int64_t D = vc->hidden, Iv = vc->intermediate, nh = vc->n_heads, hv = D / nh;
     const int64_t M2 = (int64_t)vc->merge * vc->merge;
@@ -111,29 +111,15 @@ qvl_status qvl_vit_encode(const qvl_model *m, qvl_pool *pool, const float *pixel
         qvl_errf(err, err_len, "vision: image too large");
         return QVL_E_LIMIT;
     }
-    float *buf = NULL;
-    bool own = true; /* freed before returning */
-    if (keep && keep->p && keep->n >= bytes) {
-        buf = keep->p;
-        own = false;
-    } else {
-        if (keep && keep->p) { /* too small: replaced */
-            qvl_free_big(keep->p, keep->n);
-            *keep = (qvl_vit_scratch){NULL, 0};
-        }
-        buf = qvl_malloc_big(bytes);
-        if (!buf) {
-            qvl_errf(err, err_len,
-                     "vision: out of memory (%zu MB of activations for %lld patches)",
-                     bytes >> 20, (long long)N);
-            return QVL_E_NOMEM;
-        }
-        qvl_pool_prefault(pool, buf, bytes);
-        if (keep && bytes <= QVL_VIT_KEEP_MAX) {
-            *keep = (qvl_vit_scratch){buf, bytes};
-            own = false;
-        }
+    bool own;
+    float *buf = qvl_keep_get(keep, bytes, QVL_VIT_KEEP_MAX, pool, &own);
+    if (!buf) {
+        qvl_errf(err, err_len, "vision: out of memory (%zu MB of activations for %lld patches)",
+                 bytes >> 20, (long long)N);
+        return QVL_E_NOMEM;
     }
+    if (ds_stride == 0)
+        ds_stride = n_out * vc->out_hidden;
     float *X = buf, *h = X + N * D, *o = h + N * D, *qkv = o + N * D, *cs = qkv + N * 3 * D;
     float *sn = cs + N * (hv / 2), *mlp = sn + N * (hv / 2);
     int64_t chunk = N < 1024 ? N : 1024;
@@ -179,7 +165,7 @@ qvl_status qvl_vit_encode(const qvl_model *m, qvl_pool *pool, const float *pixel
         for (int k = 0; k < vc->n_deepstack; k++)
             if (vc->deepstack[k] == b)
                 run_merger(pool, m, &m->ds_mergers[k], true, X, N,
-                           ds + (int64_t)k * n_out * vc->out_hidden, qkv, qkv + N * D);
+                           ds + (int64_t)k * ds_stride, qkv, qkv + N * D);
         if (cb && cb->fn && cb->fn(cb->user, b + 1, vc->depth)) {
             if (own)
                 qvl_free_big(buf, bytes);

@@ -431,7 +431,7 @@ static void video_case(void) {
     float feat[18 * 64], dsv[2 * 18 * 64];
     qvl_pool *pool = NULL;
     qvl_pool_create(2, &pool);
-    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, NULL, NULL, err, sizeof err) == QVL_OK);
+    CHECK(qvl_vit_encode(M, pool, px.data, 3, 4, 6, feat, dsv, 0, NULL, NULL, err, sizeof err) == QVL_OK);
     float *gpo = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_pooler_output.f32",
                           18 * 64);
     float *gd0 = load_f32("fixtures/tiny-qwen3vl/golden/tiny_video_frames.vision_deepstack_0.f32",
@@ -512,6 +512,107 @@ static void video_case(void) {
     qvl_pixels_free(&px);
     qvl_video_free(v);
     cJSON_Delete(g);
+}
+
+/* eval_mm's scatter of image and video features into the embeddings, and of their DeepStack
+ * rows (added in sequence order), against the same prompt composed by hand through eval_embd:
+ * an image then a video in one turn, and a video turn then an image turn (the encoder's order,
+ * images first, then differs from the sequence's and the rows are gathered) */
+static void media_order_case(void) {
+    char err[512];
+    const int64_t H = M->cfg.text.hidden;
+    qvl_video *v = NULL;
+    qvl_image *img = NULL;
+    qvl_features fi = {0};
+    qvl_pixels px = {0};
+    qvl_pool *pool = NULL;
+    float fv[18 * 64], dv[2 * 18 * 64];
+    CHECK(H == 64 && M->cfg.vision.n_deepstack == 2);
+    if (qvl_video_load(M, shared_path("fixtures/tiny-qwen3vl/videos/tiny_clip_96x64_4fps"), 4,
+                       NULL, &v, err, sizeof err) != QVL_OK ||
+        qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
+                            err, sizeof err) != QVL_OK ||
+        qvl_vision_encode(M, img, NULL, 2, &fi, err, sizeof err) != QVL_OK ||
+        qvl_video_pixels(M, v, &px, err, sizeof err) != QVL_OK || qvl_pool_create(2, &pool) ||
+        qvl_vit_encode(M, pool, px.data, 3, 4, 6, fv, dv, 0, NULL, NULL, err, sizeof err) ||
+        H != 64 || M->cfg.vision.n_deepstack != 2) {
+        CHECKF(false, "media_order_case setup: %s", err);
+        goto done;
+    }
+    const qvl_message both[1] = {{"user", "Compare.", 1, 1}};
+    const qvl_message turns[2] = {{"user", "Watch.", 0, 1}, {"user", "Now look.", 1, 0}};
+    for (int order = 0; order < 2; order++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK(qvl_prompt_build_mm(M, order ? turns : both, order ? 2 : 1, 1, &img, 1, NULL, &v, 1,
+                                  &ids, &n, err, sizeof err) == QVL_OK);
+        float *embd = malloc(n * H * sizeof *embd), *dsr[2];
+        dsr[0] = malloc(n * H * sizeof(float));
+        dsr[1] = malloc(n * H * sizeof(float));
+        uint8_t *mask = calloc(n, 1);
+        int32_t *pos = malloc(3 * n * sizeof *pos);
+        qvl_ctx *a = new_ctx(512), *b = new_ctx(512);
+        if (!ids || !embd || !dsr[0] || !dsr[1] || !mask || !pos || !a || !b) {
+            CHECK(false);
+            goto next;
+        }
+        CHECK(qvl_embed_tokens(M, ids, n, embd) == QVL_OK);
+        int64_t ri = 0, rv = 0, r = 0, first_img = -1, first_vid = -1;
+        for (size_t i = 0; i < n; i++) {
+            const float *f, *d0, *d1;
+            if (ids[i] == M->cfg.image_token_id) {
+                first_img = first_img < 0 ? (int64_t)i : first_img;
+                f = fi.embd + ri * H;
+                d0 = fi.deepstack + ri * H;
+                d1 = fi.deepstack + (fi.n_tokens + ri) * H;
+                ri++;
+            } else if (ids[i] == M->cfg.video_token_id) {
+                first_vid = first_vid < 0 ? (int64_t)i : first_vid;
+                f = fv + rv * H;
+                d0 = dv + rv * H;
+                d1 = dv + (18 + rv) * H;
+                rv++;
+            } else {
+                continue;
+            }
+            memcpy(embd + i * H, f, H * sizeof *f);
+            memcpy(dsr[0] + r * H, d0, H * sizeof *d0);
+            memcpy(dsr[1] + r * H, d1, H * sizeof *d1);
+            mask[i] = 1;
+            r++;
+        }
+        CHECKF(ri == fi.n_tokens && rv == 18 && (order ? first_vid < first_img : first_img < first_vid),
+               "media_order_case %d: the prompt does not hold the media in the intended order",
+               order);
+        qvl_grid ig = {fi.grid_t, fi.grid_h, fi.grid_w}, vg[3] = {{1, 4, 6}, {1, 4, 6}, {1, 4, 6}};
+        int64_t next = 0;
+        CHECK(qvl_rope_index(ids, (int64_t)n, M->cfg.image_token_id, M->cfg.video_token_id, &ig,
+                             1, vg, 3, M->cfg.vision.merge, 0, pos, &next, err, sizeof err) ==
+              QVL_OK);
+        const float *dsp[2] = {dsr[0], dsr[1]};
+        qvl_embd_batch eb = {n, (int)H, embd, pos, mask, 2, dsp, next};
+        CHECKF(qvl_ctx_eval_embd(a, &eb) == QVL_OK, "%s", qvl_ctx_errmsg(a));
+        CHECKF(qvl_ctx_eval_mm(b, ids, n, &img, 1, &v, 1) == QVL_OK, "%s", qvl_ctx_errmsg(b));
+        const float *la = qvl_ctx_logits(a, NULL), *lb = qvl_ctx_logits(b, NULL);
+        CHECKF(la && lb && max_rel(la, lb, (size_t)M->cfg.text.vocab_size) < 1e-6,
+               "media order %d: eval_mm differs from the features composed by hand: %g", order,
+               la && lb ? max_rel(la, lb, (size_t)M->cfg.text.vocab_size) : -1.0);
+    next:
+        qvl_ctx_free(a);
+        qvl_ctx_free(b);
+        free(pos);
+        free(mask);
+        free(dsr[0]);
+        free(dsr[1]);
+        free(embd);
+        qvl_free(ids);
+    }
+done:
+    qvl_pool_free(pool);
+    qvl_pixels_free(&px);
+    qvl_features_free(&fi);
+    qvl_image_free(img);
+    qvl_video_free(v);
 }
 
 /* pages [p, p + n) all resident (mincore) */
@@ -603,6 +704,8 @@ static const float *eval_image(qvl_ctx *c, const char *file) {
     return s == QVL_OK ? qvl_ctx_logits(c, NULL) : NULL;
 }
 
+/* a context keeps the vision tower's activations and the eval buffers between prompts: a
+ * smaller image after a larger one reuses them and gives a fresh context's logits bit for bit */
 static void vit_reuse_case(void) {
     const size_t nv = (size_t)M->cfg.text.vocab_size;
     qvl_ctx *c = new_ctx(1024), *f1 = new_ctx(1024), *f2 = new_ctx(1024);
@@ -611,13 +714,21 @@ static void vit_reuse_case(void) {
     const float *big = eval_image(f1, "rgb_400x300.png");
     const float *small = eval_image(f2, "rgb_64x64.png");
     const float *l = eval_image(c, "rgb_400x300.png");
-    void *kept = c->vit_keep.p;
-    size_t kept_n = c->vit_keep.n;
+    void *kept = c->vit_keep.p, *ekept = c->eval_keep.p;
+    size_t kept_n = c->vit_keep.n, ekept_n = c->eval_keep.n;
     CHECKF(kept != NULL && kept_n > 0, "the vision activations were not kept");
+    CHECKF(ekept != NULL && ekept_n > 0, "the eval buffers were not kept");
     CHECK(big && l && !memcmp(l, big, nv * sizeof *l));
+    /* nothing may rely on the kept buffers' contents: fill them with NaNs */
+    if (kept && ekept) {
+        memset(kept, 0xff, kept_n);
+        memset(ekept, 0xff, ekept_n);
+    }
     l = eval_image(c, "rgb_64x64.png");
     CHECKF(c->vit_keep.p == kept && c->vit_keep.n == kept_n,
            "a smaller image did not reuse the kept activations");
+    CHECKF(c->eval_keep.p == ekept && c->eval_keep.n == ekept_n,
+           "a smaller prompt did not reuse the kept eval buffers");
     CHECKF(small && l && !memcmp(l, small, nv * sizeof *l),
            "a smaller image after a larger one: logits differ from a fresh context's");
     l = eval_image(c, "rgb_400x300.png");
@@ -643,6 +754,7 @@ int main(void) {
     full_tensors();
     multi_turn();
     video_case();
+    media_order_case();
     kv_warm_case();
     vit_reuse_case();
     qvl_model_free(M);
