@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -405,7 +406,9 @@ static const char *fixture_copy(const char *name) {
     }
     snprintf(a, sizeof a, "%s/model.safetensors", shared_path("fixtures/tiny-qwen3vl/model"));
     snprintf(b, sizeof b, "%s/model.safetensors", dir);
-    if (symlink(a, b) != 0)
+    /* the link's target absolute: a relative one would be taken from the link's directory */
+    char abs[PATH_MAX];
+    if (!realpath(a, abs) || symlink(abs, b) != 0)
         copy_file(a, b);
     return dir;
 }
