@@ -4,7 +4,6 @@
 
 #include "model.h"
 #include "pool.h"
-#include "vit.h"
 
 /* K/V cache rows per chunk of positions: a multiple of the attention kernels' chunk unit
  * (QVL_KERN_KV_CHUNK, 192); 384 rows of the 2B shapes are 1.5 MB per layer in f32 */
