@@ -72,6 +72,7 @@ typedef struct opts {
     long max_new, top_k, threads, n_ctx, top_logits, seed;
     double temp, top_p, min_p, rep, presence, frequency;
     long min_pixels, max_pixels;
+    qvl_resample resample;
     bool json, ignore_eos, skip_special;
     int quant;
     qvl_kv_type kv;
@@ -171,6 +172,15 @@ static int parse_opts(int argc, char **argv, opts *o) {
             NUM(min_pixels, 1, 1L << 40);
         } else if (!strcmp(a, "--max-pixels")) {
             NUM(max_pixels, 1, 1L << 40);
+        } else if (!strcmp(a, "--resample")) {
+            NEED_ARG();
+            const char *v = argv[++i];
+            if (!strcmp(v, "pil"))
+                o->resample = QVL_RESAMPLE_PIL;
+            else if (!strcmp(v, "torchvision"))
+                o->resample = QVL_RESAMPLE_TORCHVISION;
+            else
+                return die(2, "option --resample: '%s' is not pil or torchvision", v);
         } else if (!strcmp(a, "--temp")) {
             FLT(temp, 0, 100);
         } else if (!strcmp(a, "--top-p")) {
@@ -508,7 +518,7 @@ static int cmd_run(opts *o) {
         }
         n_img++;
     }
-    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, 0, 0, 0};
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, 0, 0, 0, o->resample};
     for (int i = 0; i < o->n_videos; i++) {
         qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
                                       sizeof err);
@@ -548,6 +558,7 @@ static int cmd_run(opts *o) {
     cp.kv_type = o->kv;
     cp.image.min_pixels = o->min_pixels;
     cp.image.max_pixels = o->max_pixels;
+    cp.image.resample = o->resample;
     qvl_status s = qvl_prompt_build_mm(m, msgs, (size_t)nm, 1, imgs, (size_t)n_img, &cp.image,
                                        vids, (size_t)n_vid, &ids, &n_ids, err, sizeof err);
     if (s != QVL_OK) {
@@ -693,7 +704,8 @@ out:
 static int preprocess_videos(opts *o, qvl_model *m) {
     cJSON *arr = cJSON_CreateArray();
     int rc = 0;
-    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->min_pixels, o->max_pixels, 0};
+    qvl_video_opts vo = {o->sample_fps,   0, (int)o->max_frames, o->min_pixels,
+                         o->max_pixels, 0, o->resample};
     for (int i = 0; i < o->n_videos; i++) {
         char err[1024] = "";
         qvl_video *v = NULL;
@@ -781,7 +793,7 @@ static int cmd_preprocess(opts *o) {
         char err[1024] = "";
         qvl_image *img = NULL;
         qvl_image_plan pl;
-        qvl_image_opts io = {o->min_pixels, o->max_pixels};
+        qvl_image_opts io = {o->min_pixels, o->max_pixels, o->resample};
         qvl_status s = qvl_image_load_file(o->positional[i], 0, &img, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_image_plan_get(m, img, &io, &pl, err, sizeof err);
@@ -848,7 +860,7 @@ static int cmd_encode(opts *o) {
     for (int i = 0; i < o->n_pos && feats; i++) {
         char err[1024] = "";
         qvl_image *img = NULL;
-        qvl_image_opts io = {o->min_pixels, o->max_pixels};
+        qvl_image_opts io = {o->min_pixels, o->max_pixels, o->resample};
         qvl_status s = qvl_image_load_file(o->positional[i], 0, &img, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_vision_encode(m, img, &io, (int)o->threads, &feats[i], err, sizeof err);
@@ -912,6 +924,7 @@ static int cmd_chat(opts *o) {
     cp.kv_type = o->kv;
     cp.image.min_pixels = o->min_pixels;
     cp.image.max_pixels = o->max_pixels;
+    cp.image.resample = o->resample;
     qvl_ctx *c = NULL;
     if (qvl_ctx_create(m, &cp, &c, err, sizeof err) != QVL_OK) {
         qvl_model_free(m);
@@ -1039,6 +1052,7 @@ static void usage(void) {
             "             [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
+            "             [--resample pil|torchvision]\n"
             "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
             "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache] [--quant-vision]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
@@ -1059,6 +1073,9 @@ static void usage(void) {
             "             [--quant-vision] [-t N] [--reps N] [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n"
             "  --kv: KV cache element type (default f32; bf16/f16 halve its memory).\n"
+            "  --resample: which reference's bicubic resize and normalisation: pil (transformers'\n"
+            "    PIL processor, qwen-vl-utils) or torchvision (the Fast and video processors);\n"
+            "    default pil for images, torchvision for videos.\n"
             "  --bf16-dot: prefill and vision multiply bf16-rounded activations (AVX-512 BF16,\n"
             "  about 2x faster there; logits move by ~1e-2 relative).\n"
             "  --load: auto (default) uses the weight files in place where the kernel maps them\n"

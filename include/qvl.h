@@ -172,10 +172,23 @@ QVL_API qvl_status qvl_image_from_rgb(const uint8_t *rgb, int width, int height,
 QVL_API void qvl_image_size(const qvl_image *img, int *width, int *height);
 QVL_API void qvl_image_free(qvl_image *img);
 
+/* Which reference preprocessing the resize and normalisation reproduce, bit for bit.
+ * PIL: transformers' PIL image processor (Pillow's Image.resize BICUBIC, then rescale and
+ * normalise), as qwen-vl-utils resizes too. TORCHVISION: transformers' Fast (torchvision)
+ * processors: PyTorch's uint8 antialiased bicubic interpolate, then (u8 - 127.5) / 127.5 in
+ * float32. The two differ by a level or two of 255 in some resized pixels. DEFAULT: PIL for
+ * images, TORCHVISION for videos (the video processor has only the torchvision path). */
+typedef enum qvl_resample {
+    QVL_RESAMPLE_DEFAULT = 0,
+    QVL_RESAMPLE_PIL = 1,
+    QVL_RESAMPLE_TORCHVISION = 2,
+} qvl_resample;
+
 /* Per-call image budget: 0 means "from preprocessor_config.json". */
 typedef struct qvl_image_opts {
     int64_t min_pixels;
     int64_t max_pixels;
+    qvl_resample resample; /* any other value: QVL_E_INVAL */
 } qvl_image_opts;
 
 /* Where an image lands: resized size, grid (t, h, w) in patches and its number of tokens. */
@@ -224,6 +237,7 @@ typedef struct qvl_video_opts {
     int64_t max_pixels;
     uint64_t max_decoded_pixels; /* video files: 0 no budget; else sampled frames x width x
                                     height must fit, checked before decoding (QVL_E_LIMIT) */
+    qvl_resample resample; /* DEFAULT = TORCHVISION; any other value: QVL_E_INVAL */
 } qvl_video_opts;
 
 /* A video file (decoded with FFmpeg, only the sampled frames) or a directory of frame images

@@ -224,7 +224,7 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
  * `budget` pixels (the request's images and videos share --max-image-pixels). Returns an HTTP
  * status; *pixels gets the decoded pixels. */
 static int load_video(srv_state *S, const char *url, size_t idx, uint64_t budget,
-                      qvl_video **out, uint64_t *pixels, char *msg, size_t ml) {
+                      qvl_resample rs, qvl_video **out, uint64_t *pixels, char *msg, size_t ml) {
     *out = NULL;
     *pixels = 0;
     uint8_t *bytes = NULL;
@@ -256,6 +256,7 @@ static int load_video(srv_state *S, const char *url, size_t idx, uint64_t budget
     }
     qvl_video_opts o = {0};
     o.max_decoded_pixels = budget;
+    o.resample = rs;
     char e[512] = "";
     qvl_status st = qvl_video_load_mem(S->model, bytes, n, &o, out, e, sizeof e);
     free(bytes);
@@ -388,7 +389,7 @@ static int render_content(srv_state *S, chat_build *cb, const cJSON *content, bo
             }
             uint64_t px = 0;
             size_t k = cb->n_videos;
-            int st = load_video(S, url, k, S->o.max_image_pixels - cb->pixels,
+            int st = load_video(S, url, k, S->o.max_image_pixels - cb->pixels, io->resample,
                                 &cb->videos[k], &px, msg, ml);
             if (st != 200)
                 return st;
@@ -568,6 +569,18 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
         j->img_opts.min_pixels > j->img_opts.max_pixels) {
         fmt(msg, ml, "'min_pixels' must not exceed 'max_pixels'");
         return 400;
+    }
+    /* which reference's resize: "pil" (default for images) or "torchvision" (for videos) */
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "resample");
+    if (rs && !cJSON_IsNull(rs)) {
+        if (cJSON_IsString(rs) && !strcmp(rs->valuestring, "pil")) {
+            j->img_opts.resample = QVL_RESAMPLE_PIL;
+        } else if (cJSON_IsString(rs) && !strcmp(rs->valuestring, "torchvision")) {
+            j->img_opts.resample = QVL_RESAMPLE_TORCHVISION;
+        } else {
+            fmt(msg, ml, "'resample' must be \"pil\" or \"torchvision\"");
+            return 400;
+        }
     }
     /* stop: a string or a list of strings */
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");

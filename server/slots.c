@@ -139,7 +139,8 @@ static size_t reuse_len(const srv_slot *s, const srv_job *j, int32_t pad, size_t
     if (s->cache_ids[n - 1] == pad && j->ids[n] == pad)
         return 0;
     if (s->n_cache_img > 0 && (s->cache_opts.min_pixels != j->img_opts.min_pixels ||
-                               s->cache_opts.max_pixels != j->img_opts.max_pixels))
+                               s->cache_opts.max_pixels != j->img_opts.max_pixels ||
+                               s->cache_opts.resample != j->img_opts.resample))
         return 0;
     size_t runs = 0;
     for (size_t i = 0; i < n; i++)

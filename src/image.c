@@ -641,23 +641,34 @@ int64_t qvl_img_tokens_to_pixels(int64_t tokens, int factor) {
     return tokens * (int64_t)factor * (int64_t)factor;
 }
 
-/* ---- Pillow bicubic resampler --------------------------------------------- */
+/* ---- bicubic resamplers (Pillow and PyTorch) ------------------------------ */
 
-#define PREC_BITS (32 - 8 - 2)
+/* Both are separable and antialiased with Keys' cubic (a = -0.5) widened by the downscale
+ * factor, weights normalised per output pixel and then rounded to fixed point; a pass is
+ * acc = 2^(p-1) + sum(pixel * weight), out = clamp(acc >> p, 0, 255). They differ in the
+ * fixed-point precision p: Pillow uses 22 bits in int32 weights (Resample.c PRECISION_BITS),
+ * PyTorch's uint8 kernel (UpSampleKernel.cpp, int16 weights) picks for each axis the largest
+ * p <= 22 at which the axis' largest weight still rounds below 2^15, so 14-16 bits for usual
+ * sizes; and in how the outer lobe of the cubic is evaluated (the same polynomial, different
+ * rounding in double). */
+#define PIL_PREC_BITS (32 - 8 - 2)
 
-static double cubic(double x) {
+/* Keys' cubic, a = -0.5; the outer lobe in Pillow's or in PyTorch's arrangement. */
+static double cubic(double x, bool torch_form) {
     const double a = -0.5;
     if (x < 0.0)
         x = -x;
     if (x < 1.0)
         return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
     if (x < 2.0)
-        return (((x - 5) * x + 8) * x - 4) * a;
+        return torch_form ? ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+                          : (((x - 5) * x + 8) * x - 4) * a;
     return 0.0;
 }
 
 typedef struct coeffs {
     int ksize;
+    int prec;    /* fractional bits of the fixed-point weights */
     int *bounds; /* [out][2]: first input index, tap count */
     int32_t *kk; /* [out][ksize] fixed-point weights */
 } coeffs;
@@ -669,8 +680,10 @@ static void coeffs_free(coeffs *c) {
     c->kk = NULL;
 }
 
-/* Pillow's precompute_coeffs + normalize_coeffs_8bpc for one axis (box = whole image). */
-static qvl_status coeffs_make(int in_size, int out_size, coeffs *c) {
+/* One axis' weights (box = whole image): Pillow's precompute_coeffs + normalize_coeffs_8bpc,
+ * or PyTorch's antialiased index/weight computation + int16 conversion. The two agree on
+ * scale, support, window bounds and normalisation. */
+static qvl_status coeffs_make(int in_size, int out_size, qvl_resampler rs, coeffs *c) {
     double scale = (double)(float)in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
     double support = 2.0 * filterscale;
@@ -678,13 +691,15 @@ static qvl_status coeffs_make(int in_size, int out_size, coeffs *c) {
     c->ksize = ksize;
     c->bounds = qvl_malloc((size_t)out_size * 2 * sizeof(int));
     c->kk = qvl_malloc((size_t)out_size * (size_t)ksize * sizeof(int32_t));
-    double *k = qvl_malloc((size_t)ksize * sizeof(double));
+    double *k = qvl_malloc((size_t)out_size * (size_t)ksize * sizeof(double));
     if (!c->bounds || !c->kk || !k) {
         qvl_free(k);
         coeffs_free(c);
         return QVL_E_NOMEM;
     }
+    bool torch_form = rs == QVL_RESAMPLER_TORCH;
     double ss = 1.0 / filterscale;
+    double wmax = 0.0;
     for (int xx = 0; xx < out_size; xx++) {
         double center = (xx + 0.5) * scale;
         double ww = 0.0;
@@ -695,32 +710,45 @@ static qvl_status coeffs_make(int in_size, int out_size, coeffs *c) {
         if (xmax > in_size)
             xmax = in_size;
         xmax -= xmin;
+        if (xmax > ksize)
+            xmax = ksize;
+        double *kx = k + (size_t)xx * ksize;
         int x = 0;
         for (; x < xmax; x++) {
-            double wt = cubic((x + xmin - center + 0.5) * ss);
-            k[x] = wt;
+            double wt = cubic((x + xmin - center + 0.5) * ss, torch_form);
+            kx[x] = wt;
             ww += wt;
         }
-        for (x = 0; x < xmax; x++)
+        for (x = 0; x < xmax; x++) {
             if (ww != 0.0)
-                k[x] /= ww;
+                kx[x] /= ww;
+            if (ww != 0.0 && kx[x] > wmax)
+                wmax = kx[x];
+        }
         for (; x < ksize; x++)
-            k[x] = 0;
-        int32_t *kq = c->kk + (size_t)xx * ksize;
-        for (x = 0; x < ksize; x++)
-            kq[x] = k[x] < 0 ? (int32_t)(-0.5 + k[x] * (1 << PREC_BITS))
-                             : (int32_t)(0.5 + k[x] * (1 << PREC_BITS));
+            kx[x] = 0;
         c->bounds[2 * xx + 0] = xmin;
         c->bounds[2 * xx + 1] = xmax;
     }
+    int prec = PIL_PREC_BITS;
+    if (rs == QVL_RESAMPLER_TORCH) {
+        /* the largest p <= 22 whose rounded largest weight fits int16 */
+        for (prec = 0; prec < 22; prec++)
+            if ((int)(0.5 + wmax * (double)(1 << (prec + 1))) >= (1 << 15))
+                break;
+    }
+    c->prec = prec;
+    double one = (double)(1 << prec);
+    for (size_t i = 0; i < (size_t)out_size * (size_t)ksize; i++)
+        c->kk[i] = k[i] < 0 ? (int32_t)(-0.5 + k[i] * one) : (int32_t)(0.5 + k[i] * one);
     qvl_free(k);
     return QVL_OK;
 }
 
-static inline uint8_t clip8(int32_t acc) {
+static inline uint8_t clip8(int32_t acc, int prec) {
     if (acc < 0)
         return 0;
-    int32_t v = acc >> PREC_BITS;
+    int32_t v = acc >> prec;
     return (uint8_t)(v > 255 ? 255 : v);
 }
 
@@ -734,7 +762,7 @@ static void resample_h(const uint8_t *src, int sw, int y0, int nrows, uint8_t *d
             int xmin = c->bounds[2 * xx];
             int n = c->bounds[2 * xx + 1];
             const int32_t *k = c->kk + (size_t)xx * c->ksize;
-            int32_t s0 = 1 << (PREC_BITS - 1);
+            int32_t s0 = 1 << (c->prec - 1);
             int32_t s1 = s0;
             int32_t s2 = s0;
             for (int x = 0; x < n; x++) {
@@ -743,9 +771,9 @@ static void resample_h(const uint8_t *src, int sw, int y0, int nrows, uint8_t *d
                 s1 += p[1] * k[x];
                 s2 += p[2] * k[x];
             }
-            out[3 * xx + 0] = clip8(s0);
-            out[3 * xx + 1] = clip8(s1);
-            out[3 * xx + 2] = clip8(s2);
+            out[3 * xx + 0] = clip8(s0, c->prec);
+            out[3 * xx + 1] = clip8(s1, c->prec);
+            out[3 * xx + 2] = clip8(s2, c->prec);
         }
     }
 }
@@ -760,7 +788,7 @@ static void resample_v(const uint8_t *src, int w, uint8_t *dst, int out_h, const
         int n = c->bounds[2 * yy + 1];
         const int32_t *k = c->kk + (size_t)yy * c->ksize;
         for (size_t i = 0; i < rw; i++)
-            acc[i] = 1 << (PREC_BITS - 1);
+            acc[i] = 1 << (c->prec - 1);
         for (int y = 0; y < n; y++) {
             const uint8_t *row = src + (size_t)(ymin + y) * rw;
             int32_t ky = k[y];
@@ -769,11 +797,16 @@ static void resample_v(const uint8_t *src, int w, uint8_t *dst, int out_h, const
         }
         uint8_t *out = dst + (size_t)yy * rw;
         for (size_t i = 0; i < rw; i++)
-            out[i] = clip8(acc[i]);
+            out[i] = clip8(acc[i], c->prec);
     }
 }
 
 qvl_status qvl_img_resize_bicubic(const qvl_rgb *src, int out_w, int out_h, qvl_rgb *dst) {
+    return qvl_img_resize_bicubic_rs(src, out_w, out_h, QVL_RESAMPLER_PIL, dst);
+}
+
+qvl_status qvl_img_resize_bicubic_rs(const qvl_rgb *src, int out_w, int out_h, qvl_resampler rs,
+                                     qvl_rgb *dst) {
     if (!dst)
         return QVL_E_INVAL;
     dst->w = 0;
@@ -798,13 +831,13 @@ qvl_status qvl_img_resize_bicubic(const qvl_rgb *src, int out_w, int out_h, qvl_
     if (!need_h && !need_v) {
         memcpy(out, src->data, n_out);
     } else if (!need_v) {
-        if ((st = coeffs_make(src->w, out_w, &ch)) != QVL_OK)
+        if ((st = coeffs_make(src->w, out_w, rs, &ch)) != QVL_OK)
             goto fail;
         resample_h(src->data, src->w, 0, src->h, out, out_w, &ch);
     } else {
-        if (need_h && (st = coeffs_make(src->w, out_w, &ch)) != QVL_OK)
+        if (need_h && (st = coeffs_make(src->w, out_w, rs, &ch)) != QVL_OK)
             goto fail;
-        if ((st = coeffs_make(src->h, out_h, &cv)) != QVL_OK)
+        if ((st = coeffs_make(src->h, out_h, rs, &cv)) != QVL_OK)
             goto fail;
         st = QVL_E_NOMEM;
         acc = qvl_malloc((size_t)out_w * 3 * sizeof(int32_t));

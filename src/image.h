@@ -76,10 +76,24 @@ qvl_status qvl_smart_resize(int64_t h, int64_t w, int factor, int64_t min_pixels
 /* Image-token budget to a pixel budget: tokens * factor * factor (factor 32 for Qwen3-VL). */
 int64_t qvl_img_tokens_to_pixels(int64_t tokens, int factor);
 
+/* Which bicubic: Pillow's Image.resize(BICUBIC) (the PIL image processor, qwen-vl-utils) or
+ * PyTorch's uint8 antialiased bicubic interpolate (torchvision's resize of uint8 tensors: the
+ * Fast image processor and the video processor). See coeffs_make in image.c. */
+typedef enum qvl_resampler {
+    QVL_RESAMPLER_PIL = 0,
+    QVL_RESAMPLER_TORCH = 1,
+} qvl_resampler;
+
 /* Resize `src` to out_w x out_h with Pillow's antialiased BICUBIC filter (Resample.c, 8-bit
  * integer path, bit-exact): horizontal pass first over the needed source rows into a uint8
  * intermediate, then the vertical pass; a pass whose size is unchanged is skipped (same size:
  * plain copy). `dst` receives a new image (qvl_rgb_free). Errors: QVL_E_INVAL, QVL_E_NOMEM. */
 qvl_status qvl_img_resize_bicubic(const qvl_rgb *src, int out_w, int out_h, qvl_rgb *dst);
+
+/* As qvl_img_resize_bicubic with the chosen resampler. PyTorch's kernel runs the same two
+ * passes in the same order (its horizontal pass covers every source row, which changes no
+ * value). */
+qvl_status qvl_img_resize_bicubic_rs(const qvl_rgb *src, int out_w, int out_h, qvl_resampler rs,
+                                     qvl_rgb *dst);
 
 #endif /* QVL_IMAGE_H */

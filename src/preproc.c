@@ -391,7 +391,8 @@ qvl_status qvl_pp_flatten(const qvl_rgb *frames, int n_frames, const qvl_pp_conf
 }
 
 qvl_status qvl_img_preprocess(const qvl_rgb *img, const qvl_pp_config *c, int64_t min_pixels,
-                              int64_t max_pixels, qvl_pixels *out, char *err, size_t err_len) {
+                              int64_t max_pixels, qvl_resampler rs, qvl_pixels *out, char *err,
+                              size_t err_len) {
     if (out)
         memset(out, 0, sizeof *out);
     if (!img || !img->data || img->w <= 0 || img->h <= 0 || !c || !out) {
@@ -418,7 +419,7 @@ qvl_status qvl_img_preprocess(const qvl_rgb *img, const qvl_pp_config *c, int64_
     qvl_rgb resized = {0};
     const qvl_rgb *use = img;
     if (th != img->h || tw != img->w) {
-        qvl_status st = qvl_img_resize_bicubic(img, tw, th, &resized);
+        qvl_status st = qvl_img_resize_bicubic_rs(img, tw, th, rs, &resized);
         if (st != QVL_OK) {
             qvl_errf(err, err_len, "image preprocess: resize %dx%d -> %dx%d failed: %s", img->w,
                      img->h, tw, th, qvl_status_str(st));
@@ -426,7 +427,9 @@ qvl_status qvl_img_preprocess(const qvl_rgb *img, const qvl_pp_config *c, int64_
         }
         use = &resized;
     }
-    qvl_status st = qvl_pp_flatten(use, 1, c, QVL_PP_NORM_IMAGE, out, err, err_len);
+    qvl_status st = qvl_pp_flatten(use, 1, c,
+                                   rs == QVL_RESAMPLER_TORCH ? QVL_PP_NORM_FUSED : QVL_PP_NORM_IMAGE,
+                                   out, err, err_len);
     qvl_rgb_free(&resized);
     return st;
 }

@@ -68,11 +68,14 @@ typedef enum qvl_pp_norm {
 } qvl_pp_norm;
 
 /* Full image pipeline: smart_resize (factor = patch*merge; min/max_pixels 0 = from config),
- * bicubic resize, normalise (QVL_PP_NORM_IMAGE), duplicate to temporal_patch frames, flatten.
+ * bicubic resize, normalise, duplicate to temporal_patch frames, flatten. rs picks the
+ * reference: PIL (Pillow's bicubic, QVL_PP_NORM_IMAGE) or TORCH (PyTorch's uint8 bicubic,
+ * QVL_PP_NORM_FUSED: the Fast image processor).
  * With do_resize false the image must already be a multiple of patch*merge (else QVL_E_INVAL).
  * Errors also: QVL_E_LIMIT (aspect ratio), QVL_E_NOMEM. `out` is zeroed on failure. */
 qvl_status qvl_img_preprocess(const qvl_rgb *img, const qvl_pp_config *c, int64_t min_pixels,
-                              int64_t max_pixels, qvl_pixels *out, char *err, size_t err_len);
+                              int64_t max_pixels, qvl_resampler rs, qvl_pixels *out, char *err,
+                              size_t err_len);
 
 /* Normalise and flatten already-resized frames (all the same size, sides multiples of
  * patch*merge) into pixel_values (spec 3.7): the frame count is padded to a multiple of

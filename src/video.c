@@ -4,9 +4,9 @@
  * each pair. Frames come from a directory of images (with their frame rate) or from a video file
  * decoded with FFmpeg (video_ff.c), decoding only the sampled frames.
  *
- * Resampling: frames are resized with the same Pillow-exact bicubic as images. The reference
- * video processor resizes with torchvision's antialiased bicubic, which can differ by a few
- * levels of 255 on resized frames; frames that need no resize are identical. */
+ * Resampling: frames are resized as the reference video processor does, with torchvision's
+ * resize of uint8 frames (PyTorch's uint8 antialiased bicubic, image.c), unless the options ask
+ * for Pillow's. */
 #include "video.h"
 #include "image.h"
 #include "ctx.h"
@@ -118,6 +118,11 @@ static qvl_pp_config vcfg(const qvl_model *m) {
 
 static qvl_status video_new(const qvl_model *m, const qvl_video_opts *o, int64_t total,
                             double src_fps, qvl_video **out, char *err, size_t err_len) {
+    if (o && o->resample != QVL_RESAMPLE_DEFAULT && o->resample != QVL_RESAMPLE_PIL &&
+        o->resample != QVL_RESAMPLE_TORCHVISION) {
+        qvl_errf(err, err_len, "video options: unknown resample %d", (int)o->resample);
+        return QVL_E_INVAL;
+    }
     const qvl_pp_config vcv = vcfg(m), *vc = &vcv;
     double fps = o && o->fps > 0 ? o->fps : vc->fps;
     int mn = o && o->min_frames > 0 ? o->min_frames : vc->min_frames;
@@ -131,6 +136,7 @@ static qvl_status video_new(const qvl_model *m, const qvl_video_opts *o, int64_t
     v->src_fps = src_fps > 0 ? src_fps : 24;
     v->min_pixels = o && o->min_pixels > 0 ? o->min_pixels : vc->min_pixels;
     v->max_pixels = o && o->max_pixels > 0 ? o->max_pixels : vc->max_pixels;
+    v->resampler = o && o->resample == QVL_RESAMPLE_PIL ? QVL_RESAMPLER_PIL : QVL_RESAMPLER_TORCH;
     qvl_status s = qvl_video_sample(total, v->src_fps, fps, mn, mx, &v->indices, &v->n, err,
                                     err_len);
     if (s == QVL_OK) {
@@ -421,7 +427,8 @@ qvl_status qvl_video_pixels(const qvl_model *m, const qvl_video *v, qvl_pixels *
         return QVL_E_NOMEM;
     bool same = p.resized_width == v->frames[0].w && p.resized_height == v->frames[0].h;
     for (int64_t i = 0; !same && i < v->n && s == QVL_OK; i++)
-        s = qvl_img_resize_bicubic(&v->frames[i], p.resized_width, p.resized_height, &rs[i]);
+        s = qvl_img_resize_bicubic_rs(&v->frames[i], p.resized_width, p.resized_height,
+                                      v->resampler, &rs[i]);
     if (s == QVL_OK)
         s = qvl_pp_flatten(same ? v->frames : rs, (int)v->n, &m->vpp, QVL_PP_NORM_FUSED, out,
                            err, err_len);

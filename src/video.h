@@ -16,6 +16,7 @@ struct qvl_video {
     int64_t *indices; /* [n] source frame index of each sampled frame */
     qvl_rgb *frames;  /* [n] decoded RGB */
     int64_t min_pixels, max_pixels; /* T x H x W budget of the video smart_resize */
+    qvl_resampler resampler;        /* how frames are resized */
 };
 
 /* Reference sampling: n = int(total / video_fps * fps) clamped to [min_frames, max_frames] and

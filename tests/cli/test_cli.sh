@@ -35,6 +35,10 @@ echo "$out" | grep -q '"prompt_top_logits":\[\[143189,' && ok || bad "prompt_top
 ex=$("$BUILD/example_embed_generate" -m "$M" --features "$T/f.bin" -p "What is this?" -n 12 | tr -d ' []')
 rn=$("$BIN" run -m "$M" -i "$S/images/rgb_400x300.png" -p "What is this?" -n 12 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
 [ -n "$ex" ] && [ "$ex" = "$rn" ] && ok || bad "embeddings example ($ex) vs run ($rn)"
+# --resample: pil is the images' default; torchvision's resize gives other features (400x300 is resized)
+"$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample pil --out "$T/fp.bin" && cmp -s "$T/f.bin" "$T/fp.bin" && ok || bad "encode --resample pil differs from the default"
+"$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample torchvision --out "$T/ft.bin" && ! cmp -s "$T/f.bin" "$T/ft.bin" && ok || bad "encode --resample torchvision equals pil"
+expect_fail "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample bilinear --out "$T/fx.bin"
 # stop string: the stop text is not emitted
 full=$("$BIN" run -m "$S/model" -p "Hi" -n 8 --temp 0 --json | sed 's/.*"text":"\([^"]*\)".*/\1/')
 # streaming text output equals the JSON text

@@ -72,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     qvl_pixels px = {0};
     /* without resizing, only small images are flattened as they are (the size is the cost) */
     if (c.do_resize || (uint64_t)img.w * (uint64_t)img.h <= 65536) {
-        s = qvl_img_preprocess(&img, &c, mn, mx, &px, err, sizeof err);
+        s = qvl_img_preprocess(&img, &c, mn, mx, (qvl_resampler)(n & 1), &px,
+                               err, sizeof err);
         if (s == QVL_OK)
             check_pixels(&px, &c);
         else if (px.data)
@@ -80,16 +81,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         qvl_pixels_free(&px);
     }
 
-    qvl_rgb small = {0};
     int tw = 1 + (o1 & 15) * 5;
     int th = 1 + (o1 >> 4) * 5;
-    if (qvl_img_resize_bicubic(&img, tw, th, &small) == QVL_OK) {
-        if (small.w != tw || small.h != th || !small.data)
-            abort();
-        volatile uint8_t z = small.data[(size_t)tw * (size_t)th * 3 - 1];
-        (void)z;
+    for (int rs = 0; rs < 2; rs++) {
+        qvl_rgb small = {0};
+        if (qvl_img_resize_bicubic_rs(&img, tw, th, (qvl_resampler)rs, &small) == QVL_OK) {
+            if (small.w != tw || small.h != th || !small.data)
+                abort();
+            volatile uint8_t z = small.data[(size_t)tw * (size_t)th * 3 - 1];
+            (void)z;
+        }
+        qvl_rgb_free(&small);
     }
-    qvl_rgb_free(&small);
     qvl_rgb_free(&img);
     return 0;
 }

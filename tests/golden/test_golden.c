@@ -740,6 +740,120 @@ done:
     qvl_ctx_free(f2);
 }
 
+/* The resample option end to end: images default to Pillow's resize and the PIL processor's
+ * normalisation, torchvision gives PyTorch's uint8 resize and the fused normalisation; videos
+ * default to torchvision; unknown values are refused. */
+static void resample_case(void) {
+    char err[512];
+    qvl_image *img = NULL;
+    CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_400x300.png"), 0, &img,
+                              err, sizeof err) == QVL_OK);
+    if (!img)
+        return;
+    float *px[3] = {NULL, NULL, NULL};
+    int64_t rows[3] = {0}, cols[3] = {0};
+    qvl_image_opts io[3];
+    memset(io, 0, sizeof io);
+    io[1].resample = QVL_RESAMPLE_PIL;
+    io[2].resample = QVL_RESAMPLE_TORCHVISION;
+    for (int k = 0; k < 3; k++)
+        CHECKF(qvl_image_pixel_values(M, img, &io[k], &px[k], &rows[k], &cols[k], NULL, err,
+                                      sizeof err) == QVL_OK,
+               "resample %d: %s", k, err);
+    if (px[0] && px[1] && px[2] && rows[0] == rows[2] && cols[0] == cols[2]) {
+        size_t n = (size_t)rows[0] * (size_t)cols[0];
+        CHECK(rows[0] == rows[1] && !memcmp(px[0], px[1], n * sizeof(float)));
+        /* torchvision: PyTorch's resize, then (u8 - 127.5) / 127.5 */
+        qvl_rgb rgb = {img->w, img->h, img->rgb};
+        qvl_pixels want = {0};
+        CHECK(qvl_img_preprocess(&rgb, &M->pp, 0, 0, QVL_RESAMPLER_TORCH, &want, err, sizeof err) ==
+              QVL_OK);
+        CHECK(want.data && want.n_rows == rows[2] &&
+              !memcmp(want.data, px[2], n * sizeof(float)));
+        qvl_pixels_free(&want);
+        size_t n_diff = 0;
+        float maxd = 0;
+        for (size_t i = 0; i < n; i++) {
+            float d = fabsf(px[0][i] - px[2][i]);
+            n_diff += d > 0;
+            maxd = d > maxd ? d : maxd;
+        }
+        /* 384x288 from 400x300: the resamplers differ in a few pixels by a level or two */
+        CHECKF(n_diff > 0 && maxd <= 2.0f / 127.5f + 1e-6f, "pil vs torchvision: %zu differ, max %g",
+               n_diff, (double)maxd);
+    }
+    for (int k = 0; k < 3; k++)
+        qvl_free(px[k]);
+    qvl_image_opts bad = {0};
+    bad.resample = (qvl_resample)7;
+    float *p = NULL;
+    int64_t r = 0, c = 0;
+    err[0] = 0;
+    CHECK(qvl_image_pixel_values(M, img, &bad, &p, &r, &c, NULL, err, sizeof err) ==
+              QVL_E_INVAL &&
+          p == NULL && strstr(err, "resample"));
+    qvl_features f;
+    CHECK(qvl_vision_encode(M, img, &bad, 1, &f, err, sizeof err) == QVL_E_INVAL);
+    qvl_image_free(img);
+
+    /* video: a budget that makes the 96x64 clip resize; default = torchvision */
+    const char *clip = shared_path("fixtures/tiny-qwen3vl/videos/tiny_clip_96x64_4fps");
+    qvl_video_opts vo[3];
+    qvl_pixels vp[3];
+    memset(vo, 0, sizeof vo);
+    memset(vp, 0, sizeof vp);
+    vo[1].resample = QVL_RESAMPLE_PIL;
+    vo[2].resample = QVL_RESAMPLE_TORCHVISION;
+    qvl_video *v[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < 3; k++) {
+        vo[k].max_pixels = 5 * 64 * 32;
+        CHECKF(qvl_video_load(M, clip, 4, &vo[k], &v[k], err, sizeof err) == QVL_OK, "video: %s",
+               err);
+        if (v[k])
+            CHECKF(qvl_video_pixels(M, v[k], &vp[k], err, sizeof err) == QVL_OK, "video: %s",
+                   err);
+    }
+    qvl_video_plan plan = {0};
+    if (v[0])
+        CHECKF(qvl_video_plan_get(M, v[0], &plan, err, sizeof err) == QVL_OK &&
+                   plan.resized_width < 96 && plan.resized_height < 64,
+               "video resized to %dx%d", plan.resized_width, plan.resized_height);
+    if (vp[0].data && vp[1].data && vp[2].data && vp[0].n_rows == vp[1].n_rows &&
+        vp[0].n_rows == vp[2].n_rows) {
+        size_t n = (size_t)vp[0].n_rows * (size_t)vp[0].n_cols;
+        CHECK(!memcmp(vp[0].data, vp[2].data, n * sizeof(float)));
+        CHECK(memcmp(vp[0].data, vp[1].data, n * sizeof(float)) != 0);
+        /* by hand: each sampled frame through PyTorch's resize, then the fused normalisation */
+        qvl_rgb rs[5];
+        memset(rs, 0, sizeof rs);
+        bool ok = v[0]->n == 5;
+        for (int i = 0; ok && i < 5; i++)
+            ok = qvl_img_resize_bicubic_rs(&v[0]->frames[i], plan.resized_width,
+                                           plan.resized_height, QVL_RESAMPLER_TORCH,
+                                           &rs[i]) == QVL_OK;
+        qvl_pixels want = {0};
+        CHECK(ok && qvl_pp_flatten(rs, 5, &M->vpp, QVL_PP_NORM_FUSED, &want, err, sizeof err) ==
+                        QVL_OK);
+        CHECK(want.data && want.n_rows == vp[0].n_rows &&
+              !memcmp(want.data, vp[0].data, n * sizeof(float)));
+        qvl_pixels_free(&want);
+        for (int i = 0; i < 5; i++)
+            qvl_rgb_free(&rs[i]);
+    } else {
+        CHECK(!"video pixel rows missing");
+    }
+    for (int k = 0; k < 3; k++) {
+        qvl_pixels_free(&vp[k]);
+        qvl_video_free(v[k]);
+    }
+    qvl_video_opts vbad = {0};
+    vbad.resample = (qvl_resample)-1;
+    qvl_video *vb = NULL;
+    err[0] = 0;
+    CHECK(qvl_video_load(M, clip, 4, &vbad, &vb, err, sizeof err) == QVL_E_INVAL && vb == NULL &&
+          strstr(err, "resample"));
+}
+
 int main(void) {
     char err[1024];
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
@@ -757,6 +871,7 @@ int main(void) {
     media_order_case();
     kv_warm_case();
     vit_reuse_case();
+    resample_case();
     qvl_model_free(M);
     CHECK_DONE();
 }

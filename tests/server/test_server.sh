@@ -110,6 +110,12 @@ ok "SSE text = qvl run" "$([ "$(jget 'd.text' <"$T/sse.json")" = "$(exp_text rgb
 ok "SSE role, finish, one id, chunk objects" "$([ "$(jget '[d.role,d.finish,d.ids.length,d.objects].join()' <"$T/sse.json")" = "assistant,$(jget 'd.finish_reason' <"$e"),1,chat.completion.chunk" ]; echo $?)"
 ok "SSE usage" "$([ "$(jget 'd.usage.completion_tokens' <"$T/sse.json")" = "$(jget 'd.generated_ids.length' <"$e")" ]; echo $?)"
 
+# resample: the request field gives what qvl run --resample gives
+"$QVL" run -m "$M" -i "$IMGS/rgb_400x300.png" -p "$PROMPT" --temp 0 -n $NTOK --resample torchvision --json >"$T/exp_tv.json" 2>/dev/null
+mkbody "$IMGS/rgb_400x300.png" $NTOK ',"resample":"torchvision"' >"$T/btv.json"
+code=$(req "$T/rtv" "$U/v1/chat/completions" --data-binary @"$T/btv.json")
+ok "resample torchvision = qvl run --resample torchvision" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rtv")" = "$(jget 'd.text' <"$T/exp_tv.json")" ]; echo $?)" "$code"
+
 # stop string: compare with qvl run --stop
 STOP=$(js substr "$(exp_text rgb_64x64.png)" 6 3)
 "$QVL" run -m "$M" -i "$IMGS/rgb_64x64.png" -p "$PROMPT" --temp 0 -n $NTOK --stop "$STOP" --json >"$T/exp_stop.json" 2>/dev/null
@@ -164,6 +170,7 @@ expect "messages wrong type" 400 "${AUTH[@]}" -d '{"messages":"hi"}' "$C"
 expect "temperature wrong type" 400 "${AUTH[@]}" -d '{"temperature":"hot","messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown role" 400 "${AUTH[@]}" -d '{"messages":[{"role":"wizard","content":"hi"}]}' "$C"
 expect "n=2" 400 "${AUTH[@]}" -d '{"n":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "unknown resample" 400 "${AUTH[@]}" -d '{"resample":"bilinear","messages":[{"role":"user","content":"hi"}]}' "$C"
 stops=$(printf '"s%d",' $(seq 1 17))
 expect "17 stop strings" 400 "${AUTH[@]}" -d "{\"stop\":[${stops%,}],\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$C"
 expect "max_tokens 0" 400 "${AUTH[@]}" -d '{"max_tokens":0,"messages":[{"role":"user","content":"hi"}]}' "$C"

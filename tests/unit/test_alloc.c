@@ -426,7 +426,7 @@ static void test_eval_generate(const qvl_model *m) {
     qvl_message msg = {"user", "What is this?", 1, 0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    qvl_image_opts o = {0, 0};
+    qvl_image_opts o = {0};
     if (s == QVL_OK)
         s = qvl_prompt_build(m, &msg, 1, 1, &G.img, 1, &o, &ids, &n_ids, err, sizeof err);
     CHECKF(s == QVL_OK, "prompt: %s", err);

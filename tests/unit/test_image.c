@@ -367,7 +367,7 @@ static float *golden_case(const char *name, int64_t *n_rows_out) {
             check_hash(src, rs.data, rgb_bytes(&rs), im, "resized_rgb_sha256", "resized_rgb_sum");
         qvl_rgb_free(&rs);
         qvl_pixels px = {0};
-        st = qvl_img_preprocess(&rgb, &cfg, 0, 0, &px, err, sizeof err);
+        st = qvl_img_preprocess(&rgb, &cfg, 0, 0, QVL_RESAMPLER_PIL, &px, err, sizeof err);
         CHECKF(st == QVL_OK, "%s: %s", src, err);
         const cJSON *g = cJSON_GetArrayItem(grids, k);
         CHECK(px.grid_t == cJSON_GetArrayItem(g, 0)->valueint);
@@ -410,6 +410,70 @@ static float *golden_case(const char *name, int64_t *n_rows_out) {
     cJSON_Delete(j);
     *n_rows_out = rows;
     return all;
+}
+
+/* The test image of tools/torch_resize_ref.py: an LCG byte stream pushed to 0 / 255 at the ends. */
+static qvl_rgb lcg_image(int w, int h, uint64_t seed) {
+    qvl_rgb im = {w, h, malloc((size_t)w * h * 3)};
+    uint64_t x = seed;
+    for (size_t i = 0; im.data && i < (size_t)w * h * 3; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        unsigned v = (unsigned)(x >> 56);
+        im.data[i] = (uint8_t)(v > 200 ? 255 : v < 40 ? 0 : v);
+    }
+    return im;
+}
+
+static uint64_t fnv1a64(const uint8_t *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* PyTorch's uint8 antialiased bicubic (torchvision's resize of uint8 tensors) against an
+ * independent Python transcription (tools/torch_resize_ref.py prints these hashes): downscale
+ * on both axes, upscale (edge weights above 1, hence 14-bit weights), one axis only, a large
+ * downscale and a 10x upscale. The Pillow resampler on the same images must differ somewhere
+ * (so the two paths are really different) but by at most 2 levels. */
+static void test_torch_resample(void) {
+    static const struct {
+        int w, h, ow, oh;
+        uint64_t seed, hash;
+    } cases[] = {
+        {97, 61, 64, 32, 1, 0xc7caa4a207fef2f7ull},  {37, 29, 64, 64, 2, 0x6270edd3b1eaee36ull},
+        {50, 32, 96, 32, 3, 0xf0363367b63ad285ull},  {32, 45, 32, 64, 4, 0x2d27f39be60f5dafull},
+        {400, 300, 96, 64, 5, 0xf2d52690bbb398e9ull}, {129, 37, 128, 32, 6, 0x3d6ca98da499bacdull},
+        {16, 16, 160, 96, 7, 0x616f5c08476e6d1full},
+    };
+    int n_differ = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        qvl_rgb im = lcg_image(cases[c].w, cases[c].h, cases[c].seed);
+        qvl_rgb t = {0}, p = {0};
+        CHECK(qvl_img_resize_bicubic_rs(&im, cases[c].ow, cases[c].oh, QVL_RESAMPLER_TORCH, &t) ==
+              QVL_OK);
+        CHECK(qvl_img_resize_bicubic_rs(&im, cases[c].ow, cases[c].oh, QVL_RESAMPLER_PIL, &p) ==
+              QVL_OK);
+        if (t.data && p.data) {
+            size_t n = rgb_bytes(&t);
+            uint64_t h = fnv1a64(t.data, n);
+            CHECKF(h == cases[c].hash, "torch resize %dx%d -> %dx%d: hash %016llx, want %016llx",
+                   cases[c].w, cases[c].h, cases[c].ow, cases[c].oh, (unsigned long long)h,
+                   (unsigned long long)cases[c].hash);
+            int maxd = 0;
+            for (size_t i = 0; i < n; i++) {
+                int d = abs((int)t.data[i] - (int)p.data[i]);
+                maxd = d > maxd ? d : maxd;
+            }
+            CHECKF(maxd <= 2, "torch vs Pillow resize %dx%d: %d levels apart", cases[c].w,
+                   cases[c].h, maxd);
+            n_differ += maxd > 0;
+        }
+        qvl_rgb_free(&t);
+        qvl_rgb_free(&p);
+        qvl_rgb_free(&im);
+    }
+    CHECKF(n_differ >= 4, "torch and Pillow resizes differ in only %d of 7 cases", n_differ);
 }
 
 static void test_golden(void) {
@@ -1047,7 +1111,7 @@ static void test_bad_input(const char *tmpdir) {
     qvl_pp_config cfg;
     qvl_pp_config_default(&cfg);
     qvl_pixels px = {0};
-    st = qvl_img_preprocess(&im, &cfg, 0, 0, &px, err, sizeof err);
+    st = qvl_img_preprocess(&im, &cfg, 0, 0, QVL_RESAMPLER_PIL, &px, err, sizeof err);
     CHECKF(st == QVL_OK && px.grid_t == 1 && px.grid_h == 16 && px.grid_w == 16 &&
                px.n_rows == 256 && px.n_tokens == 64,
            "1x1: %d %s", st, err);
@@ -1058,7 +1122,7 @@ static void test_bad_input(const char *tmpdir) {
     qvl_pixels_free(&px);
     /* do_resize false with a non-multiple size is refused */
     cfg.do_resize = false;
-    st = qvl_img_preprocess(&im, &cfg, 0, 0, &px, err, sizeof err);
+    st = qvl_img_preprocess(&im, &cfg, 0, 0, QVL_RESAMPLER_PIL, &px, err, sizeof err);
     CHECK(st == QVL_E_INVAL && px.data == NULL);
     qvl_rgb_free(&im);
     free(a.p);
@@ -1108,7 +1172,7 @@ static void test_alloc_failures(void) {
             qvl_pixels px = {0};
             qvl_status st = qvl_img_decode_mem(srcs[s]->p, srcs[s]->n, NULL, &im, NULL, 0);
             if (st == QVL_OK)
-                st = qvl_img_preprocess(&im, &cfg, 0, 0, &px, NULL, 0);
+                st = qvl_img_preprocess(&im, &cfg, 0, 0, QVL_RESAMPLER_PIL, &px, NULL, 0);
             if (st == QVL_OK)
                 ok++;
             else if (st == QVL_E_NOMEM)
@@ -1147,13 +1211,14 @@ static void test_timing(void) {
     double t1 = qvl_time_ms();
     qvl_pixels px = {0};
     if (st == QVL_OK)
-        st = qvl_img_preprocess(&im, &cfg, 0, 0, &px, err, sizeof err);
+        st = qvl_img_preprocess(&im, &cfg, 0, 0, QVL_RESAMPLER_PIL, &px, err, sizeof err);
     double t2 = qvl_time_ms();
     CHECK(st == QVL_OK && px.grid_h == 48 && px.grid_w == 64);
     /* a downscale through the resampler too (max 1280 tokens) */
     qvl_pixels px2 = {0};
     double t3 = qvl_time_ms();
-    st = qvl_img_preprocess(&im, &cfg, 0, qvl_img_tokens_to_pixels(256, 32), &px2, err, sizeof err);
+    st = qvl_img_preprocess(&im, &cfg, 0, qvl_img_tokens_to_pixels(256, 32), QVL_RESAMPLER_PIL,
+                            &px2, err, sizeof err);
     double t4 = qvl_time_ms();
     CHECK(st == QVL_OK && px2.n_tokens <= 256);
     printf("1024x768 JPEG (%zu bytes): decode %.2f ms, preprocess %.2f ms (grid %dx%d); "
@@ -1176,6 +1241,7 @@ int main(void) {
     test_smart_resize_table();
     test_config();
     test_golden();
+    test_torch_resample();
     test_video_flatten();
     test_flatten_layout();
     test_formats_identical(tmpdir);

@@ -270,7 +270,7 @@ static void test_image_budget(const qvl_model *m) {
     qvl_image *img = NULL;
     CHECK(qvl_image_from_rgb(px, 1000, 700, &img, err, sizeof err) == QVL_OK);
     qvl_image_plan plan;
-    qvl_image_opts o = {0, 64 * 32 * 32}; /* at most 64 tokens */
+    qvl_image_opts o = {.max_pixels = 64 * 32 * 32}; /* at most 64 tokens */
     CHECK(qvl_image_plan_get(m, img, &o, &plan, err, sizeof err) == QVL_OK);
     CHECKF(plan.n_tokens <= 64 && plan.n_tokens > 32, "budget 64 tokens: got %lld",
            (long long)plan.n_tokens);
