@@ -73,6 +73,7 @@ typedef struct opts {
     double temp, top_p, min_p, rep, presence, frequency;
     long min_pixels, max_pixels;
     qvl_resample resample;
+    unsigned image_flags; /* QVL_IMAGE_IGNORE_EXIF */
     bool json, ignore_eos, skip_special;
     int quant;
     qvl_kv_type kv;
@@ -172,6 +173,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
             NUM(min_pixels, 1, 1L << 40);
         } else if (!strcmp(a, "--max-pixels")) {
             NUM(max_pixels, 1, 1L << 40);
+        } else if (!strcmp(a, "--ignore-exif")) {
+            o->image_flags |= QVL_IMAGE_IGNORE_EXIF;
         } else if (!strcmp(a, "--resample")) {
             NEED_ARG();
             const char *v = argv[++i];
@@ -511,7 +514,8 @@ static int cmd_run(opts *o) {
     qvl_gen_result res = {0};
     rc = 1;
     for (int i = 0; i < o->n_images; i++) {
-        qvl_status s = qvl_image_load_file(o->images[i], 0, &imgs[n_img], err, sizeof err);
+        qvl_status s = qvl_image_load_file_ex(o->images[i], 0, o->image_flags, &imgs[n_img], err,
+                                              sizeof err);
         if (s != QVL_OK) {
             die(1, "image %s: %s", o->images[i], err);
             goto out;
@@ -794,7 +798,8 @@ static int cmd_preprocess(opts *o) {
         qvl_image *img = NULL;
         qvl_image_plan pl;
         qvl_image_opts io = {o->min_pixels, o->max_pixels, o->resample};
-        qvl_status s = qvl_image_load_file(o->positional[i], 0, &img, err, sizeof err);
+        qvl_status s =
+            qvl_image_load_file_ex(o->positional[i], 0, o->image_flags, &img, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_image_plan_get(m, img, &io, &pl, err, sizeof err);
         if (s != QVL_OK) {
@@ -861,7 +866,8 @@ static int cmd_encode(opts *o) {
         char err[1024] = "";
         qvl_image *img = NULL;
         qvl_image_opts io = {o->min_pixels, o->max_pixels, o->resample};
-        qvl_status s = qvl_image_load_file(o->positional[i], 0, &img, err, sizeof err);
+        qvl_status s =
+            qvl_image_load_file_ex(o->positional[i], 0, o->image_flags, &img, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_vision_encode(m, img, &io, (int)o->threads, &feats[i], err, sizeof err);
         qvl_image_free(img);
@@ -952,7 +958,8 @@ static int cmd_chat(opts *o) {
                 fprintf(stderr, "qvl: too many images for one turn\n");
                 continue;
             }
-            if (qvl_image_load_file(line + 7, 0, &pending[n_pending], err, sizeof err) != QVL_OK)
+            if (qvl_image_load_file_ex(line + 7, 0, o->image_flags, &pending[n_pending], err,
+                                       sizeof err) != QVL_OK)
                 fprintf(stderr, "qvl: %s\n", err);
             else
                 n_pending++;
@@ -1052,7 +1059,7 @@ static void usage(void) {
             "             [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
-            "             [--resample pil|torchvision]\n"
+            "             [--resample pil|torchvision] [--ignore-exif]\n"
             "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
             "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache] [--quant-vision]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
@@ -1076,6 +1083,8 @@ static void usage(void) {
             "  --resample: which reference's bicubic resize and normalisation: pil (transformers'\n"
             "    PIL processor, qwen-vl-utils) or torchvision (the Fast and video processors);\n"
             "    default pil for images, torchvision for videos.\n"
+            "  --ignore-exif: keep images as stored instead of turning them upright by their EXIF\n"
+            "    orientation (as transformers' load_image does).\n"
             "  --bf16-dot: prefill and vision multiply bf16-rounded activations (AVX-512 BF16,\n"
             "  about 2x faster there; logits move by ~1e-2 relative).\n"
             "  --load: auto (default) uses the weight files in place where the kernel maps them\n"

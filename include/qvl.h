@@ -166,6 +166,16 @@ QVL_API qvl_status qvl_image_load_file(const char *path, uint64_t max_pixels, qv
                                        char *err, size_t err_len);
 QVL_API qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max_pixels,
                                       qvl_image **out, char *err, size_t err_len);
+/* With flags: QVL_IMAGE_IGNORE_EXIF keeps the stored pixel order. Without it (and in the two
+ * calls above) an EXIF Orientation tag (JPEG, PNG eXIf, WebP) turns the image upright as
+ * transformers' load_image does for paths, URLs and base64 strings (PIL's exif_transpose);
+ * ignoring it matches PIL images handed to the processor directly, and qwen-vl-utils. */
+#define QVL_IMAGE_IGNORE_EXIF 1u
+QVL_API qvl_status qvl_image_load_file_ex(const char *path, uint64_t max_pixels, unsigned flags,
+                                          qvl_image **out, char *err, size_t err_len);
+QVL_API qvl_status qvl_image_load_mem_ex(const void *data, size_t len, uint64_t max_pixels,
+                                         unsigned flags, qvl_image **out, char *err,
+                                         size_t err_len);
 /* Copy a raw RGB buffer (rows of width*3 bytes). */
 QVL_API qvl_status qvl_image_from_rgb(const uint8_t *rgb, int width, int height, qvl_image **out,
                                       char *err, size_t err_len);

@@ -4,7 +4,7 @@
 # example Node.js with its own npm) is used as it is.
 set -euo pipefail
 pkgs="build-essential cmake pkg-config libcjson-dev libutf8proc-dev libpcre2-dev
-      libjpeg62-turbo-dev libpng-dev libwebp-dev libmicrohttpd-dev
+      libjpeg62-turbo-dev libpng-dev libwebp-dev libexif-dev libmicrohttpd-dev
       libavformat-dev libavcodec-dev libswscale-dev libavutil-dev"
 tools=""
 if [ "${1:-}" = "--test" ]; then

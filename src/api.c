@@ -29,19 +29,20 @@ static qvl_status wrap_rgb(qvl_rgb *rgb, qvl_image **out, char *err, size_t err_
     return QVL_OK;
 }
 
-static qvl_img_limits limits(uint64_t max_pixels) {
-    qvl_img_limits l;
-    l.max_pixels = max_pixels ? max_pixels : QVL_IMG_DEFAULT_MAX_PIXELS;
-    l.max_aspect = QVL_IMG_DEFAULT_MAX_ASPECT;
+static qvl_img_limits limits(uint64_t max_pixels, unsigned flags) {
+    qvl_img_limits l = qvl_img_limits_default();
+    if (max_pixels)
+        l.max_pixels = max_pixels;
+    l.ignore_exif = (flags & QVL_IMAGE_IGNORE_EXIF) != 0;
     return l;
 }
 
-qvl_status qvl_image_load_file(const char *path, uint64_t max_pixels, qvl_image **out, char *err,
-                               size_t err_len) {
+qvl_status qvl_image_load_file_ex(const char *path, uint64_t max_pixels, unsigned flags,
+                                  qvl_image **out, char *err, size_t err_len) {
     if (!out || !path)
         return QVL_E_INVAL;
     *out = NULL;
-    qvl_img_limits l = limits(max_pixels);
+    qvl_img_limits l = limits(max_pixels, flags);
     qvl_rgb rgb = {0};
     qvl_status s = qvl_img_decode_file(path, &l, &rgb, err, err_len);
     if (s != QVL_OK)
@@ -49,17 +50,27 @@ qvl_status qvl_image_load_file(const char *path, uint64_t max_pixels, qvl_image 
     return wrap_rgb(&rgb, out, err, err_len);
 }
 
-qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max_pixels, qvl_image **out,
-                              char *err, size_t err_len) {
+qvl_status qvl_image_load_file(const char *path, uint64_t max_pixels, qvl_image **out, char *err,
+                               size_t err_len) {
+    return qvl_image_load_file_ex(path, max_pixels, 0, out, err, err_len);
+}
+
+qvl_status qvl_image_load_mem_ex(const void *data, size_t len, uint64_t max_pixels,
+                                 unsigned flags, qvl_image **out, char *err, size_t err_len) {
     if (!out || (!data && len))
         return QVL_E_INVAL;
     *out = NULL;
-    qvl_img_limits l = limits(max_pixels);
+    qvl_img_limits l = limits(max_pixels, flags);
     qvl_rgb rgb = {0};
     qvl_status s = qvl_img_decode_mem(data, len, &l, &rgb, err, err_len);
     if (s != QVL_OK)
         return s;
     return wrap_rgb(&rgb, out, err, err_len);
+}
+
+qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max_pixels, qvl_image **out,
+                              char *err, size_t err_len) {
+    return qvl_image_load_mem_ex(data, len, max_pixels, 0, out, err, err_len);
 }
 
 qvl_status qvl_image_from_rgb(const uint8_t *rgb, int width, int height, qvl_image **out,

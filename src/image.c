@@ -17,8 +17,10 @@
 
 #include <jpeglib.h>
 #include <jerror.h>
+#include <libexif/exif-data.h>
 #include <png.h>
 #include <webp/decode.h>
+#include <webp/demux.h>
 
 #define MAX_IMAGE_FILE_BYTES ((size_t)1 << 30)
 
@@ -26,6 +28,7 @@ qvl_img_limits qvl_img_limits_default(void) {
     qvl_img_limits l;
     l.max_pixels = QVL_IMG_DEFAULT_MAX_PIXELS;
     l.max_aspect = QVL_IMG_DEFAULT_MAX_ASPECT;
+    l.ignore_exif = false;
     return l;
 }
 
@@ -126,6 +129,76 @@ static qvl_status check_dims(const char *fmt, uint64_t w, uint64_t h, const qvl_
     return QVL_OK;
 }
 
+/* ---- EXIF orientation ----------------------------------------------------- */
+
+/* The Orientation tag (0x0112) of IFD0 in an EXIF block, parsed by libexif; `d` is the TIFF
+ * structure with or without the "Exif\0\0" prefix of a JPEG APP1 segment (PNG's eXIf and
+ * WebP's EXIF chunks usually lack it). 1 (upright) when absent, unreadable or out of range. */
+static int exif_orientation(const uint8_t *d, size_t n) {
+    static const uint8_t hdr[6] = {'E', 'x', 'i', 'f', 0, 0};
+    if (!d || n < 8 || n > ((size_t)1 << 24))
+        return 1;
+    uint8_t *buf = NULL;
+    if (memcmp(d, hdr, 6) != 0) {
+        buf = qvl_malloc(n + 6);
+        if (!buf)
+            return 1;
+        memcpy(buf, hdr, 6);
+        memcpy(buf + 6, d, n);
+        d = buf;
+        n += 6;
+    }
+    int o = 1;
+    ExifData *ed = exif_data_new();
+    if (ed) {
+        /* read only: libexif is not to repair or rewrite what it loads */
+        exif_data_unset_option(ed, EXIF_DATA_OPTION_FOLLOW_SPECIFICATION);
+        exif_data_set_option(ed, EXIF_DATA_OPTION_DONT_CHANGE_MAKER_NOTE);
+        exif_data_load_data(ed, d, (unsigned int)n);
+        ExifEntry *e = exif_content_get_entry(ed->ifd[EXIF_IFD_0], EXIF_TAG_ORIENTATION);
+        if (e && e->data && e->components >= 1) {
+            ExifByteOrder bo = exif_data_get_byte_order(ed);
+            if (e->format == EXIF_FORMAT_SHORT && e->size >= 2)
+                o = exif_get_short(e->data, bo);
+            else if (e->format == EXIF_FORMAT_LONG && e->size >= 4)
+                o = (int)exif_get_long(e->data, bo);
+        }
+        exif_data_unref(ed);
+    }
+    qvl_free(buf);
+    return o >= 1 && o <= 8 ? o : 1;
+}
+
+/* Turn a decoded image upright as PIL's ImageOps.exif_transpose does for orientation o:
+ * 2 mirror left-right, 3 rotate 180, 4 mirror top-bottom, 5 transpose (swap x and y),
+ * 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise. Output pixel (x, y)
+ * reads (u, v) = (y, x) when the sides swap (5-8), else (x, y), each mirrored as the table says. */
+static qvl_status exif_transpose(qvl_rgb *im, int o) {
+    static const bool mirror_u[9] = {0, 0, 1, 1, 0, 0, 0, 1, 1};
+    static const bool mirror_v[9] = {0, 0, 0, 1, 1, 0, 1, 1, 0};
+    if (o <= 1 || o > 8)
+        return QVL_OK;
+    const size_t W = (size_t)im->w, H = (size_t)im->h;
+    const bool swap = o >= 5;
+    const size_t ow = swap ? H : W, oh = swap ? W : H;
+    uint8_t *dst = qvl_malloc(W * H * 3);
+    if (!dst)
+        return QVL_E_NOMEM;
+    for (size_t y = 0; y < oh; y++) {
+        for (size_t x = 0; x < ow; x++) {
+            size_t u = swap ? y : x, v = swap ? x : y;
+            size_t sx = mirror_u[o] ? W - 1 - u : u;
+            size_t sy = mirror_v[o] ? H - 1 - v : v;
+            memcpy(dst + (y * ow + x) * 3, im->data + (sy * W + sx) * 3, 3);
+        }
+    }
+    qvl_free(im->data);
+    im->data = dst;
+    im->w = (int)ow;
+    im->h = (int)oh;
+    return QVL_OK;
+}
+
 /* ---- JPEG ----------------------------------------------------------------- */
 
 struct jpg_err {
@@ -143,6 +216,7 @@ struct jpg_job {
     const qvl_img_limits *lim;
     uint8_t *pix; /* output [h][w][3] */
     uint8_t *row; /* CMYK scanline */
+    int orientation; /* EXIF, 1 = upright */
     qvl_status st;
     char msg[256];
 };
@@ -201,10 +275,20 @@ static void jpg_run(struct jpg_job *j) {
     j->progress.progress_monitor = jpg_progress;
     j->ci.progress = &j->progress;
     jpeg_mem_src(&j->ci, j->buf, (unsigned long)j->len);
+    if (!j->lim->ignore_exif)
+        jpeg_save_markers(&j->ci, JPEG_APP0 + 1, 0xffff);
     if (jpeg_read_header(&j->ci, TRUE) != JPEG_HEADER_OK) {
         j->st = QVL_E_FORMAT;
         snprintf(j->msg, sizeof j->msg, "JPEG: no image in the data (tables only)");
         return;
+    }
+    /* the first APP1 segment holding EXIF, as PIL takes it */
+    for (jpeg_saved_marker_ptr mk = j->ci.marker_list; mk; mk = mk->next) {
+        if (mk->marker == JPEG_APP0 + 1 && mk->data_length >= 6 &&
+            !memcmp(mk->data, "Exif\0\0", 6)) {
+            j->orientation = exif_orientation(mk->data, mk->data_length);
+            break;
+        }
     }
     j->st =
         check_dims("JPEG", j->ci.image_width, j->ci.image_height, j->lim, j->msg, sizeof j->msg);
@@ -291,12 +375,18 @@ static qvl_status decode_jpeg(const uint8_t *buf, size_t len, const qvl_img_limi
     j->jerr.pub.error_exit = jpg_error_exit;
     j->jerr.pub.emit_message = jpg_emit_message;
     j->jerr.pub.output_message = jpg_output_message;
+    j->orientation = 1;
     jpg_run(j);
     qvl_status st = j->st;
     if (st == QVL_OK) {
         out->w = (int)j->ci.output_width;
         out->h = (int)j->ci.output_height;
         out->data = j->pix;
+        st = exif_transpose(out, j->orientation);
+        if (st != QVL_OK) {
+            qvl_errf(err, err_len, "JPEG: out of memory turning the image upright");
+            qvl_rgb_free(out);
+        }
     } else {
         qvl_errf(err, err_len, "%s", j->msg);
         qvl_free(j->pix);
@@ -321,6 +411,8 @@ struct png_job {
     png_bytep *rows;
     int w;
     int h;
+    bool done;       /* the pixels are complete: later errors only end the chunk scan */
+    int orientation; /* EXIF, 1 = upright */
     qvl_status st;
     char msg[256];
 };
@@ -344,9 +436,19 @@ static void png_read_fn(png_structp png, png_bytep data, size_t n) {
     j->pos += n;
 }
 
+/* EXIF orientation from an eXIf chunk read so far */
+static void png_exif(struct png_job *j) {
+    png_uint_32 n = 0;
+    png_bytep d = NULL;
+    if (j->orientation == 1 && png_get_eXIf_1(j->png, j->info, &n, &d) && d)
+        j->orientation = exif_orientation(d, n);
+}
+
 static void png_run(struct png_job *j) {
     if (setjmp(j->jb)) {
-        if (j->st == QVL_OK)
+        if (j->done) /* damage after the image data: the pixels stand, as PIL's load does */
+            j->msg[0] = '\0';
+        else if (j->st == QVL_OK)
             j->st = QVL_E_FORMAT;
         return;
     }
@@ -408,6 +510,15 @@ static void png_run(struct png_job *j) {
     }
     j->w = (int)w;
     j->h = (int)h;
+    if (!j->lim->ignore_exif) {
+        /* eXIf may come before or after the image data (PIL's getexif reads to the end) */
+        png_exif(j);
+        j->done = true;
+        if (j->orientation == 1) {
+            png_read_end(j->png, j->info);
+            png_exif(j);
+        }
+    }
 }
 
 static qvl_status decode_png(const uint8_t *buf, size_t len, const qvl_img_limits *lim,
@@ -430,12 +541,18 @@ static qvl_status decode_png(const uint8_t *buf, size_t len, const qvl_img_limit
         qvl_errf(err, err_len, "PNG: out of memory");
         return QVL_E_NOMEM;
     }
+    j->orientation = 1;
     png_run(j);
     qvl_status st = j->st;
     if (st == QVL_OK) {
         out->w = j->w;
         out->h = j->h;
         out->data = j->pix;
+        st = exif_transpose(out, j->orientation);
+        if (st != QVL_OK) {
+            qvl_errf(err, err_len, "PNG: out of memory turning the image upright");
+            qvl_rgb_free(out);
+        }
     } else {
         qvl_errf(err, err_len, "%s", j->msg);
         qvl_free(j->pix);
@@ -511,6 +628,25 @@ static qvl_status decode_webp(const uint8_t *buf, size_t len, const qvl_img_limi
     out->w = (int)w;
     out->h = (int)h;
     out->data = pix;
+    if (!lim->ignore_exif) {
+        /* EXIF lives in the extended (VP8X) container's EXIF chunk */
+        WebPData wd = {buf, len};
+        WebPDemuxer *dm = WebPDemux(&wd);
+        int o = 1;
+        if (dm) {
+            WebPChunkIterator it;
+            if (WebPDemuxGetChunk(dm, "EXIF", 1, &it)) {
+                o = exif_orientation(it.chunk.bytes, it.chunk.size);
+                WebPDemuxReleaseChunkIterator(&it);
+            }
+            WebPDemuxDelete(dm);
+        }
+        if (exif_transpose(out, o) != QVL_OK) {
+            qvl_rgb_free(out);
+            qvl_errf(err, err_len, "WebP: out of memory turning the image upright");
+            return QVL_E_NOMEM;
+        }
+    }
     return QVL_OK;
 }
 

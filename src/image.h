@@ -20,12 +20,14 @@ typedef struct qvl_rgb {
 typedef struct qvl_img_limits {
     uint64_t max_pixels; /* w*h above this: QVL_E_LIMIT (0 = no limit) */
     double max_aspect;   /* max(w,h)/min(w,h) above this: QVL_E_LIMIT (<= 0: no limit) */
+    bool ignore_exif;    /* keep the stored pixel order, whatever the EXIF Orientation says */
 } qvl_img_limits;
 
 #define QVL_IMG_DEFAULT_MAX_PIXELS ((uint64_t)64 * 1024 * 1024)
 #define QVL_IMG_DEFAULT_MAX_ASPECT 200.0
 
-/* Defaults: 64 Mi pixels, aspect ratio 200 (the reference processor's own limit). */
+/* Defaults: 64 Mi pixels, aspect ratio 200 (the reference processor's own limit), EXIF
+ * orientation applied. */
 qvl_img_limits qvl_img_limits_default(void);
 
 typedef enum qvl_img_format {
@@ -48,7 +50,11 @@ qvl_img_format qvl_img_detect(const void *buf, size_t len);
  * up, which equals Pillow's Image.alpha_composite over white for every (c, a); a tRNS colour key
  * on truecolour PNG is ignored (the reference keeps RGB images as they are); 16-bit samples keep
  * their high byte (value >> 8, libpng's png_set_strip_16); CMYK/YCCK JPEGs are converted as
- * PIL's CMYK->RGB (inverted when an Adobe marker is present). No EXIF rotation.
+ * PIL's CMYK->RGB (inverted when an Adobe marker is present). The EXIF Orientation tag (JPEG
+ * APP1, PNG eXIf, WebP EXIF chunk; read with libexif) turns the image upright as PIL's
+ * ImageOps.exif_transpose does, which transformers' load_image applies to every image it is
+ * given as a path, URL or base64 string; lim->ignore_exif keeps the stored order (as PIL images
+ * passed to the processor directly, and qwen-vl-utils). The limits apply to the stored size.
  * Limits (`lim` may be NULL for the defaults) are checked on the header dimensions before any
  * pixel buffer is allocated. Errors: QVL_E_FORMAT (unknown signature, corrupt or truncated
  * data), QVL_E_UNSUPPORTED (GIF/BMP/TIFF, animated WebP, unknown JPEG colour space),

@@ -35,6 +35,12 @@ echo "$out" | grep -q '"prompt_top_logits":\[\[143189,' && ok || bad "prompt_top
 ex=$("$BUILD/example_embed_generate" -m "$M" --features "$T/f.bin" -p "What is this?" -n 12 | tr -d ' []')
 rn=$("$BIN" run -m "$M" -i "$S/images/rgb_400x300.png" -p "What is this?" -n 12 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
 [ -n "$ex" ] && [ "$ex" = "$rn" ] && ok || bad "embeddings example ($ex) vs run ($rn)"
+# EXIF orientation: an 11x3 PNG whose eXIf says "rotate 90 counter-clockwise" (a fuzz seed)
+tail -c +3 "$(dirname "$0")/../fuzz/corpus/image/png_exif_orient8" > "$T/orient8.png"
+out=$("$BIN" preprocess "$T/orient8.png")
+echo "$out" | grep -q ': 3x11 -> ' && ok || bad "EXIF orientation not applied: $out"
+out=$("$BIN" preprocess --ignore-exif "$T/orient8.png")
+echo "$out" | grep -q ': 11x3 -> ' && ok || bad "--ignore-exif: $out"
 # --resample: pil is the images' default; torchvision's resize gives other features (400x300 is resized)
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample pil --out "$T/fp.bin" && cmp -s "$T/f.bin" "$T/fp.bin" && ok || bad "encode --resample pil differs from the default"
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample torchvision --out "$T/ft.bin" && ! cmp -s "$T/f.bin" "$T/ft.bin" && ok || bad "encode --resample torchvision equals pil"

@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(buf, data + 2, n);
 
     char err[512];
-    qvl_img_limits lim = {caps[o0 & 3], (o0 & 4) ? 4.0 : QVL_IMG_DEFAULT_MAX_ASPECT};
+    qvl_img_limits lim = {caps[o0 & 3], (o0 & 4) ? 4.0 : QVL_IMG_DEFAULT_MAX_ASPECT, false};
     qvl_rgb img = {0};
     qvl_status s = qvl_img_decode_mem(buf, n, &lim, &img, err, sizeof err);
     free(buf);

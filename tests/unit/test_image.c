@@ -431,6 +431,211 @@ static uint64_t fnv1a64(const uint8_t *p, size_t n) {
     return h;
 }
 
+/* ---- EXIF orientation ------------------------------------------------------ */
+
+/* A TIFF block with one IFD0 entry: Orientation (0x0112) = o as SHORT (type 3) or LONG (4). */
+static size_t exif_tiff(uint8_t *t, int o, bool big_endian, int type) {
+    uint8_t le[26] = {'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, (uint8_t)type, 0, 1, 0, 0, 0,
+                      (uint8_t)o, 0, 0, 0, 0, 0, 0, 0};
+    uint8_t be[26] = {'M', 'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, (uint8_t)type, 0, 0, 0, 1,
+                      0, (uint8_t)o, 0, 0, 0, 0, 0, 0};
+    if (big_endian && type == 4) { /* LONG: the value fills the 4-byte field */
+        be[18] = 0;
+        be[19] = 0;
+        be[20] = 0;
+        be[21] = (uint8_t)o;
+    }
+    memcpy(t, big_endian ? be : le, 26);
+    return 26;
+}
+
+/* Where stored pixel (r, c) of a w x h image appears, from the EXIF definition of each value
+ * (what the stored row 0 and column 0 are on the upright image). */
+static void exif_expected(int o, const uint8_t *src, int w, int h, qvl_rgb *out) {
+    static const char row0[9] = "?ttbblrrl", col0[9] = "?lrrlttbb";
+    bool swap = row0[o] == 'l' || row0[o] == 'r';
+    out->w = swap ? h : w;
+    out->h = swap ? w : h;
+    out->data = malloc((size_t)w * h * 3);
+    for (int r = 0; r < h; r++)
+        for (int c = 0; c < w; c++) {
+            int vx, vy;
+            if (!swap) {
+                vy = row0[o] == 't' ? r : h - 1 - r;
+                vx = col0[o] == 'l' ? c : w - 1 - c;
+            } else {
+                vx = row0[o] == 'l' ? r : h - 1 - r;
+                vy = col0[o] == 't' ? c : w - 1 - c;
+            }
+            memcpy(out->data + ((size_t)vy * out->w + vx) * 3, src + ((size_t)r * w + c) * 3, 3);
+        }
+}
+
+static bool rgb_equal(const qvl_rgb *a, const qvl_rgb *b) {
+    return a->data && b->data && a->w == b->w && a->h == b->h &&
+           !memcmp(a->data, b->data, (size_t)a->w * a->h * 3);
+}
+
+/* The PNG test picture with an eXIf chunk before (after = false) or after the image data. */
+static membuf png_with_exif(const uint8_t *tiff, size_t n, bool after) {
+    membuf m = {0};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    if (setjmp(png_jmpbuf(png)))
+        abort();
+    png_set_write_fn(png, &m, png_mb_write, png_mb_flush);
+    png_set_IHDR(png, info, PW, PH, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (!after)
+        png_set_eXIf_1(png, info, (png_uint_32)n, (png_bytep)tiff);
+    png_write_info(png, info);
+    for (int y = 0; y < PH; y++)
+        png_write_row(png, g_rgb + (size_t)y * PW * 3);
+    if (after)
+        png_set_eXIf_1(png, info, (png_uint_32)n, (png_bytep)tiff);
+    png_write_end(png, info);
+    png_destroy_write_struct(&png, &info);
+    return m;
+}
+
+/* A JPEG with an APP1 "Exif" segment right after SOI. */
+static membuf jpeg_with_exif(const membuf *jpg, const uint8_t *tiff, size_t n) {
+    membuf m = {0};
+    mb_put(&m, jpg->p, 2);
+    uint8_t hdr[10] = {0xff, 0xe1, (uint8_t)((n + 8) >> 8), (uint8_t)(n + 8), 'E', 'x', 'i', 'f',
+                       0, 0};
+    mb_put(&m, hdr, 10);
+    mb_put(&m, tiff, n);
+    mb_put(&m, jpg->p + 2, jpg->n - 2);
+    return m;
+}
+
+static void le32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* A simple (VP8L) WebP turned into the extended format with an EXIF chunk. */
+static membuf webp_with_exif(const membuf *simple, int w, int h, const uint8_t *tiff, size_t n) {
+    membuf m = {0};
+    uint8_t riff[12] = {'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P'};
+    uint8_t vp8x[18] = {'V', 'P', '8', 'X', 10, 0, 0, 0, 0x08, 0, 0, 0};
+    vp8x[12] = (uint8_t)(w - 1);
+    vp8x[13] = (uint8_t)((w - 1) >> 8);
+    vp8x[14] = (uint8_t)((w - 1) >> 16);
+    vp8x[15] = (uint8_t)(h - 1);
+    vp8x[16] = (uint8_t)((h - 1) >> 8);
+    vp8x[17] = (uint8_t)((h - 1) >> 16);
+    uint8_t ex[8] = {'E', 'X', 'I', 'F'};
+    le32(ex + 4, (uint32_t)n);
+    size_t body = 4 + sizeof vp8x + (simple->n - 12) + 8 + n + (n & 1);
+    le32(riff + 4, (uint32_t)body);
+    mb_put(&m, riff, 12);
+    mb_put(&m, vp8x, sizeof vp8x);
+    mb_put(&m, simple->p + 12, simple->n - 12);
+    mb_put(&m, ex, 8);
+    mb_put(&m, tiff, n);
+    if (n & 1)
+        mb_put(&m, "", 1);
+    return m;
+}
+
+/* EXIF orientation: every value in PNG (eXIf before and after the image data, both byte
+ * orders, SHORT and LONG), JPEG and WebP against the EXIF definition; ignore_exif keeps the
+ * stored order; damaged or out-of-range tags leave the image as stored. */
+static void test_exif(void) {
+    uint8_t tiff[32];
+    char err[256];
+    qvl_img_limits keep = qvl_img_limits_default();
+    keep.ignore_exif = true;
+    for (int o = 1; o <= 8; o++) {
+        qvl_rgb want = {0};
+        exif_expected(o, g_rgb, PW, PH, &want);
+        for (int v = 0; v < 4; v++) {
+            size_t n = exif_tiff(tiff, o, v & 1, (v & 2) ? 4 : 3);
+            membuf pm = png_with_exif(tiff, n, v == 3);
+            qvl_rgb im = {0};
+            CHECK(qvl_img_decode_mem(pm.p, pm.n, NULL, &im, err, sizeof err) == QVL_OK);
+            CHECKF(rgb_equal(&im, &want), "PNG orientation %d (variant %d): %dx%d", o, v, im.w,
+                   im.h);
+            qvl_rgb_free(&im);
+            CHECK(qvl_img_decode_mem(pm.p, pm.n, &keep, &im, err, sizeof err) == QVL_OK &&
+                  same_as_picture(&im));
+            qvl_rgb_free(&im);
+            free(pm.p);
+        }
+        qvl_rgb_free(&want);
+    }
+    /* JPEG and WebP: the same pixels as the file without EXIF, turned */
+    membuf jpg = write_jpeg(PW, PH, JCS_RGB, 3, g_rgb, 90);
+    qvl_rgb plain = {0};
+    CHECK(qvl_img_decode_mem(jpg.p, jpg.n, NULL, &plain, err, sizeof err) == QVL_OK);
+    uint8_t *wp = NULL;
+    size_t wn = WebPEncodeLosslessRGB(g_rgb, PW, PH, PW * 3, &wp);
+    membuf web = webp_copy(wp, wn);
+    for (int o = 1; o <= 8 && plain.data; o++) {
+        size_t n = exif_tiff(tiff, o, o & 1, 3);
+        qvl_rgb want = {0}, im = {0};
+        exif_expected(o, plain.data, PW, PH, &want);
+        membuf jm = jpeg_with_exif(&jpg, tiff, n);
+        CHECK(qvl_img_decode_mem(jm.p, jm.n, NULL, &im, err, sizeof err) == QVL_OK);
+        CHECKF(rgb_equal(&im, &want), "JPEG orientation %d", o);
+        qvl_rgb_free(&im);
+        CHECK(qvl_img_decode_mem(jm.p, jm.n, &keep, &im, err, sizeof err) == QVL_OK &&
+              rgb_equal(&im, &plain));
+        qvl_rgb_free(&im);
+        free(jm.p);
+        qvl_rgb_free(&want);
+        exif_expected(o, g_rgb, PW, PH, &want);
+        membuf wm = webp_with_exif(&web, PW, PH, tiff, n);
+        CHECKF(qvl_img_decode_mem(wm.p, wm.n, NULL, &im, err, sizeof err) == QVL_OK, "%s", err);
+        CHECKF(rgb_equal(&im, &want), "WebP orientation %d", o);
+        qvl_rgb_free(&im);
+        free(wm.p);
+        qvl_rgb_free(&want);
+    }
+    /* damaged EXIF blocks and values outside 1..8 change nothing */
+    uint8_t bad[4][26];
+    for (int i = 0; i < 4; i++)
+        exif_tiff(bad[i], 6, false, 3);
+    bad[0][2] = 0;    /* not a TIFF header */
+    bad[1][4] = 0xf0; /* IFD0 offset past the end */
+    bad[2][18] = 9;   /* orientation 9 */
+    bad[3][12] = 2;   /* orientation as ASCII */
+    for (int i = 0; i < 4; i++) {
+        membuf jm = jpeg_with_exif(&jpg, bad[i], 26);
+        qvl_rgb im = {0};
+        CHECK(qvl_img_decode_mem(jm.p, jm.n, NULL, &im, err, sizeof err) == QVL_OK);
+        CHECKF(rgb_equal(&im, &plain), "damaged EXIF %d changed the image", i);
+        qvl_rgb_free(&im);
+        free(jm.p);
+        membuf tr = jpeg_with_exif(&jpg, bad[i], 12); /* cut short */
+        CHECK(qvl_img_decode_mem(tr.p, tr.n, NULL, &im, err, sizeof err) == QVL_OK &&
+              rgb_equal(&im, &plain));
+        qvl_rgb_free(&im);
+        free(tr.p);
+    }
+    /* the public loader: the flag */
+    size_t n = exif_tiff(tiff, 8, false, 3);
+    membuf jm = jpeg_with_exif(&jpg, tiff, n);
+    qvl_image *a = NULL, *b = NULL;
+    CHECK(qvl_image_load_mem(jm.p, jm.n, 0, &a, err, sizeof err) == QVL_OK);
+    CHECK(qvl_image_load_mem_ex(jm.p, jm.n, 0, QVL_IMAGE_IGNORE_EXIF, &b, err, sizeof err) ==
+          QVL_OK);
+    int aw = 0, ah = 0, bw = 0, bh = 0;
+    qvl_image_size(a, &aw, &ah);
+    qvl_image_size(b, &bw, &bh);
+    CHECK(aw == PH && ah == PW && bw == PW && bh == PH);
+    qvl_image_free(a);
+    qvl_image_free(b);
+    free(jm.p);
+    qvl_rgb_free(&plain);
+    free(jpg.p);
+    free(web.p);
+}
+
 /* PyTorch's uint8 antialiased bicubic (torchvision's resize of uint8 tensors) against an
  * independent Python transcription (tools/torch_resize_ref.py prints these hashes): downscale
  * on both axes, upscale (edge weights above 1, hence 14-bit weights), one axis only, a large
@@ -1242,6 +1447,7 @@ int main(void) {
     test_config();
     test_golden();
     test_torch_resample();
+    test_exif();
     test_video_flatten();
     test_flatten_layout();
     test_formats_identical(tmpdir);
