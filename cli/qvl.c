@@ -65,7 +65,7 @@ typedef struct opts {
     const char *videos[MAX_IMAGES];
     int n_videos;
     double video_fps, sample_fps;
-    long max_frames;
+    long max_frames, video_min_pixels, video_max_pixels;
     const char *prompt, *system, *out;
     const char *stops[MAX_STOPS];
     int n_stops;
@@ -143,6 +143,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
             FLT(sample_fps, 0.001, 1000);
         } else if (!strcmp(a, "--max-frames")) {
             NUM(max_frames, 2, 100000);
+        } else if (!strcmp(a, "--video-min-pixels")) {
+            NUM(video_min_pixels, 1, 1L << 40);
+        } else if (!strcmp(a, "--video-max-pixels")) {
+            NUM(video_max_pixels, 1, 1L << 40);
         } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
             NEED_ARG();
             o->prompt = argv[++i];
@@ -522,7 +526,8 @@ static int cmd_run(opts *o) {
         }
         n_img++;
     }
-    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, 0, 0, 0, o->resample};
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->video_min_pixels,
+                         o->video_max_pixels, 0, o->resample};
     for (int i = 0; i < o->n_videos; i++) {
         qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
                                       sizeof err);
@@ -708,8 +713,8 @@ out:
 static int preprocess_videos(opts *o, qvl_model *m) {
     cJSON *arr = cJSON_CreateArray();
     int rc = 0;
-    qvl_video_opts vo = {o->sample_fps,   0, (int)o->max_frames, o->min_pixels,
-                         o->max_pixels, 0, o->resample};
+    qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->video_min_pixels,
+                         o->video_max_pixels, 0, o->resample};
     for (int i = 0; i < o->n_videos; i++) {
         char err[1024] = "";
         qvl_video *v = NULL;
@@ -1062,7 +1067,8 @@ static void usage(void) {
             "             [--resample pil|torchvision] [--ignore-exif]\n"
             "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
             "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache] [--quant-vision]\n"
-            "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
+            "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]\n"
+            "             [--video-min-pixels N] [--video-max-pixels N]]\n"
             "             without -m: Qwen/Qwen3-VL-2B-Instruct from the HF cache, else a\n"
             "             random-weight demo model\n"
             "  chat       -m DIR [-s SYSTEM]   interactive; '/image PATH' attaches an image;\n"
@@ -1071,7 +1077,7 @@ static void usage(void) {
             "  tokenize   -m DIR TEXT          ids as a JSON array\n"
             "  detokenize -m DIR ID...         text\n"
             "  preprocess [-m DIR] [--min-pixels N] [--max-pixels N] [--json] IMAGE...\n"
-            "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]]\n"
+            "             [--video FILE|DIR ...]   (run's video options)\n"
             "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
             "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N] [--kv T]\n"
             "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"

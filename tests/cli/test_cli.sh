@@ -35,6 +35,11 @@ echo "$out" | grep -q '"prompt_top_logits":\[\[143189,' && ok || bad "prompt_top
 ex=$("$BUILD/example_embed_generate" -m "$M" --features "$T/f.bin" -p "What is this?" -n 12 | tr -d ' []')
 rn=$("$BIN" run -m "$M" -i "$S/images/rgb_400x300.png" -p "What is this?" -n 12 --temp 0 --json | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
 [ -n "$ex" ] && [ "$ex" = "$rn" ] && ok || bad "embeddings example ($ex) vs run ($rn)"
+# video budget: --video-max-pixels shrinks the frames alike in preprocess and run (3 pads, not 18)
+out=$("$BIN" preprocess --json --video "$S/videos/tiny_clip_96x64_4fps" --video-fps 4 --video-max-pixels 10240)
+echo "$out" | grep -q '"resized_width":32,"resized_height":32,.*"tokens":3' && ok || bad "preprocess --video-max-pixels: $out"
+n=$("$BIN" run -m "$M" --video "$S/videos/tiny_clip_96x64_4fps" --video-fps 4 --video-max-pixels 10240 -p "What?" -n 1 --json | grep -o '"prompt_ids":\[[^]]*\]' | tr ',' '\n' | grep -c '^151656$')
+[ "$n" = 3 ] && ok || bad "run --video-max-pixels: $n video pads"
 # EXIF orientation: an 11x3 PNG whose eXIf says "rotate 90 counter-clockwise" (a fuzz seed)
 tail -c +3 "$(dirname "$0")/../fuzz/corpus/image/png_exif_orient8" > "$T/orient8.png"
 out=$("$BIN" preprocess "$T/orient8.png")
