@@ -446,8 +446,10 @@ static void png_exif(struct png_job *j) {
 
 static void png_run(struct png_job *j) {
     if (setjmp(j->jb)) {
-        if (j->done) /* damage after the image data: the pixels stand, as PIL's load does */
+        if (j->done) { /* damage after the image data: the pixels stand, as PIL's load does */
             j->msg[0] = '\0';
+            png_exif(j); /* an eXIf chunk read before the damage */
+        }
         else if (j->st == QVL_OK)
             j->st = QVL_E_FORMAT;
         return;

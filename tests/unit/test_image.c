@@ -568,6 +568,22 @@ static void test_exif(void) {
         }
         qvl_rgb_free(&want);
     }
+    /* a damaged end (IEND cut) after complete image data: the pixels stand, turned when the
+     * eXIf came before the damage, whether before or after the image data */
+    for (int after = 0; after < 2; after++) {
+        size_t n = exif_tiff(tiff, 6, false, 3);
+        membuf pm = png_with_exif(tiff, n, after);
+        qvl_rgb want = {0}, im = {0};
+        exif_expected(6, g_rgb, PW, PH, &want);
+        CHECK(pm.n > 12);
+        CHECKF(qvl_img_decode_mem(pm.p, pm.n - 6, NULL, &im, err, sizeof err) == QVL_OK &&
+                   rgb_equal(&im, &want),
+               "PNG with a cut IEND (eXIf %s the image data): %s", after ? "after" : "before",
+               err);
+        qvl_rgb_free(&im);
+        qvl_rgb_free(&want);
+        free(pm.p);
+    }
     /* JPEG and WebP: the same pixels as the file without EXIF, turned */
     membuf jpg = write_jpeg(PW, PH, JCS_RGB, 3, g_rgb, 90);
     qvl_rgb plain = {0};
