@@ -204,7 +204,7 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
         return 400;
     }
     char e[512] = "";
-    qvl_status st = qvl_image_load_mem(*bytes, *n, budget, img, e, sizeof e);
+    qvl_status st = qvl_image_load_mem_ex(*bytes, *n, budget, S->o.image_flags, img, e, sizeof e);
     if (st != QVL_OK) {
         free(*bytes);
         *bytes = NULL;

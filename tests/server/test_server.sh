@@ -116,6 +116,15 @@ mkbody "$IMGS/rgb_400x300.png" $NTOK ',"resample":"torchvision"' >"$T/btv.json"
 code=$(req "$T/rtv" "$U/v1/chat/completions" --data-binary @"$T/btv.json")
 ok "resample torchvision = qvl run --resample torchvision" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rtv")" = "$(jget 'd.text' <"$T/exp_tv.json")" ]; echo $?)" "$code"
 
+# EXIF orientation: an 11x3 PNG whose eXIf says "rotate 90 counter-clockwise" (a fuzz seed); server
+# A turns it upright as qvl run does, server B (--ignore-exif) keeps it as qvl run --ignore-exif
+tail -c +3 "$here/../fuzz/corpus/image/png_exif_orient8" >"$T/orient8.png"
+"$QVL" run -m "$M" -i "$T/orient8.png" -p "$PROMPT" --temp 0 -n $NTOK --json >"$T/exp_o8.json" 2>/dev/null
+"$QVL" run -m "$M" -i "$T/orient8.png" -p "$PROMPT" --temp 0 -n $NTOK --ignore-exif --json >"$T/exp_o8i.json" 2>/dev/null
+mkbody "$T/orient8.png" $NTOK >"$T/bo8.json"
+code=$(req "$T/ro8" "$U/v1/chat/completions" --data-binary @"$T/bo8.json")
+ok "EXIF image = qvl run" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/ro8")" = "$(jget 'd.text' <"$T/exp_o8.json")" ]; echo $?)" "$code"
+
 # stop string: compare with qvl run --stop
 STOP=$(js substr "$(exp_text rgb_64x64.png)" 6 3)
 "$QVL" run -m "$M" -i "$IMGS/rgb_64x64.png" -p "$PROMPT" --temp 0 -n $NTOK --stop "$STOP" --json >"$T/exp_stop.json" 2>/dev/null
@@ -263,7 +272,7 @@ done
 ok "8 concurrent clients on 2 slots all correct" $allgood
 
 # ---- server B: one slot, queue of one: disconnects and a full queue ----------------------------
-start_server B --slots 1 --queue 1 --ctx 8192
+start_server B --slots 1 --queue 1 --ctx 8192 --ignore-exif
 PB=$PORT_B
 UB=http://127.0.0.1:$PB
 mkbody "$IMGS/rgb_64x64.png" 8000 ',"ignore_eos":true,"stream":true' >"$T/long_s.json"
@@ -284,6 +293,8 @@ ok "disconnected non-stream request frees the slot" "$(idle_after "$PB" 3; echo 
 ok "cancellations logged" "$([ "$(grep -c 'finish=cancelled' "$T/B.log")" -ge 2 ]; echo $?)" "$(tail -3 "$T/B.log")"
 code=$(curl -s --max-time 30 -o "$T/after" -w '%{http_code}' --data-binary @"$T/b1.json" "$UB/v1/chat/completions")
 ok "slot serves again after disconnects" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/after")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
+code=$(curl -s --max-time 30 -o "$T/ro8i" -w '%{http_code}' --data-binary @"$T/bo8.json" "$UB/v1/chat/completions")
+ok "--ignore-exif server = qvl run --ignore-exif" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/ro8i")" = "$(jget 'd.text' <"$T/exp_o8i.json")" ] && [ "$(jget 'd.text' <"$T/exp_o8i.json")" != "$(jget 'd.text' <"$T/exp_o8.json")" ]; echo $?)" "$code"
 
 curl -s --max-time 20 -o /dev/null --data-binary @"$T/long.json" "$UB/v1/chat/completions" &
 c1=$!
