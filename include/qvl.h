@@ -403,7 +403,7 @@ QVL_API void qvl_gen_result_free(qvl_gen_result *r);
 
 /* ---- prompts ---------------------------------------------------------- */
 /* The chat template itself, on messages made of interleaved parts (text, image and video
- * placeholders in any order), rendered exactly as the Qwen3-VL Jinja template does (no tools):
+ * placeholders in any order), rendered exactly as the Qwen3-VL Jinja template does:
  * a system message only in first position, images and videos as
  * <|vision_start|><|image_pad|><|vision_end|> (one pad per placeholder; qvl_prompt_build
  * expands them), assistant and system messages with their text parts only. *out is a heap
@@ -416,15 +416,36 @@ typedef struct qvl_chat_part {
     const char *text; /* QVL_PART_TEXT only */
 } qvl_chat_part;
 
+/* A function call of an assistant message, written as the template writes it:
+ * <tool_call>\n{"name": "NAME", "arguments": ARGUMENTS}\n</tool_call>. ARGUMENTS is the text
+ * given when arguments_json is 0 (the template writes a string argument as it is; the OpenAI
+ * API's arguments are a JSON string), or, when arguments_json is 1, that JSON value written in
+ * the template's `tojson` form (as for tools; invalid JSON: QVL_E_INVAL). */
+typedef struct qvl_tool_call {
+    const char *name;
+    const char *arguments;
+    int arguments_json;
+} qvl_tool_call;
+
 typedef struct qvl_chat_msg {
     const char *role;           /* "system", "user", "assistant" or "tool" */
     const char *content;        /* plain text, used when parts == NULL (NULL: empty) */
     const qvl_chat_part *parts; /* list content */
     size_t n_parts;
+    const qvl_tool_call *tool_calls; /* assistant messages: calls after the text */
+    size_t n_tool_calls;
 } qvl_chat_msg;
 
 QVL_API qvl_status qvl_chat_render(const qvl_chat_msg *msgs, size_t n, int add_generation_prompt,
                                    int add_vision_id, char **out, char *err, size_t err_len);
+/* With tools offered: each of tools[0..n_tools) is one tool's JSON (an OpenAI "tools" entry,
+ * e.g. {"type": "function", "function": {...}}), written into the system turn in the template's
+ * `tojson` form (Python's json.dumps: ", " and ": " separators, keys in order; a number with a
+ * zero fraction written 1.0 in the JSON comes out as 1). Invalid JSON: QVL_E_INVAL. */
+QVL_API qvl_status qvl_chat_render_tools(const qvl_chat_msg *msgs, size_t n,
+                                         const char *const *tools, size_t n_tools,
+                                         int add_generation_prompt, int add_vision_id, char **out,
+                                         char *err, size_t err_len);
 
 /* One chat message: role "system", "user", "assistant"; text, and images placed before the
  * text (n_images placeholders), as the CLI does. */
@@ -453,6 +474,14 @@ QVL_API qvl_status qvl_prompt_build_mm(const qvl_model *m, const qvl_message *ms
  * video into its timestamped frame-pair blocks. */
 QVL_API qvl_status qvl_prompt_build_parts(const qvl_model *m, const qvl_chat_msg *msgs,
                                           size_t n_msgs, int add_generation_prompt,
+                                          qvl_image *const *images, size_t n_images,
+                                          const qvl_image_opts *o, qvl_video *const *videos,
+                                          size_t n_videos, int32_t **ids, size_t *n_ids,
+                                          char *err, size_t err_len);
+/* As qvl_prompt_build_parts with tools offered (qvl_chat_render_tools). */
+QVL_API qvl_status qvl_prompt_build_tools(const qvl_model *m, const qvl_chat_msg *msgs,
+                                          size_t n_msgs, const char *const *tools,
+                                          size_t n_tools, int add_generation_prompt,
                                           qvl_image *const *images, size_t n_images,
                                           const qvl_image_opts *o, qvl_video *const *videos,
                                           size_t n_videos, int32_t **ids, size_t *n_ids,

@@ -285,6 +285,11 @@ typedef struct chat_build {
     qvl_chat_msg *msgs;   /* the request's messages as qvl_chat_render takes them */
     qvl_chat_part *parts; /* their parts (text points into the request JSON) */
     size_t n_msgs, n_parts;
+    qvl_tool_call *calls; /* assistant messages' tool calls */
+    char **call_args;     /* arguments given as JSON objects, written out (malloc'd) */
+    size_t n_calls;
+    char **tools; /* the offered tools' JSON (malloc'd) */
+    size_t n_tools;
     qvl_image *images[SRV_MAX_IMAGES];
     uint8_t *bytes[SRV_MAX_IMAGES];
     size_t len[SRV_MAX_IMAGES];
@@ -413,7 +418,103 @@ static int role_kind(const char *r) {
         return 1;
     if (!strcmp(r, "assistant"))
         return 2;
+    if (!strcmp(r, "tool"))
+        return 3;
     return -1;
+}
+
+/* An assistant message's "tool_calls" into cb->calls (room was counted by the caller). */
+static int read_tool_calls(chat_build *cb, const cJSON *tc, size_t mi, char *msg, size_t ml) {
+    if (!cJSON_IsArray(tc)) {
+        fmt(msg, ml, "messages[%zu].tool_calls must be an array", mi);
+        return 400;
+    }
+    size_t k = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, tc) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(f, "arguments");
+        if (!cJSON_IsObject(f) || !cJSON_IsString(name) || !args || cJSON_IsNull(args)) {
+            fmt(msg, ml,
+                "messages[%zu].tool_calls[%zu] must have a 'function' with a string 'name' and "
+                "'arguments'",
+                mi, k);
+            return 400;
+        }
+        qvl_tool_call call = {name->valuestring, NULL, 0};
+        if (cJSON_IsString(args)) { /* the OpenAI form: written as it is, as the template does */
+            call.arguments = args->valuestring;
+        } else { /* a JSON value: the library writes it in the template's tojson form */
+            cb->call_args[cb->n_calls] = cJSON_PrintUnformatted(args);
+            if (!cb->call_args[cb->n_calls]) {
+                fmt(msg, ml, "out of memory");
+                return 500;
+            }
+            call.arguments = cb->call_args[cb->n_calls];
+            call.arguments_json = 1;
+        }
+        cb->calls[cb->n_calls++] = call;
+        k++;
+    }
+    return 200;
+}
+
+/* "tools" (function tools, written into the prompt by the template) and "tool_choice" ("auto",
+ * the default, or "none": no tools in the prompt and no parsing). Returns an HTTP status. */
+static int read_tools(const cJSON *root, chat_build *cb, char *msg, size_t ml) {
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    bool none = false;
+    if (choice && !cJSON_IsNull(choice)) {
+        if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "none")) {
+            none = true;
+        } else if (!cJSON_IsString(choice) || strcmp(choice->valuestring, "auto")) {
+            fmt(msg, ml, "'tool_choice' must be \"auto\" or \"none\" (forced tool calls are not "
+                         "supported)");
+            return 400;
+        }
+    }
+    if (!tools || cJSON_IsNull(tools))
+        return 200;
+    if (!cJSON_IsArray(tools)) {
+        fmt(msg, ml, "'tools' must be an array");
+        return 400;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(tools);
+    if (n > SRV_MAX_TOOLS) {
+        fmt(msg, ml, "at most %d tools", SRV_MAX_TOOLS);
+        return 400;
+    }
+    size_t k = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+        if (!cJSON_IsObject(t) || !cJSON_IsString(type) || strcmp(type->valuestring, "function") ||
+            !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "name"))) {
+            fmt(msg, ml, "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                k);
+            return 400;
+        }
+        k++;
+    }
+    if (none || n == 0)
+        return 200;
+    cb->tools = calloc(n, sizeof *cb->tools);
+    if (!cb->tools) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    cJSON_ArrayForEach(t, tools) {
+        cb->tools[cb->n_tools] = cJSON_PrintUnformatted(t);
+        if (!cb->tools[cb->n_tools]) {
+            fmt(msg, ml, "out of memory");
+            return 500;
+        }
+        cb->n_tools++;
+    }
+    return 200;
 }
 
 /* Validate the messages and load their images into cb (messages of parts, as
@@ -429,15 +530,19 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
         fmt(msg, ml, "at most %d messages", SRV_MAX_MSGS);
         return 400;
     }
-    size_t room = 0;
+    size_t room = 0, call_room = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs) {
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         room += cJSON_IsArray(content) ? (size_t)cJSON_GetArraySize(content) : 1;
+        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        call_room += cJSON_IsArray(tc) ? (size_t)cJSON_GetArraySize(tc) : 0;
     }
     cb->msgs = calloc(n_msgs, sizeof *cb->msgs);
     cb->parts = calloc(room + 1, sizeof *cb->parts);
-    if (!cb->msgs || !cb->parts) {
+    cb->calls = calloc(call_room + 1, sizeof *cb->calls);
+    cb->call_args = calloc(call_room + 1, sizeof *cb->call_args);
+    if (!cb->msgs || !cb->parts || !cb->calls || !cb->call_args) {
         fmt(msg, ml, "out of memory");
         return 500;
     }
@@ -451,7 +556,8 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
         }
         int kind = role_kind(role->valuestring);
         if (kind < 0) {
-            fmt(msg, ml, "messages[%zu]: unsupported role '%.40s' (system, user, assistant)", mi,
+            fmt(msg, ml,
+                "messages[%zu]: unsupported role '%.40s' (system, user, assistant, tool)", mi,
                 role->valuestring);
             return 400;
         }
@@ -459,14 +565,33 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
             fmt(msg, ml, "messages[%zu].content is missing", mi);
             return 400;
         }
-        /* images only in user messages; a system message past the first is validated and,
-         * as the template does, not rendered */
-        size_t first = cb->n_parts;
-        int st = render_content(S, cb, content, kind == 1, mi, io, msg, ml);
-        if (st != 200)
-            return st;
-        cb->msgs[mi] = (qvl_chat_msg){role->valuestring, NULL, cb->parts + first,
-                                      cb->n_parts - first};
+        /* images in user and tool messages (as the template renders them); a system message
+         * past the first is validated and, as the template does, not rendered */
+        qvl_chat_msg cm = {role->valuestring, NULL, NULL, 0, NULL, 0};
+        if (cJSON_IsString(content)) { /* a string stays a string: "" is empty to the template */
+            cm.content = content->valuestring;
+        } else {
+            size_t first = cb->n_parts;
+            int st = render_content(S, cb, content, kind == 1 || kind == 3, mi, io, msg, ml);
+            if (st != 200)
+                return st;
+            cm.parts = cb->parts + first;
+            cm.n_parts = cb->n_parts - first;
+        }
+        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        if (tc && !cJSON_IsNull(tc)) {
+            if (kind != 2) {
+                fmt(msg, ml, "messages[%zu]: only assistant messages have tool_calls", mi);
+                return 400;
+            }
+            size_t first = cb->n_calls;
+            int st = read_tool_calls(cb, tc, mi, msg, ml);
+            if (st != 200)
+                return st;
+            cm.tool_calls = cb->calls + first;
+            cm.n_tool_calls = cb->n_calls - first;
+        }
+        cb->msgs[mi] = cm;
         mi++;
     }
     cb->n_msgs = n_msgs;
@@ -658,14 +783,19 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
     st = parse_params(S, root, j, ch, msg, ml);
     if (st != 200)
         goto out;
+    st = read_tools(root, &cb, msg, ml);
+    if (st != 200)
+        goto out;
+    j->tools = cb.n_tools > 0;
     st = render_messages(S, &cb, cJSON_GetObjectItemCaseSensitive(root, "messages"),
                          &j->img_opts, msg, ml);
     if (st != 200)
         goto out;
     char e[512] = "";
-    qvl_status qs = qvl_prompt_build_parts(S->model, cb.msgs, cb.n_msgs, 1, cb.images,
-                                           cb.n_images, &j->img_opts, cb.videos, cb.n_videos,
-                                           &ids, &n_ids, e, sizeof e);
+    qvl_status qs = qvl_prompt_build_tools(S->model, cb.msgs, cb.n_msgs,
+                                           (const char *const *)cb.tools, cb.n_tools, 1,
+                                           cb.images, cb.n_images, &j->img_opts, cb.videos,
+                                           cb.n_videos, &ids, &n_ids, e, sizeof e);
     if (qs != QVL_OK) {
         fmt(msg, ml, "cannot build the prompt: %s", e[0] ? e : qvl_status_str(qs));
         st = qs == QVL_E_NOMEM ? 500 : 400;
@@ -736,6 +866,13 @@ out:
         qvl_video_free(cb.videos[i]);
     free(cb.msgs);
     free(cb.parts);
+    for (size_t i = 0; cb.call_args && i < cb.n_calls; i++)
+        free(cb.call_args[i]);
+    free(cb.call_args);
+    free(cb.calls);
+    for (size_t i = 0; i < cb.n_tools; i++)
+        free(cb.tools[i]);
+    free(cb.tools);
     qvl_free(ids);
     srv_job_release(NULL, j);
     cJSON_Delete(root);
@@ -791,6 +928,73 @@ static cJSON *base_obj(srv_state *S, const char *id, long long created, const ch
     return r;
 }
 
+/* ---- tool calls in the generated text ---------------------------------------------------- */
+static const char TC_OPEN[] = "<tool_call>", TC_CLOSE[] = "</tool_call>";
+
+static const char *find_n(const char *h, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (!memcmp(h + i, needle, k))
+            return h + i;
+    return NULL;
+}
+
+size_t srv_tool_safe_len(const char *text, size_t n) {
+    const char *o = find_n(text, n, TC_OPEN);
+    if (o)
+        return (size_t)(o - text);
+    /* hold back a tail that is the start of "<tool_call>" */
+    size_t k = sizeof TC_OPEN - 1;
+    for (size_t t = k - 1; t > 0; t--)
+        if (n >= t && !memcmp(text + n - t, TC_OPEN, t))
+            return n - t;
+    return n;
+}
+
+cJSON *srv_tool_calls(const char *text, size_t n, bool indexed, size_t *content_n) {
+    const char *o = find_n(text, n, TC_OPEN);
+    if (!o)
+        return NULL;
+    cJSON *calls = cJSON_CreateArray();
+    const char *p = o, *end = text + n;
+    int k = 0;
+    while (calls && p && p < end) {
+        const char *body = p + sizeof TC_OPEN - 1;
+        const char *c = find_n(body, (size_t)(end - body), TC_CLOSE);
+        if (!c) /* an unterminated block (the length ran out): not a call */
+            break;
+        cJSON *v = cJSON_ParseWithLength(body, (size_t)(c - body));
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(v, "arguments");
+        if (cJSON_IsObject(v) && cJSON_IsString(name)) {
+            char *a = args ? (cJSON_IsString(args) ? strdup(args->valuestring)
+                                                   : cJSON_PrintUnformatted(args))
+                           : strdup("{}");
+            char id[32] = "call_";
+            srv_rand_hex(id + 5, 24);
+            cJSON *tc = cJSON_CreateObject();
+            if (indexed)
+                cJSON_AddNumberToObject(tc, "index", k);
+            cJSON_AddStringToObject(tc, "id", id);
+            cJSON_AddStringToObject(tc, "type", "function");
+            cJSON *f = cJSON_AddObjectToObject(tc, "function");
+            cJSON_AddStringToObject(f, "name", name->valuestring);
+            cJSON_AddStringToObject(f, "arguments", a ? a : "{}");
+            free(a);
+            cJSON_AddItemToArray(calls, tc);
+            k++;
+        }
+        cJSON_Delete(v);
+        p = find_n(c, (size_t)(end - c), TC_OPEN);
+    }
+    if (!calls || k == 0) {
+        cJSON_Delete(calls);
+        return NULL;
+    }
+    *content_n = (size_t)(o - text);
+    return calls;
+}
+
 char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j) {
     cJSON *r = base_obj(S, id, created, "chat.completion");
     cJSON *cs = cJSON_AddArrayToObject(r, "choices");
@@ -799,10 +1003,27 @@ char *srv_completion_json(srv_state *S, const char *id, long long created, const
     cJSON_AddNumberToObject(c, "index", 0);
     cJSON *m = cJSON_AddObjectToObject(c, "message");
     cJSON_AddStringToObject(m, "role", "assistant");
-    cJSON_AddStringToObject(m, "content", j->text ? j->text : "");
+    size_t content_n = 0;
+    cJSON *calls = j->tools && j->text ? srv_tool_calls(j->text, j->text_n, false, &content_n)
+                                       : NULL;
+    if (calls) {
+        while (content_n > 0 && strchr(" \t\r\n", j->text[content_n - 1]))
+            content_n--;
+        char *t = content_n ? strndup(j->text, content_n) : NULL;
+        if (t)
+            cJSON_AddStringToObject(m, "content", t);
+        else
+            cJSON_AddNullToObject(m, "content");
+        free(t);
+        cJSON_AddItemToObject(m, "tool_calls", calls);
+    } else {
+        cJSON_AddStringToObject(m, "content", j->text ? j->text : "");
+    }
     cJSON_AddNullToObject(m, "refusal");
     cJSON_AddNullToObject(c, "logprobs");
-    cJSON_AddStringToObject(c, "finish_reason", srv_finish_str(j->finish));
+    cJSON_AddStringToObject(c, "finish_reason",
+                            calls && j->finish == QVL_FINISH_STOP ? "tool_calls"
+                                                                  : srv_finish_str(j->finish));
     add_usage(r, j);
     /* extension (as llama.cpp's server): where the time went, for benchmarks */
     cJSON *t = cJSON_AddObjectToObject(r, "timings");
@@ -810,6 +1031,22 @@ char *srv_completion_json(srv_state *S, const char *id, long long created, const
     cJSON_AddNumberToObject(t, "prompt_ms", j->t_prompt - j->t_start);
     cJSON_AddNumberToObject(t, "generation_ms", j->t_end - j->t_prompt);
     return print_delete(r);
+}
+
+/* "data: {...}\n\n" of an object, which is released. */
+static char *sse_event(cJSON *r) {
+    char *js = print_delete(r);
+    if (!js)
+        return NULL;
+    size_t n = strlen(js);
+    char *ev = malloc(n + 9);
+    if (ev) {
+        memcpy(ev, "data: ", 6);
+        memcpy(ev + 6, js, n);
+        memcpy(ev + 6 + n, "\n\n", 3);
+    }
+    free(js);
+    return ev;
 }
 
 char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
@@ -842,18 +1079,21 @@ char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
         else
             cJSON_AddNullToObject(c, "finish_reason");
     }
-    char *js = print_delete(r);
-    if (!js)
-        return NULL;
-    size_t n = strlen(js);
-    char *ev = malloc(n + 9);
-    if (ev) {
-        memcpy(ev, "data: ", 6);
-        memcpy(ev + 6, js, n);
-        memcpy(ev + 6 + n, "\n\n", 3);
-    }
-    free(js);
-    return ev;
+    return sse_event(r);
+}
+
+char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,
+                               struct cJSON *calls) {
+    cJSON *r = base_obj(S, id, created, "chat.completion.chunk");
+    cJSON *cs = cJSON_AddArrayToObject(r, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(cs, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON *d = cJSON_AddObjectToObject(c, "delta");
+    cJSON_AddItemToObject(d, "tool_calls", calls);
+    cJSON_AddNullToObject(c, "logprobs");
+    cJSON_AddNullToObject(c, "finish_reason");
+    return sse_event(r);
 }
 
 char *srv_models_json(srv_state *S) {

@@ -179,16 +179,45 @@ static bool stream_next(stream *st) {
     char *slice = NULL;
     size_t slice_n = 0;
     bool done;
+    cJSON *calls = NULL;
     srv_pool_lock(S->pool);
     done = j->state == JOB_DONE;
-    if (j->text_n > st->text_sent) {
-        slice_n = j->text_n - st->text_sent;
+    size_t avail = j->text_n;
+    if (j->tools && j->text) {
+        /* tools offered: text from "<tool_call>" on is held back and, once the job is done,
+         * sent as tool_calls when it parses, else as content */
+        size_t content_n = 0;
+        if (!done)
+            avail = srv_tool_safe_len(j->text, j->text_n);
+        else if (j->status == QVL_OK &&
+                 (calls = srv_tool_calls(j->text, j->text_n, true, &content_n)) != NULL)
+            avail = content_n;
+    }
+    if (avail > st->text_sent) {
+        slice_n = avail - st->text_sent;
         slice = malloc(slice_n + 1);
         if (slice)
             memcpy(slice, j->text + st->text_sent, slice_n);
-        st->text_sent = j->text_n;
+        st->text_sent = avail;
     }
     srv_pool_unlock(S->pool);
+    if (calls) { /* the job is done: content first, then the calls, then the finish */
+        char *ev = slice ? srv_chunk_sse(S, st->id, st->created, false, slice, slice_n, NULL,
+                                         NULL)
+                         : NULL;
+        free(slice);
+        ev = join(ev, srv_chunk_tool_calls_sse(S, st->id, st->created, calls));
+        ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0,
+                                    j->finish == QVL_FINISH_STOP ? "tool_calls"
+                                                                 : srv_finish_str(j->finish),
+                                    NULL));
+        if (st->include_usage)
+            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j));
+        ev = join(ev, strdup("data: [DONE]\n\n"));
+        stream_set(st, ev);
+        st->finished = true;
+        return true;
+    }
     if (slice) {
         stream_set(st, srv_chunk_sse(S, st->id, st->created, false, slice, slice_n, NULL, NULL));
         free(slice);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #define SRV_MAX_IMAGES 32  /* images per request */
+#define SRV_MAX_TOOLS 128  /* tools offered per request */
 #define SRV_MAX_VIDEOS 4   /* videos per request */
 #define SRV_MAX_STOPS  16  /* stop strings per request */
 #define SRV_MAX_STOP_LEN 256
@@ -74,6 +75,7 @@ typedef struct srv_job {
     qvl_video **videos; /* a job with videos neither reuses nor leaves a cached prefix */
     size_t n_videos;
     qvl_image_opts img_opts;
+    bool tools; /* tools were offered: <tool_call> blocks of the text become tool_calls */
     qvl_gen_params gp;
     char **stops;
     int n_stop;
@@ -156,7 +158,20 @@ char *srv_completion_json(srv_state *S, const char *id, long long created, const
  * chunk with finish reason (text NULL, finish set), or the usage chunk (usage true). */
 char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
                     const char *text, size_t text_n, const char *finish, const srv_job *usage);
+/* The chunk carrying a stream's tool calls (calls: from srv_tool_calls, taken over). */
+struct cJSON;
+char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,
+                               struct cJSON *calls);
 char *srv_models_json(srv_state *S);
+/* Tool calls in generated text (Qwen's <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>
+ * blocks): a new cJSON array of OpenAI tool_calls objects (with "index" when `indexed`, as stream
+ * deltas carry), or NULL when the text holds no well-formed block (then it is all content).
+ * *content_n gets the length of the text before the first block. */
+struct cJSON;
+struct cJSON *srv_tool_calls(const char *text, size_t n, bool indexed, size_t *content_n);
+/* How much of a growing text may be streamed as content while tools are offered: up to the
+ * first "<tool_call>", and not a tail that could begin one. */
+size_t srv_tool_safe_len(const char *text, size_t n);
 /* POST /tokenize: {"content": "..."} to {"tokens": [...]}. Returns an HTTP status. */
 int srv_tokenize_json(srv_state *S, const char *body, size_t len, char **out, char *msg,
                       size_t msg_len);

@@ -292,8 +292,18 @@ qvl_status qvl_prompt_build_parts(const qvl_model *m, const qvl_chat_msg *msgs, 
                                   size_t n_images, const qvl_image_opts *o,
                                   qvl_video *const *videos, size_t n_videos, int32_t **ids,
                                   size_t *n_ids, char *err, size_t err_len) {
+    return qvl_prompt_build_tools(m, msgs, n_msgs, NULL, 0, add_generation_prompt, images,
+                                  n_images, o, videos, n_videos, ids, n_ids, err, err_len);
+}
+
+qvl_status qvl_prompt_build_tools(const qvl_model *m, const qvl_chat_msg *msgs, size_t n_msgs,
+                                  const char *const *tools, size_t n_tools,
+                                  int add_generation_prompt, qvl_image *const *images,
+                                  size_t n_images, const qvl_image_opts *o,
+                                  qvl_video *const *videos, size_t n_videos, int32_t **ids,
+                                  size_t *n_ids, char *err, size_t err_len) {
     if (!m || !ids || !n_ids || (!msgs && n_msgs) || (!images && n_images) ||
-        (!videos && n_videos))
+        (!videos && n_videos) || (!tools && n_tools))
         return QVL_E_INVAL;
     *ids = NULL;
     *n_ids = 0;
@@ -330,7 +340,8 @@ qvl_status qvl_prompt_build_parts(const qvl_model *m, const qvl_chat_msg *msgs, 
             goto done;
         counts[i] = (size_t)plan.n_tokens;
     }
-    s = qvl_chat_render(msgs, n_msgs, add_generation_prompt != 0, false, &text, err, err_len);
+    s = qvl_chat_render_tools(msgs, n_msgs, tools, n_tools, add_generation_prompt != 0, false,
+                              &text, err, err_len);
     if (s == QVL_OK)
         s = expand_videos(m, &text, videos, n_videos, err, err_len);
     if (s != QVL_OK)

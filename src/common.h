@@ -53,6 +53,11 @@ struct cJSON;
 void qvl_json_init(void);
 struct cJSON *qvl_json_parse(const char *json, size_t len, const char **end, qvl_status *st,
                              long *err_off);
+/* Python's repr() of a float (shortest round trip, ".0" kept, exponent from 1e16 and below
+ * 1e-4), and json.dumps(v, ensure_ascii=False) of a parsed value, as the chat template's
+ * `tojson` writes it (jsonhooks.c). */
+void qvl_py_float_repr(double v, char *buf, size_t n);
+void qvl_json_py_dump(qvl_sbuf *b, const struct cJSON *v);
 
 /* Checked arithmetic: return false on overflow. */
 static inline bool qvl_size_mul(size_t a, size_t b, size_t *out) {

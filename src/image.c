@@ -43,17 +43,6 @@ void qvl_rgb_free(qvl_rgb *im) {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-/* Python's repr() of a float for the values we print (shortest round-trip, ".0" kept). */
-static void py_float_repr(double v, char *buf, size_t n) {
-    for (int p = 1; p <= 17; p++) {
-        snprintf(buf, n, "%.*g", p, v);
-        if (strtod(buf, NULL) == v)
-            break;
-    }
-    if (!strpbrk(buf, ".eEn") && strlen(buf) + 3 <= n)
-        strcat(buf, ".0");
-}
-
 /* Alpha over opaque white, exact integer form of c*a/255 + 255*(255-a)/255 rounded half up.
  * Checked equal to Pillow's alpha_composite (7-bit precision path) for all 256*256 inputs. */
 static inline uint8_t over_white(unsigned c, unsigned a) {
@@ -119,7 +108,7 @@ static qvl_status check_dims(const char *fmt, uint64_t w, uint64_t h, const qvl_
     if (lim->max_aspect > 0 && ratio > lim->max_aspect) {
         char r[40];
         char m[40];
-        py_float_repr(ratio, r, sizeof r);
+        qvl_py_float_repr(ratio, r, sizeof r);
         snprintf(m, sizeof m, "%g", lim->max_aspect);
         qvl_errf(err, err_len,
                  "%s: %llux%llu: absolute aspect ratio must be smaller than %s, got %s", fmt,
@@ -737,7 +726,7 @@ qvl_status qvl_smart_resize(int64_t h, int64_t w, int factor, int64_t min_pixels
     double ratio = (h > w) ? (double)h / (double)w : (double)w / (double)h;
     if (ratio > 200.0) {
         char r[40];
-        py_float_repr(ratio, r, sizeof r);
+        qvl_py_float_repr(ratio, r, sizeof r);
         qvl_errf(err, err_len, "absolute aspect ratio must be smaller than 200, got %s", r);
         return QVL_E_LIMIT;
     }

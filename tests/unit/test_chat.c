@@ -53,8 +53,8 @@ static void test_golden(const qvl_tok *tok, const char *name) {
     qvl_chat_msg msgs[2];
     size_t nm = 0;
     if (cJSON_IsString(system))
-        msgs[nm++] = (qvl_chat_msg){"system", system->valuestring, NULL, 0};
-    msgs[nm++] = (qvl_chat_msg){"user", NULL, parts, np};
+        msgs[nm++] = (qvl_chat_msg){"system", system->valuestring, NULL, 0, NULL, 0};
+    msgs[nm++] = (qvl_chat_msg){"user", NULL, parts, np, NULL, 0};
     char *out = NULL;
     char err[256];
     qvl_status st = qvl_chat_render(msgs, nm, true, false, &out, err, sizeof err);
@@ -93,10 +93,10 @@ static void test_render(void) {
     /* multi-turn; expected string derived by hand from chat_template.json */
     qvl_chat_part u2[] = {{QVL_PART_IMAGE, NULL}, {QVL_PART_TEXT, "And this one?"}};
     qvl_chat_msg conv[] = {
-        {"system", "You are helpful.", NULL, 0},
-        {"user", "Hi there", NULL, 0},
-        {"assistant", "Hello! How can I help?", NULL, 0},
-        {"user", NULL, u2, 2},
+        {"system", "You are helpful.", NULL, 0, NULL, 0},
+        {"user", "Hi there", NULL, 0, NULL, 0},
+        {"assistant", "Hello! How can I help?", NULL, 0, NULL, 0},
+        {"user", NULL, u2, 2, NULL, 0},
     };
     CHECK(render_eq(conv, 4, true, false,
                     "<|im_start|>system\nYou are helpful.<|im_end|>\n"
@@ -115,7 +115,7 @@ static void test_render(void) {
     /* add_vision_id numbers images and videos separately across turns */
     qvl_chat_part a[] = {{QVL_PART_IMAGE, NULL}, {QVL_PART_VIDEO, NULL}, {QVL_PART_TEXT, "x"}};
     qvl_chat_part b[] = {{QVL_PART_TEXT, "y"}, {QVL_PART_IMAGE, NULL}};
-    qvl_chat_msg vis[] = {{"user", NULL, a, 3}, {"user", NULL, b, 2}};
+    qvl_chat_msg vis[] = {{"user", NULL, a, 3, NULL, 0}, {"user", NULL, b, 2, NULL, 0}};
     CHECK(render_eq(vis, 2, false, true,
                     "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>"
                     "Video 1: <|vision_start|><|video_pad|><|vision_end|>x<|im_end|>\n"
@@ -128,21 +128,21 @@ static void test_render(void) {
 
     /* system and assistant keep only text parts; a later system message is dropped */
     qvl_chat_part sp[] = {{QVL_PART_TEXT, "A"}, {QVL_PART_IMAGE, NULL}, {QVL_PART_TEXT, "B"}};
-    qvl_chat_msg sys[] = {{"system", NULL, sp, 3},
-                          {"user", "u", NULL, 0},
-                          {"system", "late", NULL, 0},
-                          {"assistant", NULL, sp, 3}};
+    qvl_chat_msg sys[] = {{"system", NULL, sp, 3, NULL, 0},
+                          {"user", "u", NULL, 0, NULL, 0},
+                          {"system", "late", NULL, 0, NULL, 0},
+                          {"assistant", NULL, sp, 3, NULL, 0}};
     CHECK(render_eq(sys, 4, false, false,
                     "<|im_start|>system\nAB<|im_end|>\n<|im_start|>user\nu<|im_end|>\n"
                     "<|im_start|>assistant\nAB<|im_end|>\n"));
 
     /* tool results: consecutive ones share one user turn */
-    qvl_chat_msg tools[] = {{"user", "q", NULL, 0},
-                            {"assistant", "a", NULL, 0},
-                            {"tool", "r1", NULL, 0},
-                            {"tool", "r2", NULL, 0},
-                            {"user", "next", NULL, 0},
-                            {"tool", "r3", NULL, 0}};
+    qvl_chat_msg tools[] = {{"user", "q", NULL, 0, NULL, 0},
+                            {"assistant", "a", NULL, 0, NULL, 0},
+                            {"tool", "r1", NULL, 0, NULL, 0},
+                            {"tool", "r2", NULL, 0, NULL, 0},
+                            {"user", "next", NULL, 0, NULL, 0},
+                            {"tool", "r3", NULL, 0, NULL, 0}};
     CHECK(render_eq(tools, 6, true, false,
                     "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
                     "<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\n"
@@ -155,19 +155,19 @@ static void test_render(void) {
     /* empty conversation and empty content */
     CHECK(render_eq(NULL, 0, true, false, "<|im_start|>assistant\n"));
     CHECK(render_eq(NULL, 0, false, false, ""));
-    qvl_chat_msg empty[] = {{"user", NULL, NULL, 0}};
+    qvl_chat_msg empty[] = {{"user", NULL, NULL, 0, NULL, 0}};
     CHECK(render_eq(empty, 1, false, false, "<|im_start|>user\n<|im_end|>\n"));
 
     /* errors */
     char *out = (char *)1;
     char err[200] = "";
-    qvl_chat_msg bad[] = {{"user", "x", NULL, 0}, {"narrator", "y", NULL, 0}};
+    qvl_chat_msg bad[] = {{"user", "x", NULL, 0, NULL, 0}, {"narrator", "y", NULL, 0, NULL, 0}};
     CHECK(qvl_chat_render(bad, 2, true, false, &out, err, sizeof err) == QVL_E_INVAL && !out &&
           strstr(err, "narrator"));
-    qvl_chat_msg nullrole[] = {{NULL, "y", NULL, 0}};
+    qvl_chat_msg nullrole[] = {{NULL, "y", NULL, 0, NULL, 0}};
     CHECK(qvl_chat_render(nullrole, 1, true, false, &out, err, sizeof err) == QVL_E_INVAL);
     qvl_chat_part nt[] = {{QVL_PART_TEXT, NULL}};
-    qvl_chat_msg nulltext[] = {{"user", NULL, nt, 1}};
+    qvl_chat_msg nulltext[] = {{"user", NULL, nt, 1, NULL, 0}};
     CHECK(qvl_chat_render(nulltext, 1, true, false, &out, err, sizeof err) == QVL_E_INVAL);
 
     /* allocation failure */
@@ -208,8 +208,144 @@ static void test_expand(void) {
     CHECK(qvl_chat_expand_pads(ids, 5, P, big, 2, &out, &n, err, sizeof err) == QVL_E_LIMIT);
 }
 
+/* Tools and tool calls, against the chat template as rendered by an independent Jinja
+ * implementation (@huggingface/jinja 0.5.11 on the fixture's chat_template.json): the tools'
+ * `tojson` form (Python separators, escapes, non-ASCII kept, nested values), the system text
+ * before the tools, assistant tool calls after empty and non-empty content, arguments given as
+ * a JSON string and as an object, consecutive tool messages in one user turn. */
+static void test_tools(void) {
+    static const char *tools1[] = {
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Weather «now» in a city\\n\\t\\\"quoted\\\" back\\\\slash \\u0001\",\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"},\"days\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":7.5,\"step\":0.0001,\"list\":[true,false,null,[],{}]}},\"required\":[\"city\"]}}}"};
+    static const char *want1 =
+        "<|im_start|>system\n"
+        "Sys.\n"
+        "\n"
+        "# Tools\n"
+        "\n"
+        "You may call one or more functions to assist with the user query.\n"
+        "\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n"
+        "<tools>\n"
+        "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather «now» in a city\\n\\t\\\"quoted\\\" back\\\\slash \\u0001\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}, \"days\": {\"type\": \"integer\", \"minimum\": 1, \"maximum\": 7.5, \"step\": 0.0001, \"list\": [true, false, null, [], {}]}}, \"required\": [\"city\"]}}}\n"
+        "</tools>\n"
+        "\n"
+        "For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+        "<tool_call>\n"
+        "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n"
+        "What is the weather in Paris?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+        "<tool_call>\n"
+        "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n"
+        "<tool_response>\n"
+        "{\"temp\": 21.5}\n"
+        "</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n";
+    const qvl_tool_call c1[] = {{"get_weather", "{\"city\": \"Paris\"}", 0}};
+    const qvl_chat_msg m1[] = {{"system", "Sys.", NULL, 0, NULL, 0},
+                               {"user", "What is the weather in Paris?", NULL, 0, NULL, 0},
+                               {"assistant", "", NULL, 0, c1, 1},
+                               {"tool", "{\"temp\": 21.5}", NULL, 0, NULL, 0}};
+    static const char *tools2[] = {"{\"type\":\"function\",\"function\":{\"name\":\"a\"}}",
+                                   "{\"type\":\"function\",\"function\":{\"name\":\"b\",\"parameters\":{}}}"};
+    static const char *want2 =
+        "<|im_start|>system\n"
+        "# Tools\n"
+        "\n"
+        "You may call one or more functions to assist with the user query.\n"
+        "\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n"
+        "<tools>\n"
+        "{\"type\": \"function\", \"function\": {\"name\": \"a\"}}\n"
+        "{\"type\": \"function\", \"function\": {\"name\": \"b\", \"parameters\": {}}}\n"
+        "</tools>\n"
+        "\n"
+        "For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+        "<tool_call>\n"
+        "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n"
+        "Hi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+        "Let me check.\n"
+        "<tool_call>\n"
+        "{\"name\": \"a\", \"arguments\": {\"x\": 1, \"y\": [1, 2], \"z\": \"é\"}}\n"
+        "</tool_call>\n"
+        "<tool_call>\n"
+        "{\"name\": \"b\", \"arguments\": {}}\n"
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n"
+        "<tool_response>\n"
+        "r1\n"
+        "</tool_response>\n"
+        "<tool_response>\n"
+        "r2\n"
+        "</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n";
+    const qvl_tool_call c2[] = {{"a", "{\"x\":1,\"y\":[1,2],\"z\":\"\xc3\xa9\"}", 1}, {"b", "{}", 0}};
+    const qvl_chat_msg m2[] = {{"user", "Hi", NULL, 0, NULL, 0},
+                               {"assistant", "Let me check.", NULL, 0, c2, 2},
+                               {"tool", "r1", NULL, 0, NULL, 0},
+                               {"tool", "r2", NULL, 0, NULL, 0}};
+    char err[256];
+    char *out = NULL;
+    CHECK(qvl_chat_render_tools(m1, 4, tools1, 1, 1, 0, &out, err, sizeof err) == QVL_OK);
+    CHECKF(out && !strcmp(out, want1), "tools case 1:\n%s", out ? out : err);
+    qvl_free(out);
+    out = NULL;
+    CHECK(qvl_chat_render_tools(m2, 4, tools2, 2, 1, 0, &out, err, sizeof err) == QVL_OK);
+    CHECKF(out && !strcmp(out, want2), "tools case 2:\n%s", out ? out : err);
+    qvl_free(out);
+    /* no tools: the plain system turn, tool calls still rendered */
+    out = NULL;
+    CHECK(qvl_chat_render(m1, 4, 1, 0, &out, err, sizeof err) == QVL_OK);
+    CHECK(out && !strncmp(out, "<|im_start|>system\nSys.<|im_end|>\n", 33) &&
+          strstr(out, "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\""));
+    qvl_free(out);
+    /* errors: invalid tool JSON, invalid object arguments, calls on a user message */
+    static const char *bad_tool[] = {"{\"type\": "};
+    out = NULL;
+    CHECK(qvl_chat_render_tools(m1, 4, bad_tool, 1, 1, 0, &out, err, sizeof err) == QVL_E_INVAL &&
+          !out && strstr(err, "tool 0"));
+    const qvl_tool_call cbad[] = {{"a", "{oops", 1}};
+    const qvl_chat_msg m3[] = {{"assistant", NULL, NULL, 0, cbad, 1}};
+    CHECK(qvl_chat_render(m3, 1, 1, 0, &out, err, sizeof err) == QVL_E_INVAL && !out);
+    const qvl_chat_msg m4[] = {{"user", "x", NULL, 0, c1, 1}};
+    CHECK(qvl_chat_render(m4, 1, 1, 0, &out, err, sizeof err) == QVL_E_INVAL && !out);
+    const qvl_tool_call cnull[] = {{NULL, "{}", 0}};
+    const qvl_chat_msg m5[] = {{"assistant", NULL, NULL, 0, cnull, 1}};
+    CHECK(qvl_chat_render(m5, 1, 1, 0, &out, err, sizeof err) == QVL_E_INVAL && !out);
+}
+
+/* json.dumps of numbers as Python writes them (not covered by the Jinja case: JavaScript
+ * formats floats differently). The second case is the documented deviation: the parsed value
+ * has lost its text, so an integral float (1.0, 1e15, -0.0) is written as an int and an int
+ * beyond 2^53 is rounded (Python: [1.0, 1000000000000000.0, -0.0, 9007199254740993]). */
+static void test_py_numbers(void) {
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"[1e16, -2.5e-7, 1e-5, 0.0001, 123456789.5, 1.5e300, 0.1, 5e-324, 7, -7, 2.5]",
+         "[1e+16, -2.5e-07, 1e-05, 0.0001, 123456789.5, 1.5e+300, 0.1, 5e-324, 7, -7, 2.5]"},
+        {"[1.0, 1e15, -0.0, 9007199254740993]", "[1, 1000000000000000, 0, 9007199254740992]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *tools[] = {cases[i].json};
+        const qvl_chat_msg m[] = {{"user", "x", NULL, 0, NULL, 0}};
+        char *out = NULL, err[128];
+        CHECK(qvl_chat_render_tools(m, 1, tools, 1, 0, 0, &out, err, sizeof err) == QVL_OK);
+        CHECKF(out && strstr(out, cases[i].want), "py numbers %zu:\n%s", i, out ? out : err);
+        qvl_free(out);
+    }
+}
+
 int main(void) {
     test_render();
+    test_tools();
+    test_py_numbers();
     test_expand();
     qvl_tok *tok = NULL;
     char err[256];

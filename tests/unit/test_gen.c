@@ -249,7 +249,7 @@ static void prompt_parts(void) {
                                    {QVL_PART_TEXT, "and then at"},
                                    {QVL_PART_IMAGE, NULL},
                                    {QVL_PART_TEXT, "."}};
-    const qvl_chat_msg msgs[] = {{"system", "Be brief.", NULL, 0}, {"user", NULL, parts, 5}};
+    const qvl_chat_msg msgs[] = {{"system", "Be brief.", NULL, 0, NULL, 0}, {"user", NULL, parts, 5, NULL, 0}};
     int32_t *ids = NULL;
     size_t n = 0;
     CHECK(qvl_prompt_build_parts(M, msgs, 2, 1, im, 2, NULL, NULL, 0, &ids, &n, err,
@@ -271,7 +271,7 @@ static void prompt_parts(void) {
     /* images-then-text messages: the same ids through both calls */
     const qvl_chat_part p2[] = {{QVL_PART_IMAGE, NULL}, {QVL_PART_IMAGE, NULL},
                                 {QVL_PART_TEXT, "Compare."}};
-    const qvl_chat_msg m2[] = {{"user", NULL, p2, 3}};
+    const qvl_chat_msg m2[] = {{"user", NULL, p2, 3, NULL, 0}};
     qvl_message qm = {"user", "Compare.", 2, 0};
     int32_t *a = NULL, *b = NULL;
     size_t na = 0, nb = 0;
@@ -287,7 +287,7 @@ static void prompt_parts(void) {
     CHECK(qvl_prompt_build_parts(M, msgs, 2, 1, im, 1, NULL, NULL, 0, &ids, &n, err,
                                  sizeof err) == QVL_E_INVAL &&
           !ids && strstr(err, "place 2 images"));
-    const qvl_chat_msg m3[] = {{"assistant", NULL, p2, 3}};
+    const qvl_chat_msg m3[] = {{"assistant", NULL, p2, 3, NULL, 0}};
     CHECK(qvl_prompt_build_parts(M, m3, 1, 1, im, 2, NULL, NULL, 0, &ids, &n, err,
                                  sizeof err) == QVL_E_INVAL &&
           !ids);

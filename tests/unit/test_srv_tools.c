@@ -1,0 +1,184 @@
+/* test_srv_tools.c - the server's tool-call handling without the network: tools and tool_choice
+ * in a request (srv_chat_prepare on the tiny fixture model: accepted forms, refused ones, the
+ * prompt against qvl_prompt_build_tools), and the parsing of <tool_call> blocks out of
+ * generated text (srv_tool_calls, srv_tool_safe_len) for the response and for streaming.
+ *
+ * The server is not part of libqvl, so its request-path sources are compiled in (as the
+ * fuzz_chatreq target does). */
+#include "../../server/routes.c"
+#include "../../server/slots.c"
+#include "../../server/util.c"
+
+#include "check.h"
+
+static srv_state g_S;
+static qvl_model *g_model;
+
+static int prepare(const char *body, srv_job **job, char *msg, size_t ml) {
+    srv_chat ch;
+    const char *code = NULL;
+    *job = NULL;
+    return srv_chat_prepare(&g_S, body, strlen(body), &ch, job, msg, ml, &code);
+}
+
+static void test_parse(void) {
+    size_t cn = 0;
+    const char *t1 = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+                     "{\"city\": \"Paris\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n"
+                     "{\"name\": \"b\", \"arguments\": {}}\n</tool_call>";
+    cJSON *c = srv_tool_calls(t1, strlen(t1), false, &cn);
+    CHECK(c && cJSON_GetArraySize(c) == 2 && cn == strlen("Let me look.\n"));
+    if (c) {
+        const cJSON *a = cJSON_GetArrayItem(c, 0);
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(a, "function");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+        CHECK(cJSON_IsString(id) && !strncmp(id->valuestring, "call_", 5) &&
+              strlen(id->valuestring) == 29);
+        CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring, "function"));
+        CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(f, "name")->valuestring, "get_weather"));
+        CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(f, "arguments")->valuestring,
+                      "{\"city\":\"Paris\",\"days\":[1,2]}"));
+        CHECK(!cJSON_GetObjectItemCaseSensitive(a, "index"));
+        const cJSON *b = cJSON_GetArrayItem(c, 1);
+        CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(
+                          cJSON_GetObjectItemCaseSensitive(b, "function"), "arguments")
+                          ->valuestring,
+                      "{}"));
+    }
+    cJSON_Delete(c);
+    /* stream deltas carry an index */
+    c = srv_tool_calls(t1, strlen(t1), true, &cn);
+    CHECK(c && cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(c, 1), "index")->valueint == 1);
+    cJSON_Delete(c);
+    /* not calls: no block, an unterminated block, a block that is not a named object */
+    const char *no[] = {"plain text", "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}",
+                        "<tool_call>\nnot json\n</tool_call>",
+                        "<tool_call>\n{\"arguments\": {}}\n</tool_call>", "<tool_call></tool_call>"};
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+        c = srv_tool_calls(no[i], strlen(no[i]), false, &cn);
+        CHECKF(c == NULL, "not a call: %s", no[i]);
+        cJSON_Delete(c);
+    }
+    /* a good block after a bad one still counts; content ends at the first block */
+    const char *t2 = "x<tool_call>bad</tool_call><tool_call>{\"name\":\"n\",\"arguments\":\"{}\"}"
+                     "</tool_call>";
+    c = srv_tool_calls(t2, strlen(t2), false, &cn);
+    CHECK(c && cJSON_GetArraySize(c) == 1 && cn == 1);
+    cJSON_Delete(c);
+    /* a length that stops inside the text: only what precedes the cut counts */
+    c = srv_tool_calls(t1, 30, false, &cn);
+    CHECK(c == NULL);
+    cJSON_Delete(c);
+    /* streaming: text before the marker, never a tail that may begin it */
+    CHECK(srv_tool_safe_len("abc", 3) == 3);
+    CHECK(srv_tool_safe_len("abc<tool", 8) == 3);
+    CHECK(srv_tool_safe_len("abc<", 4) == 3);
+    CHECK(srv_tool_safe_len("abc<b>", 6) == 6);
+    CHECK(srv_tool_safe_len("ab<tool_call>\n{", 15) == 2);
+    CHECK(srv_tool_safe_len("<tool_call>", 11) == 0);
+}
+
+static void test_requests(void) {
+    char msg[512];
+    srv_job *j = NULL;
+    const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                        "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":"
+                        "\"string\"}}}}}]";
+    char body[2048];
+    /* a conversation with a call and its result; the prompt is the library's */
+    snprintf(body, sizeof body,
+             "{%s,\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Paris?\"},"
+             "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+             "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":"
+             "\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},{\"role\":\"tool\",\"tool_call_id\":"
+             "\"call_1\",\"content\":\"21 C\"}]}",
+             tools);
+    int st = prepare(body, &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->tools, "tools request: %d %s", st, msg);
+    if (j) {
+        const char *tj[] = {"{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                            "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{"
+                            "\"type\":\"string\"}}}}}"};
+        const qvl_tool_call calls[] = {{"get_weather", "{\"city\": \"Paris\"}", 0}};
+        const qvl_chat_msg m[] = {{"user", "Weather in Paris?", NULL, 0, NULL, 0},
+                                  {"assistant", NULL, NULL, 0, calls, 1},
+                                  {"tool", "21 C", NULL, 0, NULL, 0}};
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK(qvl_prompt_build_tools(g_S.model, m, 3, tj, 1, 1, NULL, 0, NULL, NULL, 0, &ids, &n,
+                                     msg, sizeof msg) == QVL_OK);
+        CHECK(ids && n == j->n_ids && !memcmp(ids, j->ids, n * sizeof *ids));
+        qvl_free(ids);
+        srv_job_release(NULL, j);
+    }
+    /* tool_choice none: the tools stay out of the prompt and the output is not parsed */
+    snprintf(body, sizeof body,
+             "{%s,\"tool_choice\":\"none\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+             tools);
+    st = prepare(body, &j, msg, sizeof msg);
+    CHECK(st == 200 && j && !j->tools);
+    size_t n_none = j ? j->n_ids : 0;
+    srv_job_release(NULL, j);
+    st = prepare("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &j, msg, sizeof msg);
+    CHECK(st == 200 && j && !j->tools && j->n_ids == n_none);
+    srv_job_release(NULL, j);
+    /* refused */
+    const char *bad[] = {
+        "{\"tools\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"tools\":[{\"type\":\"retrieval\"}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"tools\":[{\"type\":\"function\",\"function\":{}}],\"messages\":[{\"role\":\"user\","
+        "\"content\":\"x\"}]}",
+        "{\"tool_choice\":\"required\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"tool_choice\":{\"type\":\"function\"},\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"x\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"a\"}}]}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"arguments\":\"{}\""
+        "}}]}]}",
+        "{\"messages\":[{\"role\":\"tool\"}]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msg[0] = 0;
+        st = prepare(bad[i], &j, msg, sizeof msg);
+        CHECKF(st == 400 && !j && msg[0], "refused %zu: %d %s", i, st, msg);
+        srv_job_release(NULL, j);
+    }
+    /* arguments as an object are written in the template's tojson form */
+    st = prepare("{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{"
+                 "\"function\":{\"name\":\"a\",\"arguments\":{\"x\":1}}}]},{\"role\":\"user\","
+                 "\"content\":\"y\"}]}",
+                 &j, msg, sizeof msg);
+    CHECKF(st == 200 && j, "object arguments: %s", msg);
+    if (j) {
+        char *text = NULL;
+        CHECK(qvl_detokenize(g_S.model, j->ids, j->n_ids, 0, &text) == QVL_OK && text &&
+              strstr(text, "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>"));
+        qvl_free(text);
+        srv_job_release(NULL, j);
+    }
+}
+
+int main(void) {
+    char err[512];
+    if (qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &g_model, err,
+                       sizeof err) != QVL_OK) {
+        CHECKF(0, "load: %s", err);
+        CHECK_DONE();
+    }
+    g_S.model = g_model;
+    g_S.o.n_slots = 1;
+    g_S.o.n_threads = 1;
+    g_S.o.n_ctx = 4096;
+    g_S.o.queue_max = 1;
+    g_S.o.max_image_pixels = 1u << 20;
+    g_S.o.max_body = 1u << 20;
+    snprintf(g_S.model_id, sizeof g_S.model_id, "tiny");
+    g_S.image_pad = qvl_model_image_token(g_S.model);
+    g_S.video_pad = 151656;
+    atomic_store(&g_S.ready, 1);
+    test_parse();
+    test_requests();
+    qvl_model_free(g_model);
+    CHECK_DONE();
+}
