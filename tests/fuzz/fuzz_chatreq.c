@@ -4,7 +4,8 @@
  * context check) and srv_tokenize_json, on arbitrary bodies, with the tiny fixture model loaded
  * once ($QVL_SHARED/fixtures/tiny-qwen3vl/model, or ../shared when unset).
  * Input: one selector byte (odd: /tokenize body, even: /v1/chat/completions body), then the
- * body. Local files are refused (no --allow-local-files), so no input reaches the disk.
+ * body; the body is also parsed as generated text for tool calls (srv_tool_calls,
+ * srv_tool_safe_len). Local files are refused (no --allow-local-files), so no input reaches the disk.
  *
  * The server is not part of libqvl and the fuzz targets link only libqvl, so its request-path
  * sources are compiled into this target directly (they hold no main and no network code).
@@ -76,6 +77,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort();
         }
     }
+    /* the same bytes as generated text: the tool-call parser and the streaming hold-back */
+    size_t cn = 0;
+    cJSON *calls = srv_tool_calls(body, n, (data[0] & 2) != 0, &cn);
+    if (calls && (cn > n || !cJSON_IsArray(calls) || cJSON_GetArraySize(calls) < 1))
+        abort();
+    cJSON_Delete(calls);
+    if (srv_tool_safe_len(body, n) > n)
+        abort();
     free(body);
     return 0;
 }

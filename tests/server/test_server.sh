@@ -116,6 +116,18 @@ mkbody "$IMGS/rgb_400x300.png" $NTOK ',"resample":"torchvision"' >"$T/btv.json"
 code=$(req "$T/rtv" "$U/v1/chat/completions" --data-binary @"$T/btv.json")
 ok "resample torchvision = qvl run --resample torchvision" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rtv")" = "$(jget 'd.text' <"$T/exp_tv.json")" ]; echo $?)" "$code"
 
+# tools: a conversation with a call and its result is accepted; the tiny model answers in text,
+# which streams as it does without streaming (the stream holds back only "<tool_call>" text)
+TOOLS='"tools":[{"type":"function","function":{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]'
+MSGS='"messages":[{"role":"user","content":"Weather in Paris?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},{"role":"tool","tool_call_id":"call_1","content":"21 C"}]'
+code=$(req "$T/rt1" "$U/v1/chat/completions" -d "{\"max_tokens\":$NTOK,\"temperature\":0,$TOOLS,$MSGS}")
+ok "tools request" "$([ "$code" = 200 ] && [ "$(jget 'typeof d.choices[0].message.content' <"$T/rt1")" = string ]; echo $?)" "$code $(head -c 300 "$T/rt1")"
+curl -s -N --max-time 60 -o "$T/rt1s" -H "Authorization: Bearer $KEY" -d "{\"max_tokens\":$NTOK,\"temperature\":0,\"stream\":true,$TOOLS,$MSGS}" "$U/v1/chat/completions"
+js sse <"$T/rt1s" >"$T/rt1s.json"
+ok "tools request streamed = not streamed" "$([ "$(jget 'd.ok' <"$T/rt1s.json")" = true ] && [ "$(jget 'd.text' <"$T/rt1s.json")" = "$(jget 'd.choices[0].message.content' <"$T/rt1")" ]; echo $?)"
+code=$(req "$T/rt2" "$U/v1/chat/completions" -d "{\"max_tokens\":4,$TOOLS,\"tool_choice\":\"none\",$MSGS}")
+ok "tool_choice none" "$([ "$code" = 200 ] && [ "$(jget 'd.usage.prompt_tokens' <"$T/rt2")" -lt "$(jget 'd.usage.prompt_tokens' <"$T/rt1")" ]; echo $?)" "$code"
+
 # EXIF orientation: an 11x3 PNG whose eXIf says "rotate 90 counter-clockwise" (a fuzz seed); server
 # A turns it upright as qvl run does, server B (--ignore-exif) keeps it as qvl run --ignore-exif
 tail -c +3 "$here/../fuzz/corpus/image/png_exif_orient8" >"$T/orient8.png"
@@ -179,6 +191,8 @@ expect "messages wrong type" 400 "${AUTH[@]}" -d '{"messages":"hi"}' "$C"
 expect "temperature wrong type" 400 "${AUTH[@]}" -d '{"temperature":"hot","messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown role" 400 "${AUTH[@]}" -d '{"messages":[{"role":"wizard","content":"hi"}]}' "$C"
 expect "n=2" 400 "${AUTH[@]}" -d '{"n":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "forced tool_choice" 400 "${AUTH[@]}" -d '{"tool_choice":"required","messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "tools not an array" 400 "${AUTH[@]}" -d '{"tools":{"type":"function"},"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown resample" 400 "${AUTH[@]}" -d '{"resample":"bilinear","messages":[{"role":"user","content":"hi"}]}' "$C"
 stops=$(printf '"s%d",' $(seq 1 17))
 expect "17 stop strings" 400 "${AUTH[@]}" -d "{\"stop\":[${stops%,}],\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$C"

@@ -78,6 +78,57 @@ static void test_parse(void) {
     CHECK(srv_tool_safe_len("<tool_call>", 11) == 0);
 }
 
+/* The non-streamed response: calls in message.tool_calls, the text before them (trimmed) as
+ * content or null, finish_reason tool_calls after a stop; without tools the same text is all
+ * content. */
+static void test_response(void) {
+    srv_job j;
+    memset(&j, 0, sizeof j);
+    char text[] = "Checking.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n"
+                  "</tool_call>";
+    j.text = text;
+    j.text_n = strlen(text);
+    j.finish = QVL_FINISH_STOP;
+    j.status = QVL_OK;
+    for (int tools = 0; tools < 2; tools++) {
+        j.tools = tools;
+        char *js = srv_completion_json(&g_S, "chatcmpl-x", 1, &j);
+        cJSON *r = cJSON_Parse(js);
+        const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(c, "message");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        const char *fin = cJSON_GetObjectItemCaseSensitive(c, "finish_reason")->valuestring;
+        if (tools) {
+            CHECK(cJSON_IsString(content) && !strcmp(content->valuestring, "Checking."));
+            CHECK(cJSON_GetArraySize(calls) == 1 && !strcmp(fin, "tool_calls"));
+            const cJSON *f = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(calls, 0),
+                                                              "function");
+            CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(f, "arguments")->valuestring,
+                          "{\"a\":1}"));
+        } else {
+            CHECK(cJSON_IsString(content) && !strcmp(content->valuestring, text) && !calls &&
+                  !strcmp(fin, "stop"));
+        }
+        cJSON_Delete(r);
+        free(js);
+    }
+    /* only a call: content null; the length ran out after it: finish stays "length" */
+    char only[] = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
+    j.text = only;
+    j.text_n = strlen(only);
+    j.tools = true;
+    j.finish = QVL_FINISH_LENGTH;
+    char *js = srv_completion_json(&g_S, "chatcmpl-x", 1, &j);
+    cJSON *r = cJSON_Parse(js);
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(c, "message"), "content")));
+    CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(c, "finish_reason")->valuestring, "length"));
+    cJSON_Delete(r);
+    free(js);
+}
+
 static void test_requests(void) {
     char msg[512];
     srv_job *j = NULL;
@@ -178,6 +229,7 @@ int main(void) {
     g_S.video_pad = 151656;
     atomic_store(&g_S.ready, 1);
     test_parse();
+    test_response();
     test_requests();
     qvl_model_free(g_model);
     CHECK_DONE();
