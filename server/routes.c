@@ -995,6 +995,19 @@ cJSON *srv_tool_calls(const char *text, size_t n, bool indexed, size_t *content_
     return calls;
 }
 
+size_t srv_stream_avail(const srv_job *j, bool done, cJSON **calls) {
+    *calls = NULL;
+    if (!j->tools || !j->text)
+        return j->text_n;
+    if (!done)
+        return srv_tool_safe_len(j->text, j->text_n);
+    size_t content_n = 0;
+    if (j->status == QVL_OK &&
+        (*calls = srv_tool_calls(j->text, j->text_n, true, &content_n)) != NULL)
+        return content_n;
+    return j->text_n;
+}
+
 char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j) {
     cJSON *r = base_obj(S, id, created, "chat.completion");
     cJSON *cs = cJSON_AddArrayToObject(r, "choices");

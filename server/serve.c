@@ -182,17 +182,7 @@ static bool stream_next(stream *st) {
     cJSON *calls = NULL;
     srv_pool_lock(S->pool);
     done = j->state == JOB_DONE;
-    size_t avail = j->text_n;
-    if (j->tools && j->text) {
-        /* tools offered: text from "<tool_call>" on is held back and, once the job is done,
-         * sent as tool_calls when it parses, else as content */
-        size_t content_n = 0;
-        if (!done)
-            avail = srv_tool_safe_len(j->text, j->text_n);
-        else if (j->status == QVL_OK &&
-                 (calls = srv_tool_calls(j->text, j->text_n, true, &content_n)) != NULL)
-            avail = content_n;
-    }
+    size_t avail = srv_stream_avail(j, done, &calls);
     if (avail > st->text_sent) {
         slice_n = avail - st->text_sent;
         slice = malloc(slice_n + 1);

@@ -129,6 +129,32 @@ static void test_response(void) {
     free(js);
 }
 
+/* What a stream sends while the job runs and when it is done. */
+static void test_stream(void) {
+    srv_job j;
+    memset(&j, 0, sizeof j);
+    char text[] = "Checking.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
+    j.text = text;
+    j.status = QVL_OK;
+    cJSON *calls = NULL;
+    /* without tools: everything, always */
+    j.text_n = strlen(text);
+    CHECK(srv_stream_avail(&j, false, &calls) == j.text_n && !calls);
+    j.tools = true;
+    j.text_n = 12; /* "Checking.\n<t" */
+    CHECK(srv_stream_avail(&j, false, &calls) == 10 && !calls);
+    j.text_n = strlen(text);
+    CHECK(srv_stream_avail(&j, false, &calls) == 10 && !calls);
+    CHECK(srv_stream_avail(&j, true, &calls) == 10 && calls && cJSON_GetArraySize(calls) == 1);
+    cJSON_Delete(calls);
+    /* done without a well-formed call, or failed: the whole text is content */
+    j.text_n = 20;
+    CHECK(srv_stream_avail(&j, true, &calls) == 20 && !calls);
+    j.text_n = strlen(text);
+    j.status = QVL_E_CANCELLED;
+    CHECK(srv_stream_avail(&j, true, &calls) == j.text_n && !calls);
+}
+
 static void test_requests(void) {
     char msg[512];
     srv_job *j = NULL;
@@ -230,6 +256,7 @@ int main(void) {
     atomic_store(&g_S.ready, 1);
     test_parse();
     test_response();
+    test_stream();
     test_requests();
     qvl_model_free(g_model);
     CHECK_DONE();
