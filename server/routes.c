@@ -567,7 +567,8 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
         }
         /* images in user and tool messages (as the template renders them); a system message
          * past the first is validated and, as the template does, not rendered */
-        qvl_chat_msg cm = {role->valuestring, NULL, NULL, 0, NULL, 0};
+        /* OpenAI's "developer" role is its newer name for "system" */
+        qvl_chat_msg cm = {kind == 0 ? "system" : role->valuestring, NULL, NULL, 0, NULL, 0};
         if (cJSON_IsString(content)) { /* a string stays a string: "" is empty to the template */
             cm.content = content->valuestring;
         } else {

@@ -199,6 +199,19 @@ static void test_requests(void) {
     st = prepare("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &j, msg, sizeof msg);
     CHECK(st == 200 && j && !j->tools && j->n_ids == n_none);
     srv_job_release(NULL, j);
+    /* "developer" is "system" */
+    st = prepare("{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":"
+                 "\"user\",\"content\":\"x\"}]}",
+                 &j, msg, sizeof msg);
+    srv_job *jd = NULL;
+    int st2 = prepare("{\"messages\":[{\"role\":\"developer\",\"content\":\"Be brief.\"},"
+                      "{\"role\":\"user\",\"content\":\"x\"}]}",
+                      &jd, msg, sizeof msg);
+    CHECKF(st == 200 && st2 == 200 && j && jd && j->n_ids == jd->n_ids &&
+               !memcmp(j->ids, jd->ids, j->n_ids * sizeof *j->ids),
+           "developer role: %d %d %s", st, st2, msg);
+    srv_job_release(NULL, j);
+    srv_job_release(NULL, jd);
     /* refused */
     const char *bad[] = {
         "{\"tools\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
