@@ -677,6 +677,35 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
         if (!get_bool(so, "include_usage", &ch->include_usage, msg, ml))
             return 400;
     }
+    /* features this server does not have are refused, not silently ignored */
+    bool lp = false;
+    if (!get_bool(root, "logprobs", &lp, msg, ml))
+        return 400;
+    d = 0;
+    if (!get_num(root, "top_logprobs", 0, 20, true, &d, NULL, msg, ml))
+        return 400;
+    if (lp || d > 0) {
+        fmt(msg, ml, "'logprobs' and 'top_logprobs' are not supported");
+        return 400;
+    }
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    const cJSON *rft = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    if (rf && !cJSON_IsNull(rf) &&
+        (!cJSON_IsObject(rf) || !cJSON_IsString(rft) || strcmp(rft->valuestring, "text"))) {
+        fmt(msg, ml, "'response_format' other than {\"type\": \"text\"} is not supported (no "
+                     "constrained decoding)");
+        return 400;
+    }
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (lb && !cJSON_IsNull(lb) && !(cJSON_IsObject(lb) && !lb->child)) {
+        fmt(msg, ml, "'logit_bias' is not supported");
+        return 400;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "functions") ||
+        cJSON_GetObjectItemCaseSensitive(root, "function_call")) {
+        fmt(msg, ml, "'functions' and 'function_call' are not supported; use 'tools'");
+        return 400;
+    }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
         fmt(msg, ml, "'model' must be a string");

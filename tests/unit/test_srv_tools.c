@@ -227,6 +227,13 @@ static void test_requests(void) {
         "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"arguments\":\"{}\""
         "}}]}]}",
         "{\"messages\":[{\"role\":\"tool\"}]}",
+        /* features the server lacks are refused rather than ignored */
+        "{\"logprobs\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"top_logprobs\":3,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"response_format\":{\"type\":\"json_object\"},\"messages\":[{\"role\":\"user\","
+        "\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"42\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"functions\":[],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         msg[0] = 0;
@@ -234,6 +241,12 @@ static void test_requests(void) {
         CHECKF(st == 400 && !j && msg[0], "refused %zu: %d %s", i, st, msg);
         srv_job_release(NULL, j);
     }
+    /* their neutral forms are accepted */
+    st = prepare("{\"logprobs\":false,\"top_logprobs\":0,\"response_format\":{\"type\":\"text\"},"
+                 "\"logit_bias\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                 &j, msg, sizeof msg);
+    CHECKF(st == 200 && j, "neutral fields: %s", msg);
+    srv_job_release(NULL, j);
     /* arguments as an object are written in the template's tojson form */
     st = prepare("{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{"
                  "\"function\":{\"name\":\"a\",\"arguments\":{\"x\":1}}}]},{\"role\":\"user\","
