@@ -493,7 +493,8 @@ static int read_tools(const cJSON *root, chat_build *cb, char *msg, size_t ml) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
         if (!cJSON_IsObject(t) || !cJSON_IsString(type) || strcmp(type->valuestring, "function") ||
             !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "name"))) {
-            fmt(msg, ml, "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            fmt(msg, ml,
+                "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
                 k);
             return 400;
         }

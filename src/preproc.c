@@ -427,9 +427,8 @@ qvl_status qvl_img_preprocess(const qvl_rgb *img, const qvl_pp_config *c, int64_
         }
         use = &resized;
     }
-    qvl_status st = qvl_pp_flatten(use, 1, c,
-                                   rs == QVL_RESAMPLER_TORCH ? QVL_PP_NORM_FUSED : QVL_PP_NORM_IMAGE,
-                                   out, err, err_len);
+    qvl_pp_norm norm = rs == QVL_RESAMPLER_TORCH ? QVL_PP_NORM_FUSED : QVL_PP_NORM_IMAGE;
+    qvl_status st = qvl_pp_flatten(use, 1, c, norm, out, err, err_len);
     qvl_rgb_free(&resized);
     return st;
 }

@@ -5,7 +5,8 @@
  * once ($QVL_SHARED/fixtures/tiny-qwen3vl/model, or ../shared when unset).
  * Input: one selector byte (odd: /tokenize body, even: /v1/chat/completions body), then the
  * body; the body is also parsed as generated text for tool calls (srv_tool_calls,
- * srv_tool_safe_len). Local files are refused (no --allow-local-files), so no input reaches the disk.
+ * srv_tool_safe_len). Local files are refused (no --allow-local-files), so no input reaches
+ * the disk.
  *
  * The server is not part of libqvl and the fuzz targets link only libqvl, so its request-path
  * sources are compiled into this target directly (they hold no main and no network code).
