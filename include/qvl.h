@@ -356,6 +356,13 @@ QVL_API int64_t qvl_ctx_next_pos(const qvl_ctx *c);
 /* Milliseconds spent in the vision tower and in prefill since the context was created. */
 QVL_API void qvl_ctx_timings(const qvl_ctx *c, double *vision_ms, double *prefill_ms);
 
+/* Fault in now the memory the first n_positions positions of a prompt will write (the KV
+ * cache's chunks from the start, the decoder's scratch rows), with the context's threads. The
+ * first write to fresh memory is slow (on virtual machines ~2-5 ms per MB): without this a
+ * new context's first token pays for it (2B: ~0.3 s). Contents are unchanged; a context that
+ * holds tokens is not disturbed. For servers, after qvl_ctx_create. */
+QVL_API qvl_status qvl_ctx_prefault(qvl_ctx *c, int64_t n_positions);
+
 /* Logits at the last evaluated position [n_vocab] (valid until the next call on c). */
 QVL_API const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab);
 

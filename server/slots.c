@@ -376,6 +376,8 @@ qvl_status srv_pool_create(const qvl_model *m, int n_slots, const qvl_ctx_params
             snprintf(err, err_len, "slot %d: %s", i, e);
             break;
         }
+        /* the first request's KV chunk and scratch rows now, not during its first token */
+        qvl_ctx_prefault(s->ctx, 256);
         if (pthread_create(&s->th, NULL, worker, s) != 0) {
             snprintf(err, err_len, "slot %d: cannot start a thread", i);
             st = QVL_E_NOMEM;

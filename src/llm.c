@@ -324,6 +324,18 @@ static void kv_warm(qvl_ctx *c, int64_t n) {
     }
 }
 
+qvl_status qvl_ctx_prefault(qvl_ctx *c, int64_t n_positions) {
+    if (!c || n_positions < 0)
+        return QVL_E_INVAL;
+    if (n_positions > c->kv_rows)
+        n_positions = c->kv_rows;
+    const int64_t C = QVL_KV_CHUNK, chunks = c->kv_rows / C;
+    while (c->kv_warm < chunks && c->kv_warm * C < n_positions)
+        kv_warm_some(c, 0);
+    scratch_ready(c, n_positions < c->n_batch ? n_positions : c->n_batch);
+    return QVL_OK;
+}
+
 static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, int64_t pos_stride,
                           const uint8_t *vis, int n_ds, const float *const *ds, int64_t ds_off,
                           bool want_logits) {

@@ -679,6 +679,22 @@ static void kv_warm_case(void) {
     CHECK(qvl_ctx_eval(c2, ids, (size_t)n_end, NULL, 0) == QVL_OK);
     double d = max_rel(qvl_ctx_logits(c2, NULL), qvl_ctx_logits(c, NULL), (size_t)tc->vocab_size);
     CHECKF(d < 1e-5, "decode across a chunk border vs recomputation: %g", d);
+    /* qvl_ctx_prefault: the chunks covering the positions, faulted in ahead, nothing changed;
+     * on a context holding tokens it disturbs nothing either */
+    qvl_ctx *c3 = new_ctx(1024);
+    CHECK(qvl_ctx_prefault(c3, -1) == QVL_E_INVAL && qvl_ctx_prefault(NULL, 1) == QVL_E_INVAL);
+    CHECK(qvl_ctx_prefault(c3, C + 1) == QVL_OK && c3->kv_warm == 2 && c3->scratch_rows == C + 1);
+    for (int l = 0; populate && l < tc->n_layers; l++) {
+        size_t at = (size_t)l * (size_t)(c3->kv_rows / C) * region;
+        CHECK(resident((uint8_t *)c3->k_cache + at, 2 * region) &&
+              resident((uint8_t *)c3->v_cache + at, 2 * region));
+    }
+    CHECK(qvl_ctx_prefault(c3, 1 << 30) == QVL_OK && c3->kv_warm == c3->kv_rows / C);
+    CHECK(qvl_ctx_eval(c3, ids, 8, NULL, 0) == QVL_OK && qvl_ctx_prefault(c3, 100) == QVL_OK);
+    CHECK(qvl_ctx_eval(c3, ids + 8, (size_t)n_end - 8, NULL, 0) == QVL_OK);
+    d = max_rel(qvl_ctx_logits(c2, NULL), qvl_ctx_logits(c3, NULL), (size_t)tc->vocab_size);
+    CHECKF(d < 1e-5, "after qvl_ctx_prefault: %g", d);
+    qvl_ctx_free(c3);
     qvl_ctx_free(c2);
     qvl_ctx_free(c);
     free(ids);
