@@ -527,7 +527,7 @@ static int cmd_run(opts *o) {
         n_img++;
     }
     qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->video_min_pixels,
-                         o->video_max_pixels, 0, o->resample};
+                         o->video_max_pixels, 0, o->resample, o->image_flags};
     for (int i = 0; i < o->n_videos; i++) {
         qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
                                       sizeof err);
@@ -714,7 +714,7 @@ static int preprocess_videos(opts *o, qvl_model *m) {
     cJSON *arr = cJSON_CreateArray();
     int rc = 0;
     qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->video_min_pixels,
-                         o->video_max_pixels, 0, o->resample};
+                         o->video_max_pixels, 0, o->resample, o->image_flags};
     for (int i = 0; i < o->n_videos; i++) {
         char err[1024] = "";
         qvl_video *v = NULL;

@@ -248,6 +248,7 @@ typedef struct qvl_video_opts {
     uint64_t max_decoded_pixels; /* video files: 0 no budget; else sampled frames x width x
                                     height must fit, checked before decoding (QVL_E_LIMIT) */
     qvl_resample resample; /* DEFAULT = TORCHVISION; any other value: QVL_E_INVAL */
+    unsigned image_flags;  /* frame directories: QVL_IMAGE_IGNORE_EXIF as for images */
 } qvl_video_opts;
 
 /* A video file (decoded with FFmpeg, only the sampled frames) or a directory of frame images

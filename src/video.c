@@ -289,7 +289,9 @@ static qvl_status load_dir(const qvl_model *m, const char *path, double frames_f
             v->frames[i].h = v->frames[i - 1].h;
             continue;
         }
-        s = qvl_img_decode_file(names[v->indices[i]], NULL, &v->frames[i], err, err_len);
+        qvl_img_limits lim = qvl_img_limits_default();
+        lim.ignore_exif = o && (o->image_flags & QVL_IMAGE_IGNORE_EXIF);
+        s = qvl_img_decode_file(names[v->indices[i]], &lim, &v->frames[i], err, err_len);
     }
     if (s == QVL_OK)
         s = check_sizes(v, err, err_len);

@@ -46,6 +46,12 @@ out=$("$BIN" preprocess "$T/orient8.png")
 echo "$out" | grep -q ': 3x11 -> ' && ok || bad "EXIF orientation not applied: $out"
 out=$("$BIN" preprocess --ignore-exif "$T/orient8.png")
 echo "$out" | grep -q ': 11x3 -> ' && ok || bad "--ignore-exif: $out"
+# ... and as the frames of a frame directory
+mkdir -p "$T/o8d" && for i in 0 1 2 3; do cp "$T/orient8.png" "$T/o8d/f$i.png"; done
+out=$("$BIN" preprocess --json --video "$T/o8d" --video-fps 2)
+echo "$out" | grep -q '"resized_width":32,"resized_height":128' && ok || bad "EXIF frames: $out"
+out=$("$BIN" preprocess --json --video "$T/o8d" --video-fps 2 --ignore-exif)
+echo "$out" | grep -q '"resized_width":128,"resized_height":32' && ok || bad "--ignore-exif frames: $out"
 # --resample: pil is the images' default; torchvision's resize gives other features (400x300 is resized)
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample pil --out "$T/fp.bin" && cmp -s "$T/f.bin" "$T/fp.bin" && ok || bad "encode --resample pil differs from the default"
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample torchvision --out "$T/ft.bin" && ! cmp -s "$T/f.bin" "$T/ft.bin" && ok || bad "encode --resample torchvision equals pil"
