@@ -1026,12 +1026,14 @@ cJSON *srv_tool_calls(const char *text, size_t n, bool indexed, size_t *content_
     return calls;
 }
 
-size_t srv_stream_avail(const srv_job *j, bool done, cJSON **calls) {
+size_t srv_stream_avail(const srv_job *j, size_t sent, bool done, cJSON **calls) {
     *calls = NULL;
     if (!j->tools || !j->text)
         return j->text_n;
-    if (!done)
-        return srv_tool_safe_len(j->text, j->text_n);
+    if (sent > j->text_n)
+        sent = j->text_n;
+    if (!done) /* a marker never starts before what was sent: look only at the rest */
+        return sent + srv_tool_safe_len(j->text + sent, j->text_n - sent);
     size_t content_n = 0;
     if (j->status == QVL_OK &&
         (*calls = srv_tool_calls(j->text, j->text_n, true, &content_n)) != NULL)

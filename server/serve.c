@@ -182,7 +182,7 @@ static bool stream_next(stream *st) {
     cJSON *calls = NULL;
     srv_pool_lock(S->pool);
     done = j->state == JOB_DONE;
-    size_t avail = srv_stream_avail(j, done, &calls);
+    size_t avail = srv_stream_avail(j, st->text_sent, done, &calls);
     if (avail > st->text_sent) {
         slice_n = avail - st->text_sent;
         slice = malloc(slice_n + 1);

@@ -172,10 +172,11 @@ struct cJSON *srv_tool_calls(const char *text, size_t n, bool indexed, size_t *c
 /* How much of a growing text may be streamed as content while tools are offered: up to the
  * first "<tool_call>", and not a tail that could begin one. */
 size_t srv_tool_safe_len(const char *text, size_t n);
-/* What a stream may send of a job's text now (under the pool lock): all of it without tools;
- * with tools, up to srv_tool_safe_len while it runs, and once done the text before the calls,
- * which *calls then holds (indexed, for the delta), or all of it when none parse. */
-size_t srv_stream_avail(const srv_job *j, bool done, struct cJSON **calls);
+/* What a stream may send of a job's text now (under the pool lock; `sent` bytes went out
+ * already): all of it without tools; with tools, up to srv_tool_safe_len while it runs, and
+ * once done the text before the calls, which *calls then holds (indexed, for the delta), or all
+ * of it when none parse. */
+size_t srv_stream_avail(const srv_job *j, size_t sent, bool done, struct cJSON **calls);
 /* POST /tokenize: {"content": "..."} to {"tokens": [...]}. Returns an HTTP status. */
 int srv_tokenize_json(srv_state *S, const char *body, size_t len, char **out, char *msg,
                       size_t msg_len);

@@ -139,20 +139,25 @@ static void test_stream(void) {
     cJSON *calls = NULL;
     /* without tools: everything, always */
     j.text_n = strlen(text);
-    CHECK(srv_stream_avail(&j, false, &calls) == j.text_n && !calls);
+    CHECK(srv_stream_avail(&j, 0, false, &calls) == j.text_n && !calls);
     j.tools = true;
     j.text_n = 12; /* "Checking.\n<t" */
-    CHECK(srv_stream_avail(&j, false, &calls) == 10 && !calls);
+    CHECK(srv_stream_avail(&j, 0, false, &calls) == 10 && !calls);
     j.text_n = strlen(text);
-    CHECK(srv_stream_avail(&j, false, &calls) == 10 && !calls);
-    CHECK(srv_stream_avail(&j, true, &calls) == 10 && calls && cJSON_GetArraySize(calls) == 1);
+    CHECK(srv_stream_avail(&j, 0, false, &calls) == 10 && !calls);
+    CHECK(srv_stream_avail(&j, 0, true, &calls) == 10 && calls && cJSON_GetArraySize(calls) == 1);
     cJSON_Delete(calls);
+    /* after 4 bytes went out: the same limits, the text before them not searched again */
+    CHECK(srv_stream_avail(&j, 4, false, &calls) == 10 && !calls);
+    j.text_n = 12;
+    CHECK(srv_stream_avail(&j, 10, false, &calls) == 10 && !calls);
+    j.text_n = strlen(text);
     /* done without a well-formed call, or failed: the whole text is content */
     j.text_n = 20;
-    CHECK(srv_stream_avail(&j, true, &calls) == 20 && !calls);
+    CHECK(srv_stream_avail(&j, 0, true, &calls) == 20 && !calls);
     j.text_n = strlen(text);
     j.status = QVL_E_CANCELLED;
-    CHECK(srv_stream_avail(&j, true, &calls) == j.text_n && !calls);
+    CHECK(srv_stream_avail(&j, 0, true, &calls) == j.text_n && !calls);
 }
 
 static void test_requests(void) {
