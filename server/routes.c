@@ -30,6 +30,10 @@ const char *srv_finish_str(qvl_finish f) {
     return f == QVL_FINISH_LENGTH ? "length" : "stop";
 }
 
+const char *srv_finish_str_calls(qvl_finish f, bool calls) {
+    return calls && f == QVL_FINISH_STOP ? "tool_calls" : srv_finish_str(f);
+}
+
 /* ---- parameters ------------------------------------------------------------------------------- */
 /* Read an optional number field: absent or null leaves *out alone and returns 1 with *present
  * false. Returns 0 (msg set) when the value has the wrong type or is outside [lo, hi]. */
@@ -567,8 +571,8 @@ static int render_messages(srv_state *S, chat_build *cb, const cJSON *msgs,
             return 400;
         }
         /* images in user and tool messages (as the template renders them); a system message
-         * past the first is validated and, as the template does, not rendered */
-        /* OpenAI's "developer" role is its newer name for "system" */
+         * past the first is validated and, as the template does, not rendered; OpenAI's
+         * "developer" role is its newer name for "system" */
         qvl_chat_msg cm = {kind == 0 ? "system" : role->valuestring, NULL, NULL, 0, NULL, 0};
         if (cJSON_IsString(content)) { /* a string stays a string: "" is empty to the template */
             cm.content = content->valuestring;
@@ -963,11 +967,7 @@ static cJSON *base_obj(srv_state *S, const char *id, long long created, const ch
 static const char TC_OPEN[] = "<tool_call>", TC_CLOSE[] = "</tool_call>";
 
 static const char *find_n(const char *h, size_t n, const char *needle) {
-    size_t k = strlen(needle);
-    for (size_t i = 0; i + k <= n; i++)
-        if (!memcmp(h + i, needle, k))
-            return h + i;
-    return NULL;
+    return memmem(h, n, needle, strlen(needle));
 }
 
 size_t srv_tool_safe_len(const char *text, size_t n) {
@@ -1067,9 +1067,7 @@ char *srv_completion_json(srv_state *S, const char *id, long long created, const
     }
     cJSON_AddNullToObject(m, "refusal");
     cJSON_AddNullToObject(c, "logprobs");
-    cJSON_AddStringToObject(c, "finish_reason",
-                            calls && j->finish == QVL_FINISH_STOP ? "tool_calls"
-                                                                  : srv_finish_str(j->finish));
+    cJSON_AddStringToObject(c, "finish_reason", srv_finish_str_calls(j->finish, calls != NULL));
     add_usage(r, j);
     /* extension (as llama.cpp's server): where the time went, for benchmarks */
     cJSON *t = cJSON_AddObjectToObject(r, "timings");

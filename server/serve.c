@@ -198,9 +198,7 @@ static bool stream_next(stream *st) {
         free(slice);
         ev = join(ev, srv_chunk_tool_calls_sse(S, st->id, st->created, calls));
         ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0,
-                                    j->finish == QVL_FINISH_STOP ? "tool_calls"
-                                                                 : srv_finish_str(j->finish),
-                                    NULL));
+                                    srv_finish_str_calls(j->finish, true), NULL));
         if (st->include_usage)
             ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j));
         ev = join(ev, strdup("data: [DONE]\n\n"));

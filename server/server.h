@@ -181,6 +181,9 @@ size_t srv_stream_avail(const srv_job *j, size_t sent, bool done, struct cJSON *
 int srv_tokenize_json(srv_state *S, const char *body, size_t len, char **out, char *msg,
                       size_t msg_len);
 const char *srv_finish_str(qvl_finish f);
+/* The finish reason of a response that carries tool calls when `calls`: "tool_calls" after a
+ * stop, else as srv_finish_str. */
+const char *srv_finish_str_calls(qvl_finish f, bool calls);
 
 /* ---- serve.c ----------------------------------------------------------------------------- */
 /* `qvl serve` entry point: argv are the arguments after the subcommand. Returns an exit code. */

@@ -146,18 +146,15 @@ qvl_status qvl_image_pixels(const qvl_model *m, const qvl_image *img, const qvl_
         qvl_errf(err, err_len, "image is NULL");
         return QVL_E_INVAL;
     }
-    qvl_resample r = o ? o->resample : QVL_RESAMPLE_DEFAULT;
-    if (r != QVL_RESAMPLE_DEFAULT && r != QVL_RESAMPLE_PIL && r != QVL_RESAMPLE_TORCHVISION) {
-        qvl_errf(err, err_len, "image options: unknown resample %d", (int)r);
+    qvl_resampler rs;
+    if (!qvl_resampler_of(o ? o->resample : QVL_RESAMPLE_DEFAULT, QVL_RESAMPLER_PIL, &rs)) {
+        qvl_errf(err, err_len, "image options: unknown resample %d", (int)o->resample);
         return QVL_E_INVAL;
     }
     int64_t mn, mx;
     budget(&m->pp, o, &mn, &mx);
     qvl_rgb rgb = {img->w, img->h, img->rgb};
-    return qvl_img_preprocess(&rgb, &m->pp, mn, mx,
-                              r == QVL_RESAMPLE_TORCHVISION ? QVL_RESAMPLER_TORCH
-                                                            : QVL_RESAMPLER_PIL,
-                              out, err, err_len);
+    return qvl_img_preprocess(&rgb, &m->pp, mn, mx, rs, out, err, err_len);
 }
 
 qvl_status qvl_image_pixel_values(const qvl_model *m, const qvl_image *img,

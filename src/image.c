@@ -351,7 +351,7 @@ static void jpg_run(struct jpg_job *j) {
 }
 
 static qvl_status decode_jpeg(const uint8_t *buf, size_t len, const qvl_img_limits *lim,
-                              qvl_rgb *out, char *err, size_t err_len) {
+                              qvl_rgb *out, int *orient, char *err, size_t err_len) {
     struct jpg_job *j = qvl_calloc(1, sizeof *j);
     if (!j) {
         qvl_errf(err, err_len, "JPEG: out of memory");
@@ -371,11 +371,7 @@ static qvl_status decode_jpeg(const uint8_t *buf, size_t len, const qvl_img_limi
         out->w = (int)j->ci.output_width;
         out->h = (int)j->ci.output_height;
         out->data = j->pix;
-        st = exif_transpose(out, j->orientation);
-        if (st != QVL_OK) {
-            qvl_errf(err, err_len, "JPEG: out of memory turning the image upright");
-            qvl_rgb_free(out);
-        }
+        *orient = j->orientation;
     } else {
         qvl_errf(err, err_len, "%s", j->msg);
         qvl_free(j->pix);
@@ -438,9 +434,9 @@ static void png_run(struct png_job *j) {
         if (j->done) { /* damage after the image data: the pixels stand, as PIL's load does */
             j->msg[0] = '\0';
             png_exif(j); /* an eXIf chunk read before the damage */
-        }
-        else if (j->st == QVL_OK)
+        } else if (j->st == QVL_OK) {
             j->st = QVL_E_FORMAT;
+        }
         return;
     }
     png_set_read_fn(j->png, j, png_read_fn);
@@ -513,7 +509,7 @@ static void png_run(struct png_job *j) {
 }
 
 static qvl_status decode_png(const uint8_t *buf, size_t len, const qvl_img_limits *lim,
-                             qvl_rgb *out, char *err, size_t err_len) {
+                             qvl_rgb *out, int *orient, char *err, size_t err_len) {
     struct png_job *j = qvl_calloc(1, sizeof *j);
     if (!j) {
         qvl_errf(err, err_len, "PNG: out of memory");
@@ -539,11 +535,7 @@ static qvl_status decode_png(const uint8_t *buf, size_t len, const qvl_img_limit
         out->w = j->w;
         out->h = j->h;
         out->data = j->pix;
-        st = exif_transpose(out, j->orientation);
-        if (st != QVL_OK) {
-            qvl_errf(err, err_len, "PNG: out of memory turning the image upright");
-            qvl_rgb_free(out);
-        }
+        *orient = j->orientation;
     } else {
         qvl_errf(err, err_len, "%s", j->msg);
         qvl_free(j->pix);
@@ -579,7 +571,7 @@ static const char *vp8_status_str(VP8StatusCode s) {
 }
 
 static qvl_status decode_webp(const uint8_t *buf, size_t len, const qvl_img_limits *lim,
-                              qvl_rgb *out, char *err, size_t err_len) {
+                              qvl_rgb *out, int *orient, char *err, size_t err_len) {
     WebPBitstreamFeatures f;
     VP8StatusCode s = WebPGetFeatures(buf, len, &f);
     if (s != VP8_STATUS_OK) {
@@ -623,19 +615,13 @@ static qvl_status decode_webp(const uint8_t *buf, size_t len, const qvl_img_limi
         /* EXIF lives in the extended (VP8X) container's EXIF chunk */
         WebPData wd = {buf, len};
         WebPDemuxer *dm = WebPDemux(&wd);
-        int o = 1;
         if (dm) {
             WebPChunkIterator it;
             if (WebPDemuxGetChunk(dm, "EXIF", 1, &it)) {
-                o = exif_orientation(it.chunk.bytes, it.chunk.size);
+                *orient = exif_orientation(it.chunk.bytes, it.chunk.size);
                 WebPDemuxReleaseChunkIterator(&it);
             }
             WebPDemuxDelete(dm);
-        }
-        if (exif_transpose(out, o) != QVL_OK) {
-            qvl_rgb_free(out);
-            qvl_errf(err, err_len, "WebP: out of memory turning the image upright");
-            return QVL_E_NOMEM;
         }
     }
     return QVL_OK;
@@ -659,13 +645,18 @@ qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits 
     qvl_img_limits def = qvl_img_limits_default();
     if (!lim)
         lim = &def;
+    qvl_status (*decode)(const uint8_t *, size_t, const qvl_img_limits *, qvl_rgb *, int *,
+                         char *, size_t) = NULL;
     switch (qvl_img_detect(buf, len)) {
     case QVL_IMG_JPEG:
-        return decode_jpeg(buf, len, lim, out, err, err_len);
+        decode = decode_jpeg;
+        break;
     case QVL_IMG_PNG:
-        return decode_png(buf, len, lim, out, err, err_len);
+        decode = decode_png;
+        break;
     case QVL_IMG_WEBP:
-        return decode_webp(buf, len, lim, out, err, err_len);
+        decode = decode_webp;
+        break;
     case QVL_IMG_GIF:
         qvl_errf(err, err_len, "GIF images are not supported (use JPEG, PNG or WebP)");
         return QVL_E_UNSUPPORTED;
@@ -677,6 +668,16 @@ qvl_status qvl_img_decode_mem(const void *buf, size_t len, const qvl_img_limits 
         return QVL_E_UNSUPPORTED;
     case QVL_IMG_UNKNOWN:
         break;
+    }
+    if (decode) {
+        int orient = 1; /* EXIF Orientation, read unless lim->ignore_exif */
+        qvl_status st = decode(buf, len, lim, out, &orient, err, err_len);
+        if (st == QVL_OK && exif_transpose(out, orient) != QVL_OK) {
+            qvl_rgb_free(out);
+            qvl_errf(err, err_len, "image decode: out of memory turning the image upright");
+            return QVL_E_NOMEM;
+        }
+        return st;
     }
     if (len == 0)
         qvl_errf(err, err_len, "not an image: the data is empty");

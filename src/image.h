@@ -102,4 +102,21 @@ qvl_status qvl_img_resize_bicubic(const qvl_rgb *src, int out_w, int out_h, qvl_
 qvl_status qvl_img_resize_bicubic_rs(const qvl_rgb *src, int out_w, int out_h, qvl_resampler rs,
                                      qvl_rgb *dst);
 
+/* The public option (qvl_resample) as a resampler, DEFAULT giving dflt; false for a value
+ * outside the enum. */
+static inline bool qvl_resampler_of(qvl_resample r, qvl_resampler dflt, qvl_resampler *out) {
+    switch (r) {
+    case QVL_RESAMPLE_DEFAULT:
+        *out = dflt;
+        return true;
+    case QVL_RESAMPLE_PIL:
+        *out = QVL_RESAMPLER_PIL;
+        return true;
+    case QVL_RESAMPLE_TORCHVISION:
+        *out = QVL_RESAMPLER_TORCH;
+        return true;
+    }
+    return false;
+}
+
 #endif /* QVL_IMAGE_H */

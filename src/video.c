@@ -118,8 +118,8 @@ static qvl_pp_config vcfg(const qvl_model *m) {
 
 static qvl_status video_new(const qvl_model *m, const qvl_video_opts *o, int64_t total,
                             double src_fps, qvl_video **out, char *err, size_t err_len) {
-    if (o && o->resample != QVL_RESAMPLE_DEFAULT && o->resample != QVL_RESAMPLE_PIL &&
-        o->resample != QVL_RESAMPLE_TORCHVISION) {
+    qvl_resampler rs; /* the video processor has only the torchvision path */
+    if (!qvl_resampler_of(o ? o->resample : QVL_RESAMPLE_DEFAULT, QVL_RESAMPLER_TORCH, &rs)) {
         qvl_errf(err, err_len, "video options: unknown resample %d", (int)o->resample);
         return QVL_E_INVAL;
     }
@@ -136,7 +136,7 @@ static qvl_status video_new(const qvl_model *m, const qvl_video_opts *o, int64_t
     v->src_fps = src_fps > 0 ? src_fps : 24;
     v->min_pixels = o && o->min_pixels > 0 ? o->min_pixels : vc->min_pixels;
     v->max_pixels = o && o->max_pixels > 0 ? o->max_pixels : vc->max_pixels;
-    v->resampler = o && o->resample == QVL_RESAMPLE_PIL ? QVL_RESAMPLER_PIL : QVL_RESAMPLER_TORCH;
+    v->resampler = rs;
     qvl_status s = qvl_video_sample(total, v->src_fps, fps, mn, mx, &v->indices, &v->n, err,
                                     err_len);
     if (s == QVL_OK) {
