@@ -69,7 +69,7 @@ typedef struct opts {
     const char *prompt, *system, *out;
     const char *stops[MAX_STOPS];
     int n_stops;
-    long max_new, top_k, threads, n_ctx, top_logits, seed;
+    long max_new, top_k, threads, n_ctx, top_logits, logprobs, seed;
     double temp, top_p, min_p, rep, presence, frequency;
     long min_pixels, max_pixels;
     qvl_resample resample;
@@ -91,6 +91,7 @@ static void opts_init(opts *o) {
     o->temp = -1;
     o->top_p = -1;
     o->rep = -1;
+    o->logprobs = -1;
     o->skip_special = true;
 }
 
@@ -171,6 +172,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
             NUM(n_ctx, 1, 1 << 24);
         } else if (!strcmp(a, "--top-logits")) {
             NUM(top_logits, 0, 1000);
+        } else if (!strcmp(a, "--logprobs")) {
+            NUM(logprobs, 0, QVL_MAX_TOP_LOGPROBS);
         } else if (!strcmp(a, "--seed")) {
             NUM(seed, 0, LONG_MAX);
         } else if (!strcmp(a, "--min-pixels")) {
@@ -476,6 +479,8 @@ static int cmd_run(opts *o) {
     char err[1024] = "";
     bool demo = false;
     char *demo_dir = NULL;
+    if (o->logprobs >= 0 && !o->json)
+        return die(2, "--logprobs is reported in the --json output: add --json");
     if (!o->model) {
         char *hub = NULL;
         if (qvl_model_resolve("Qwen/Qwen3-VL-2B-Instruct", &hub, err, sizeof err) == QVL_OK &&
@@ -615,6 +620,8 @@ static int cmd_run(opts *o) {
         free(best);
     }
     qvl_gen_params gp = gen_params(o);
+    gp.logprobs = o->logprobs >= 0;
+    gp.top_logprobs = o->logprobs > 0 ? (int)o->logprobs : 0;
     stream_state ss = {o->json};
     s = qvl_ctx_generate(c, &gp, on_text, &ss, &res);
     if (s != QVL_OK && s != QVL_E_CANCELLED) {
@@ -671,6 +678,23 @@ static int cmd_run(opts *o) {
                                 res.finish == QVL_FINISH_LENGTH ? "length" : "stop");
         if (top)
             cJSON_AddItemToObject(j, "prompt_top_logits", top);
+        if (res.logprobs) {
+            cJSON *la = cJSON_AddArrayToObject(j, "logprobs");
+            for (size_t i = 0; i < res.n_tokens; i++) {
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddNumberToObject(e, "id", res.tokens[i]);
+                cJSON_AddNumberToObject(e, "logprob", res.logprobs[i]);
+                cJSON *ta = cJSON_AddArrayToObject(e, "top");
+                for (int k = 0; k < res.n_top; k++) {
+                    size_t at = i * (size_t)res.n_top + (size_t)k;
+                    cJSON *pair = cJSON_CreateArray();
+                    cJSON_AddItemToArray(pair, cJSON_CreateNumber(res.top_ids[at]));
+                    cJSON_AddItemToArray(pair, cJSON_CreateNumber(res.top_logprobs[at]));
+                    cJSON_AddItemToArray(ta, pair);
+                }
+                cJSON_AddItemToArray(la, e);
+            }
+        }
         top = NULL;
         cJSON *t = cJSON_AddObjectToObject(j, "timings");
         cJSON_AddNumberToObject(t, "load_ms", load_ms);
@@ -1065,7 +1089,8 @@ static void usage(void) {
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
             "             [--resample pil|torchvision] [--ignore-exif]\n"
-            "             [--json] [--top-logits K] [-q] [--quant q8|q4] [--kv f32|bf16|f16]\n"
+            "             [--json [--top-logits K] [--logprobs K]] [-q] [--quant q8|q4]\n"
+            "             [--kv f32|bf16|f16]\n"
             "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache] [--quant-vision]\n"
             "             [--video FILE|DIR [--video-fps F] [--sample-fps F] [--max-frames N]\n"
             "             [--video-min-pixels N] [--video-max-pixels N]]\n"

@@ -155,6 +155,10 @@ QVL_API qvl_status qvl_tokenize(const qvl_model *m, const char *text, size_t len
  * added tokens. *text is a heap string to release with qvl_free(). */
 QVL_API qvl_status qvl_detokenize(const qvl_model *m, const int32_t *ids, size_t n,
                                   int skip_special, char **text);
+/* The raw bytes one id stands for (byte-level BPE: possibly part of a UTF-8 character; an added
+ * token: its content). Not NUL-terminated, owned by the model; NULL for an id without a
+ * tokenizer entry. */
+QVL_API const char *qvl_token_bytes(const qvl_model *m, int32_t id, size_t *len);
 
 
 /* ---- images ----------------------------------------------------------- */
@@ -368,6 +372,20 @@ QVL_API qvl_status qvl_ctx_prefault(qvl_ctx *c, int64_t n_positions);
 QVL_API const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab);
 
 /* ---- generation ------------------------------------------------------- */
+#define QVL_MAX_TOP_LOGPROBS 64
+
+/* One generated token, for qvl_gen_params.token_cb (valid during the call only). Without
+ * logprobs, logprob is 0 and n_top 0. */
+typedef struct qvl_token_info {
+    int32_t token;
+    size_t index;  /* 0 for the first generated token */
+    float logprob; /* -inf when the token's logit is -inf */
+    int n_top;     /* min(top_logprobs, vocabulary size) */
+    const int32_t *top_ids;    /* [n_top] most likely first (ties: lower id first) */
+    const float *top_logprobs; /* [n_top] */
+} qvl_token_info;
+typedef int (*qvl_token_cb)(const qvl_token_info *t, void *user);
+
 typedef struct qvl_gen_params {
     int max_new_tokens; /* 0: until EOS or the context is full */
     float temperature;  /* < 0: from generation_config.json; 0: greedy */
@@ -381,6 +399,17 @@ typedef struct qvl_gen_params {
     int ignore_eos;
     const char *const *stop; /* stop strings (not emitted) */
     int n_stop;
+    /* Log-probabilities of the generated tokens (natural log of the softmax of the model's raw
+     * logits: before penalties, temperature and truncation, so they do not depend on the
+     * sampling parameters). logprobs != 0: each token's, in qvl_gen_result.logprobs and the
+     * token callback; top_logprobs (0..QVL_MAX_TOP_LOGPROBS) also the most likely tokens of
+     * each step. Cost: one pass over the vocabulary per token. */
+    int logprobs;
+    int top_logprobs;
+    /* Called once per generated token (EOS excluded) before the text it completes is passed to
+     * the text callback; non-zero stops as the text callback does. NULL: none. */
+    qvl_token_cb token_cb;
+    void *token_user;
 } qvl_gen_params;
 
 typedef enum qvl_finish {
@@ -400,6 +429,12 @@ typedef struct qvl_gen_result {
     char *text; /* generated text without the stop string (heap, qvl_free) */
     qvl_finish finish;
     double prefill_ms, decode_ms;
+    /* with qvl_gen_params.logprobs (else NULL, 0): each token's log-probability [n_tokens],
+     * and the top ids and log-probabilities of each step [n_tokens, n_top] (heap) */
+    float *logprobs;
+    int n_top;
+    int32_t *top_ids;
+    float *top_logprobs;
 } qvl_gen_result;
 
 QVL_API qvl_gen_params qvl_gen_default_params(void);

@@ -682,17 +682,19 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
         if (!get_bool(so, "include_usage", &ch->include_usage, msg, ml))
             return 400;
     }
-    /* features this server does not have are refused, not silently ignored */
     bool lp = false;
     if (!get_bool(root, "logprobs", &lp, msg, ml))
         return 400;
     d = 0;
-    if (!get_num(root, "top_logprobs", 0, 20, true, &d, NULL, msg, ml))
+    if (!get_num(root, "top_logprobs", 0, SRV_MAX_TOP_LOGPROBS, true, &d, NULL, msg, ml))
         return 400;
-    if (lp || d > 0) {
-        fmt(msg, ml, "'logprobs' and 'top_logprobs' are not supported");
+    if (!lp && d > 0) {
+        fmt(msg, ml, "'top_logprobs' needs 'logprobs': true");
         return 400;
     }
+    j->gp.logprobs = lp;
+    j->gp.top_logprobs = (int)d;
+    /* features this server does not have are refused, not silently ignored */
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
     const cJSON *rft = cJSON_GetObjectItemCaseSensitive(rf, "type");
     if (rf && !cJSON_IsNull(rf) &&
@@ -1041,6 +1043,44 @@ size_t srv_stream_avail(const srv_job *j, size_t sent, bool done, cJSON **calls)
     return j->text_n;
 }
 
+/* {"token", "logprob", "bytes"} of one token: its text (bytes outside a whole UTF-8 character
+ * shown as U+FFFD) and raw bytes; a -inf log-probability reported as -9999, as OpenAI does. */
+static cJSON *lp_entry(srv_state *S, int32_t id, float logprob) {
+    size_t n = 0;
+    const char *b = qvl_token_bytes(S->model, id, &n);
+    char *t = srv_utf8_lossy(b ? b : "", b ? n : 0);
+    cJSON *e = cJSON_CreateObject();
+    if (!t || !e) {
+        free(t);
+        cJSON_Delete(e);
+        return NULL;
+    }
+    cJSON_AddStringToObject(e, "token", t);
+    free(t);
+    cJSON_AddNumberToObject(e, "logprob", isfinite(logprob) ? logprob : -9999.0);
+    cJSON *by = cJSON_AddArrayToObject(e, "bytes");
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(by, cJSON_CreateNumber((unsigned char)b[i]));
+    return e;
+}
+
+/* The choice's "logprobs" object: {"content": [...], "refusal": null}. */
+static cJSON *logprobs_json(srv_state *S, const srv_lp *lp, size_t n, int top) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *a = cJSON_AddArrayToObject(o, "content");
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = lp_entry(S, lp[i].id, lp[i].logprob);
+        if (!e)
+            break;
+        cJSON *ta = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int k = 0; k < top && k < SRV_MAX_TOP_LOGPROBS; k++)
+            cJSON_AddItemToArray(ta, lp_entry(S, lp[i].top_ids[k], lp[i].top_lp[k]));
+        cJSON_AddItemToArray(a, e);
+    }
+    cJSON_AddNullToObject(o, "refusal");
+    return o;
+}
+
 char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j) {
     cJSON *r = base_obj(S, id, created, "chat.completion");
     cJSON *cs = cJSON_AddArrayToObject(r, "choices");
@@ -1066,7 +1106,11 @@ char *srv_completion_json(srv_state *S, const char *id, long long created, const
         cJSON_AddStringToObject(m, "content", j->text ? j->text : "");
     }
     cJSON_AddNullToObject(m, "refusal");
-    cJSON_AddNullToObject(c, "logprobs");
+    if (j->gp.logprobs)
+        cJSON_AddItemToObject(c, "logprobs",
+                              logprobs_json(S, j->lp, j->lp_n, j->gp.top_logprobs));
+    else
+        cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", srv_finish_str_calls(j->finish, calls != NULL));
     add_usage(r, j);
     /* extension (as llama.cpp's server): where the time went, for benchmarks */
@@ -1094,7 +1138,8 @@ static char *sse_event(cJSON *r) {
 }
 
 char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
-                    const char *text, size_t text_n, const char *finish, const srv_job *usage) {
+                    const char *text, size_t text_n, const char *finish, const srv_job *usage,
+                    const srv_lp *lp, size_t n_lp, int top_logprobs) {
     cJSON *r = base_obj(S, id, created, "chat.completion.chunk");
     cJSON *cs = cJSON_AddArrayToObject(r, "choices");
     if (usage) {
@@ -1117,7 +1162,10 @@ char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
             cJSON_AddStringToObject(d, "content", t);
             free(t);
         }
-        cJSON_AddNullToObject(c, "logprobs");
+        if (lp)
+            cJSON_AddItemToObject(c, "logprobs", logprobs_json(S, lp, n_lp, top_logprobs));
+        else
+            cJSON_AddNullToObject(c, "logprobs");
         if (finish)
             cJSON_AddStringToObject(c, "finish_reason", finish);
         else

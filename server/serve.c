@@ -52,6 +52,7 @@ typedef struct stream {
     bool include_usage;
     bool first_sent, finished;
     size_t text_sent;
+    size_t lp_sent; /* log-probability records sent */
     char *pend;
     size_t pend_n, pend_off;
     double last_ms;      /* when the last event was produced */
@@ -173,13 +174,17 @@ static bool stream_next(stream *st) {
     srv_job *j = st->j;
     if (!st->first_sent) {
         st->first_sent = true;
-        stream_set(st, srv_chunk_sse(S, st->id, st->created, true, "", 0, NULL, NULL));
+        stream_set(st, srv_chunk_sse(S, st->id, st->created, true, "", 0, NULL, NULL, NULL, 0,
+                                     0));
         return true;
     }
     char *slice = NULL;
     size_t slice_n = 0;
     bool done;
     cJSON *calls = NULL;
+    srv_lp *lp = NULL; /* records of the tokens generated since the last text chunk */
+    size_t n_lp = 0;
+    const int top = j->gp.top_logprobs;
     srv_pool_lock(S->pool);
     done = j->state == JOB_DONE;
     size_t avail = srv_stream_avail(j, st->text_sent, done, &calls);
@@ -190,25 +195,39 @@ static bool stream_next(stream *st) {
             memcpy(slice, j->text + st->text_sent, slice_n);
         st->text_sent = avail;
     }
+    /* they travel with text, or with the last chunk */
+    if (j->lp_n > st->lp_sent && (slice || done)) {
+        n_lp = j->lp_n - st->lp_sent;
+        lp = malloc(n_lp * sizeof *lp);
+        if (lp)
+            memcpy(lp, j->lp + st->lp_sent, n_lp * sizeof *lp);
+        else
+            n_lp = 0;
+        st->lp_sent = j->lp_n;
+    }
     srv_pool_unlock(S->pool);
     if (calls) { /* the job is done: content first, then the calls, then the finish */
-        char *ev = slice ? srv_chunk_sse(S, st->id, st->created, false, slice, slice_n, NULL,
-                                         NULL)
-                         : NULL;
+        char *ev = slice || lp ? srv_chunk_sse(S, st->id, st->created, false, slice, slice_n,
+                                               NULL, NULL, lp, n_lp, top)
+                               : NULL;
         free(slice);
+        free(lp);
         ev = join(ev, srv_chunk_tool_calls_sse(S, st->id, st->created, calls));
         ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0,
-                                    srv_finish_str_calls(j->finish, true), NULL));
+                                    srv_finish_str_calls(j->finish, true), NULL, NULL, 0, 0));
         if (st->include_usage)
-            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j));
+            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j, NULL,
+                                        0, 0));
         ev = join(ev, strdup("data: [DONE]\n\n"));
         stream_set(st, ev);
         st->finished = true;
         return true;
     }
     if (slice) {
-        stream_set(st, srv_chunk_sse(S, st->id, st->created, false, slice, slice_n, NULL, NULL));
+        stream_set(st, srv_chunk_sse(S, st->id, st->created, false, slice, slice_n, NULL, NULL,
+                                     lp, n_lp, top));
         free(slice);
+        free(lp);
         return true;
     }
     if (!done)
@@ -217,9 +236,10 @@ static bool stream_next(stream *st) {
     char *ev = NULL;
     if (j->status == QVL_OK) {
         ev = srv_chunk_sse(S, st->id, st->created, false, NULL, 0, srv_finish_str(j->finish),
-                           NULL);
+                           NULL, lp, n_lp, top);
         if (st->include_usage)
-            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j));
+            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j, NULL, 0,
+                                        0));
     } else {
         char *e = srv_error_json(j->err[0] ? j->err : qvl_status_str(j->status),
                                  j->status == QVL_E_CANCELLED ? "overloaded_error"
@@ -233,6 +253,7 @@ static bool stream_next(stream *st) {
             free(e);
         }
     }
+    free(lp);
     ev = join(ev, strdup("data: [DONE]\n\n"));
     stream_set(st, ev);
     st->finished = true;

@@ -47,6 +47,9 @@ typedef struct srv_opts {
 /* ---- util.c ------------------------------------------------------------------------------- */
 /* True when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
 bool srv_utf8_valid(const char *s, size_t n);
+/* s with every byte that is not part of a valid UTF-8 sequence replaced by U+FFFD (malloc'd,
+ * NUL-terminated; NULL when out of memory). */
+char *srv_utf8_lossy(const char *s, size_t n);
 /* Strict base64 (RFC 4648 alphabet, '=' padding required, no whitespace). On success *out is a
  * malloc'd buffer of *out_n bytes. Returns 0, -1 malformed, -2 decoded size over cap, -3 no
  * memory. */
@@ -60,6 +63,15 @@ double srv_now_ms(void);
 
 /* ---- slots.c: jobs and the slot pool -------------------------------------------------------- */
 typedef enum { JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE } srv_job_state;
+
+/* One generated token's log-probabilities, as a response reports them. */
+#define SRV_MAX_TOP_LOGPROBS 20
+typedef struct srv_lp {
+    int32_t id;
+    float logprob;
+    int32_t top_ids[SRV_MAX_TOP_LOGPROBS];
+    float top_lp[SRV_MAX_TOP_LOGPROBS];
+} srv_lp;
 
 /* One chat-completion request. The creator fills the input part, then srv_pool_submit hands it
  * to the pool; afterwards the input is read-only and the output part is read under the pool's
@@ -88,6 +100,8 @@ typedef struct srv_job {
     /* output (pool lock) */
     char *text; /* generated text so far */
     size_t text_n, text_cap;
+    srv_lp *lp; /* with gp.logprobs: one record per generated token so far */
+    size_t lp_n, lp_cap;
     bool oom;
     size_t n_completion;
     qvl_finish finish;
@@ -155,9 +169,12 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
 char *srv_error_json(const char *msg, const char *type, const char *code);
 char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j);
 /* One SSE event "data: {...}\n\n" for a chunk: text delta (role first when first), or the final
- * chunk with finish reason (text NULL, finish set), or the usage chunk (usage true). */
+ * chunk with finish reason (text NULL, finish set), or the usage chunk (usage true). lp: the
+ * log-probability records this chunk carries (n_lp of them, top_logprobs entries each), or
+ * NULL for "logprobs": null. */
 char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
-                    const char *text, size_t text_n, const char *finish, const srv_job *usage);
+                    const char *text, size_t text_n, const char *finish, const srv_job *usage,
+                    const srv_lp *lp, size_t n_lp, int top_logprobs);
 /* The chunk carrying a stream's tool calls (calls: from srv_tool_calls, taken over). */
 struct cJSON;
 char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,

@@ -77,6 +77,7 @@ static void job_free(srv_job *j) {
         free(j->stops[i]);
     free(j->stops);
     free(j->text);
+    free(j->lp);
     pthread_cond_destroy(&j->cond);
     free(j);
 }
@@ -214,6 +215,36 @@ static int on_text(const char *text, size_t len, int32_t token, void *user) {
     return atomic_load(&j->cancel) ? 1 : 0;
 }
 
+/* A generated token's log-probabilities, kept for the response (with gp.logprobs). */
+static int on_token(const qvl_token_info *t, void *user) {
+    srv_slot *s = user;
+    srv_job *j = s->job;
+    srv_pool *p = s->pool;
+    pthread_mutex_lock(&p->mu);
+    if (j->lp_n == j->lp_cap) {
+        size_t cap = j->lp_cap ? j->lp_cap * 2 : 64;
+        srv_lp *n = realloc(j->lp, cap * sizeof *n);
+        if (n) {
+            j->lp = n;
+            j->lp_cap = cap;
+        } else {
+            j->oom = true;
+        }
+    }
+    if (j->lp_n < j->lp_cap) {
+        srv_lp *r = &j->lp[j->lp_n++];
+        memset(r, 0, sizeof *r);
+        r->id = t->token;
+        r->logprob = t->logprob;
+        for (int k = 0; k < t->n_top && k < SRV_MAX_TOP_LOGPROBS; k++) {
+            r->top_ids[k] = t->top_ids[k];
+            r->top_lp[k] = t->top_logprobs[k];
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return atomic_load(&j->cancel) ? 1 : 0;
+}
+
 static void set_err(srv_pool *p, srv_job *j, qvl_status st, const char *msg) {
     pthread_mutex_lock(&p->mu);
     j->status = st;
@@ -260,6 +291,10 @@ static void run_job(srv_slot *s, srv_job *j) {
         gp.max_new_tokens = (int)room;
     gp.stop = (const char *const *)j->stops;
     gp.n_stop = j->n_stop;
+    if (gp.logprobs) {
+        gp.token_cb = on_token;
+        gp.token_user = s;
+    }
     qvl_gen_result res = {0};
     st = qvl_ctx_generate(c, &gp, on_text, s, &res);
     pthread_mutex_lock(&p->mu);

@@ -241,6 +241,19 @@ qvl_status qvl_detokenize(const qvl_model *m, const int32_t *ids, size_t n, int 
     return qvl_tok_decode(m->tok, ids, n, skip_special != 0, text, NULL);
 }
 
+const char *qvl_token_bytes(const qvl_model *m, int32_t id, size_t *len) {
+    size_t dummy;
+    if (!len)
+        len = &dummy;
+    *len = 0;
+    if (!m)
+        return NULL;
+    const char *b = qvl_tok_token_bytes(m->tok, id, len);
+    if (!b)
+        *len = 0;
+    return b;
+}
+
 /* ---- prompts ----------------------------------------------------------------------------- */
 
 qvl_status qvl_prompt_build(const qvl_model *m, const qvl_message *msgs, size_t n_msgs,

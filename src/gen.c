@@ -4,6 +4,7 @@
 #include "sample.h"
 #include "tok.h"
 
+#include <math.h>
 #include <string.h>
 
 qvl_gen_params qvl_gen_default_params(void) {
@@ -21,6 +22,9 @@ void qvl_gen_result_free(qvl_gen_result *r) {
         return;
     qvl_free(r->tokens);
     qvl_free(r->text);
+    qvl_free(r->logprobs);
+    qvl_free(r->top_ids);
+    qvl_free(r->top_logprobs);
     memset(r, 0, sizeof *r);
 }
 
@@ -32,6 +36,42 @@ static int emit(qvl_sbuf *tb, const char *s, size_t n, int32_t id, qvl_text_cb c
     qvl_sbuf_add(tb, s, n);
     *oom |= tb->oom;
     return cb ? cb(s, n, id, user) : 0;
+}
+
+/* Log-probability of `id` under softmax(logits) and the k most likely entries (value
+ * descending, ties by lower id; NaN counts as -inf). Accumulated in double. */
+static void token_logprobs(const float *l, int32_t V, int32_t id, int k, float *lp,
+                           int32_t *top_ids, float *top_lp) {
+    float m = -INFINITY;
+    for (int32_t i = 0; i < V; i++)
+        if (l[i] > m)
+            m = l[i];
+    double sum = 0;
+    if (m > -INFINITY)
+        for (int32_t i = 0; i < V; i++)
+            if (l[i] > -INFINITY)
+                sum += exp((double)l[i] - (double)m);
+    /* m > -inf means sum >= 1 (the maximum contributes exp(0)) */
+    double lse = m > -INFINITY && isfinite(m) ? (double)m + log(sum) : (double)m;
+    float v = l[id] > -INFINITY ? l[id] : -INFINITY;
+    *lp = isfinite(lse) && v > -INFINITY ? (float)((double)v - lse) : -INFINITY;
+    int n = 0;
+    for (int32_t i = 0; i < V && k > 0; i++) {
+        float x = l[i] > -INFINITY ? l[i] : -INFINITY;
+        if (n == k && !(x > top_lp[k - 1]))
+            continue;
+        int at = n < k ? n++ : k - 1;
+        while (at > 0 && x > top_lp[at - 1]) {
+            top_lp[at] = top_lp[at - 1];
+            top_ids[at] = top_ids[at - 1];
+            at--;
+        }
+        top_lp[at] = x;
+        top_ids[at] = i;
+    }
+    for (int i = 0; i < n; i++)
+        top_lp[i] = isfinite(lse) && top_lp[i] > -INFINITY ? (float)((double)top_lp[i] - lse)
+                                                           : -INFINITY;
 }
 
 qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb, void *user,
@@ -64,11 +104,20 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
         qvl_ctx_setf(c, "generate: negative max_new_tokens or bad stop list");
         return QVL_E_INVAL;
     }
+    if (p->top_logprobs < 0 || p->top_logprobs > QVL_MAX_TOP_LOGPROBS ||
+        (p->top_logprobs > 0 && !p->logprobs)) {
+        qvl_ctx_setf(c, "generate: top_logprobs must be 0..%d and needs logprobs",
+                     QVL_MAX_TOP_LOGPROBS);
+        return QVL_E_INVAL;
+    }
+    const int n_top = p->logprobs ? (p->top_logprobs < V ? p->top_logprobs : V) : 0;
     qvl_sampler *smp = NULL;
     qvl_stop *stop = NULL;
     float *lg = NULL;
     qvl_sbuf tb = {0};
     int32_t *toks = NULL;
+    float *lps = NULL, *top_lp = NULL;
+    int32_t *top_ids = NULL;
     qvl_status s = qvl_sampler_create(&sp, V, &smp);
     if (s != QVL_OK) {
         qvl_ctx_setf(c, "generate: bad sampling parameters (temperature %g, top_p %g, min_p %g, "
@@ -81,8 +130,14 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
         goto done;
     int64_t max_new = p->max_new_tokens > 0 ? p->max_new_tokens : c->n_ctx;
     lg = qvl_malloc((size_t)V * sizeof(float));
-    toks = qvl_malloc((size_t)(max_new < c->n_ctx ? max_new : c->n_ctx) * sizeof(int32_t) + 4);
-    if (!lg || !toks) {
+    size_t cap = (size_t)(max_new < c->n_ctx ? max_new : c->n_ctx);
+    toks = qvl_malloc(cap * sizeof(int32_t) + 4);
+    if (p->logprobs) {
+        lps = qvl_malloc(cap * sizeof(float) + 4);
+        top_lp = qvl_malloc(cap * (size_t)n_top * sizeof(float) + 4);
+        top_ids = qvl_malloc(cap * (size_t)n_top * sizeof(int32_t) + 4);
+    }
+    if (!lg || !toks || (p->logprobs && (!lps || !top_lp || !top_ids))) {
         s = QVL_E_NOMEM;
         goto done;
     }
@@ -117,8 +172,21 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
             fin = QVL_FINISH_STOP;
             break;
         }
+        qvl_token_info ti = {.token = id, .index = n_gen};
+        if (p->logprobs) {
+            ti.n_top = n_top;
+            ti.top_ids = top_ids + n_gen * (size_t)n_top;
+            ti.top_logprobs = top_lp + n_gen * (size_t)n_top;
+            token_logprobs(c->logits, V, id, n_top, &lps[n_gen], top_ids + n_gen * (size_t)n_top,
+                           top_lp + n_gen * (size_t)n_top);
+            ti.logprob = lps[n_gen];
+        }
         toks[n_gen++] = id;
         qvl_sampler_accept(smp, id);
+        if (p->token_cb && p->token_cb(&ti, p->token_user)) {
+            fin = QVL_FINISH_CANCELLED;
+            break;
+        }
         size_t np = 0;
         /* ids with embedding rows but no tokenizer entry decode to nothing, as in the
          * reference's decoder */
@@ -168,6 +236,14 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
     res->tokens = toks;
     res->n_tokens = n_gen;
     toks = NULL;
+    if (p->logprobs) {
+        res->logprobs = lps;
+        res->n_top = n_top;
+        res->top_ids = top_ids;
+        res->top_logprobs = top_lp;
+        lps = top_lp = NULL;
+        top_ids = NULL;
+    }
     res->text = tb.p ? tb.p : qvl_strdup("");
     tb.p = NULL;
 done:
@@ -175,6 +251,9 @@ done:
         qvl_ctx_setf(c, "generate: out of memory");
     qvl_free(tb.p);
     qvl_free(toks);
+    qvl_free(lps);
+    qvl_free(top_lp);
+    qvl_free(top_ids);
     qvl_free(lg);
     qvl_stop_free(stop);
     qvl_sampler_free(smp);

@@ -30,6 +30,13 @@ got=$(echo "$out" | grep -o '"generated_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//'
 [ "$got" = "$want" ] && ok || bad "run --json generated_ids: $got vs $want"
 echo "$out" | grep -q '"finish_reason":"length"' && ok || bad "finish_reason"
 echo "$out" | grep -q '"prompt_top_logits":\[\[143189,' && ok || bad "prompt_top_logits"
+# --logprobs: an entry per generated token, the greedy id first in its top list
+out=$("$BIN" run -m "$M" -i "$S/images/rgb_64x64.png" -p "Describe this image." -n 20 --temp 0 --json --logprobs 2 -t 2)
+n=$(echo "$out" | grep -o '{"id":[0-9]*,"logprob":-[0-9.e-]*,"top":\[\[[0-9]*,' | sed 's/{"id":\([0-9]*\),.*"top":\[\[\([0-9]*\),/\1 \2/' | awk '$1 == $2' | wc -l)
+[ "$n" = 20 ] && ok || bad "run --logprobs: $n greedy entries of 20"
+echo "$out" | grep -q '"logprobs":\[{"id":143189,"logprob":-' && ok || bad "run --logprobs first: $out"
+expect_fail "$BIN" run -m "$M" -p hi -n 1 --logprobs 2
+expect_fail "$BIN" run -m "$M" -p hi -n 1 --json --logprobs 65
 # encode -> embeddings API example gives the same tokens as run
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --out "$T/f.bin" && ok || bad encode
 ex=$("$BUILD/example_embed_generate" -m "$M" --features "$T/f.bin" -p "What is this?" -n 12 | tr -d ' []')

@@ -870,6 +870,163 @@ static void resample_case(void) {
           strstr(err, "resample"));
 }
 
+/* log-sum-exp of a logit vector, in double */
+static double lse_of(const float *l, size_t n) {
+    double m = -INFINITY, sum = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, l[i]);
+    for (size_t i = 0; i < n; i++)
+        sum += exp(l[i] - m);
+    return m + log(sum);
+}
+
+typedef struct {
+    size_t n, stop_at;
+    bool index_ok;
+    int32_t ids[64];
+    float lp[64];
+    int32_t top0[64];
+} lp_seen;
+
+static int on_token_lp(const qvl_token_info *t, void *user) {
+    lp_seen *s = user;
+    s->index_ok &= t->index == s->n;
+    if (s->n < 64) {
+        s->ids[s->n] = t->token;
+        s->lp[s->n] = t->logprob;
+        s->top0[s->n] = t->n_top > 0 ? t->top_ids[0] : -1;
+    }
+    s->n++;
+    return s->stop_at && s->n == s->stop_at;
+}
+
+/* log-probabilities of generated tokens: against the golden logits of every greedy step,
+ * independent of the sampling parameters, through the result and the token callback */
+static void logprobs_case(void) {
+    const char *G = "fixtures/tiny-qwen3vl/golden/";
+    char rel[256], err[512];
+    cJSON *g = load_json("fixtures/tiny-qwen3vl/golden/tiny_1img_png.json");
+    snprintf(rel, sizeof rel, "%stiny_1img_png.prompt_end_logits.f32", G);
+    float *glog = load_f32(rel, 151936);
+    qvl_image *img = NULL;
+    CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
+                              err, sizeof err) == QVL_OK);
+    CHECK(g && glog && img);
+    if (!g || !glog || !img)
+        goto out;
+    size_t n = 0, ng = 0;
+    int32_t *ids = json_ids(cJSON_GetObjectItem(g, "input_ids"), &n);
+    int32_t *gen_ref = json_ids(cJSON_GetObjectItem(g, "generated_ids"), &ng);
+    const cJSON *steps = cJSON_GetObjectItem(g, "step_top5");
+    qvl_ctx *c = new_ctx(512);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    int nv = 0;
+    const float *lg = qvl_ctx_logits(c, &nv);
+    double lse = lse_of(lg, (size_t)nv), glse = lse_of(glog, (size_t)nv);
+    float *first = malloc((size_t)nv * sizeof *first);
+    memcpy(first, lg, (size_t)nv * sizeof *first);
+
+    /* bad requests are refused and leave the context as it was */
+    qvl_gen_params gp = qvl_gen_default_params();
+    qvl_gen_result r;
+    gp.temperature = 0;
+    gp.max_new_tokens = (int)ng;
+    gp.top_logprobs = 5;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL && r.tokens == NULL);
+    gp.logprobs = 1;
+    gp.top_logprobs = QVL_MAX_TOP_LOGPROBS + 1;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL);
+    gp.top_logprobs = -1;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL);
+
+    gp.top_logprobs = 5;
+    lp_seen seen = {.index_ok = true};
+    gp.token_cb = on_token_lp;
+    gp.token_user = &seen;
+    CHECKF(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK, "%s", qvl_ctx_errmsg(c));
+    CHECK(r.n_tokens == ng && !memcmp(r.tokens, gen_ref, ng * sizeof *gen_ref));
+    CHECK(r.logprobs && r.top_ids && r.top_logprobs && r.n_top == 5);
+    CHECK(seen.n == r.n_tokens && seen.index_ok);
+    double worst_first = 0, worst_diff = 0;
+    bool ids_ok = true, cb_ok = true, order_ok = true;
+    for (size_t i = 0; i < r.n_tokens && r.logprobs; i++) {
+        const cJSON *t5 = cJSON_GetObjectItem(cJSON_GetArrayItem(steps, (int)i), "top5");
+        const int32_t *ti = r.top_ids + i * 5;
+        const float *tl = r.top_logprobs + i * 5;
+        double g0 = cJSON_GetArrayItem(cJSON_GetArrayItem(t5, 0), 1)->valuedouble;
+        for (int k = 0; k < 5; k++) {
+            const cJSON *pair = cJSON_GetArrayItem(t5, k);
+            ids_ok &= ti[k] == cJSON_GetArrayItem(pair, 0)->valueint;
+            double gd = cJSON_GetArrayItem(pair, 1)->valuedouble - g0;
+            worst_diff = fmax(worst_diff, fabs((tl[k] - tl[0]) - gd));
+            order_ok &= tl[k] <= 0 && (k == 0 || tl[k] <= tl[k - 1]);
+        }
+        /* greedy: the chosen token is the most likely one */
+        ids_ok &= ti[0] == r.tokens[i] && r.logprobs[i] == tl[0];
+        cb_ok &= seen.ids[i] == r.tokens[i] && seen.lp[i] == r.logprobs[i] &&
+                 seen.top0[i] == ti[0];
+    }
+    CHECK(ids_ok && cb_ok && order_ok);
+    CHECKF(worst_diff < 1e-3, "top-5 log-probability gaps differ from the golden by %g",
+           worst_diff);
+    /* the first step against the logits themselves and against the golden logits */
+    int32_t t0 = gen_ref[0];
+    worst_first = fabs(r.logprobs[0] - (first[t0] - lse));
+    CHECKF(worst_first < 1e-5, "first log-probability %.8g vs %.8g", r.logprobs[0],
+           first[t0] - lse);
+    CHECKF(fabs(r.logprobs[0] - (glog[t0] - glse)) < 1e-3, "first log-probability %.6g vs "
+           "golden %.6g", r.logprobs[0], glog[t0] - glse);
+    double psum = 0;
+    for (int k = 0; k < 5; k++)
+        psum += exp(r.top_logprobs[k]);
+    CHECK(psum > 0 && psum <= 1 + 1e-6);
+    qvl_gen_result_free(&r);
+    CHECK(r.logprobs == NULL && r.top_ids == NULL);
+
+    /* sampling parameters do not change the log-probabilities: the first token of a sampled,
+     * penalised run has the raw logits' log-probability; the callback can stop the run */
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    gp.temperature = 1.7f;
+    gp.top_k = 0;
+    gp.top_p = 1;
+    gp.repetition_penalty = 1.5f;
+    gp.seed = 7;
+    gp.top_logprobs = 0;
+    seen = (lp_seen){.index_ok = true, .stop_at = 3};
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_CANCELLED);
+    CHECK(r.n_tokens == 3 && seen.n == 3 && r.finish == QVL_FINISH_CANCELLED && r.n_top == 0);
+    if (r.n_tokens == 3) {
+        int32_t id = r.tokens[0];
+        CHECKF(fabs(r.logprobs[0] - (first[id] - lse)) < 1e-5, "sampled first token %d: %.8g vs "
+               "%.8g", id, r.logprobs[0], first[id] - lse);
+        CHECK(seen.top0[0] == -1);
+    }
+    qvl_gen_result_free(&r);
+
+    /* without logprobs the callback still sees every token, and the result has no arrays */
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.max_new_tokens = 4;
+    seen = (lp_seen){.index_ok = true};
+    gp.token_cb = on_token_lp;
+    gp.token_user = &seen;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK);
+    CHECK(r.n_tokens == 4 && seen.n == 4 && seen.index_ok && !r.logprobs && seen.lp[0] == 0 &&
+          !memcmp(seen.ids, gen_ref, 4 * sizeof *gen_ref));
+    qvl_gen_result_free(&r);
+    free(first);
+    qvl_ctx_free(c);
+    free(ids);
+    free(gen_ref);
+out:
+    qvl_image_free(img);
+    qvl_free(glog);
+    cJSON_Delete(g);
+}
+
 int main(void) {
     char err[1024];
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
@@ -888,6 +1045,7 @@ int main(void) {
     kv_warm_case();
     vit_reuse_case();
     resample_case();
+    logprobs_case();
     qvl_model_free(M);
     CHECK_DONE();
 }

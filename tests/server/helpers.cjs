@@ -40,7 +40,7 @@ if (cmd === 'get') {
     // ": keep-alive" comment events are allowed anywhere before it.
     const raw = fs.readFileSync(0, 'utf8');
     const out = {ok: true, why: '', events: 0, text: '', role: null, finish: null, usage: null,
-                 ids: new Set(), objects: new Set()};
+                 ids: new Set(), objects: new Set(), logprobs: []};
     if (!raw.endsWith('\n\n')) { out.ok = false; out.why = 'stream does not end with a blank line'; }
     const events = raw.split('\n\n').filter((e) => !e.startsWith(':')); // drop comments
     events.pop();
@@ -57,6 +57,7 @@ if (cmd === 'get') {
             if (c.delta.role) out.role = c.delta.role;
             if (c.delta.content) out.text += c.delta.content;
             if (c.finish_reason) out.finish = c.finish_reason;
+            if (c.logprobs) out.logprobs.push(...c.logprobs.content);
         }
     });
     out.ids = [...out.ids]; out.objects = [...out.objects];

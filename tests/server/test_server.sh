@@ -110,6 +110,18 @@ ok "SSE text = qvl run" "$([ "$(jget 'd.text' <"$T/sse.json")" = "$(exp_text rgb
 ok "SSE role, finish, one id, chunk objects" "$([ "$(jget '[d.role,d.finish,d.ids.length,d.objects].join()' <"$T/sse.json")" = "assistant,$(jget 'd.finish_reason' <"$e"),1,chat.completion.chunk" ]; echo $?)"
 ok "SSE usage" "$([ "$(jget 'd.usage.completion_tokens' <"$T/sse.json")" = "$(jget 'd.generated_ids.length' <"$e")" ]; echo $?)"
 
+# logprobs: one entry per generated token, the greedy token first in its top list, the tokens'
+# bytes making the content; a stream carries the same entries
+mkbody "$IMGS/rgb_64x64.png" $NTOK ',"logprobs":true,"top_logprobs":3' >"$T/blp.json"
+code=$(req "$T/rlp" "$U/v1/chat/completions" --data-binary @"$T/blp.json")
+ok "logprobs" "$([ "$code" = 200 ] && [ "$(jget 'const c=d.choices[0].logprobs.content; c.length==='"$(jget 'd.generated_ids.length' <"$e")"' && c.every(x=>x.top_logprobs.length===3 && x.top_logprobs[0].token===x.token && x.top_logprobs[0].logprob===x.logprob && x.logprob<=0 && x.top_logprobs[1].logprob<=x.logprob) && Buffer.from(c.flatMap(x=>x.bytes)).toString()===d.choices[0].message.content' <"$T/rlp")" = true ]; echo $?)" "$code $(head -c 300 "$T/rlp")"
+ok "logprobs: same text" "$([ "$(jget 'd.choices[0].message.content' <"$T/rlp")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
+mkbody "$IMGS/rgb_64x64.png" $NTOK ',"logprobs":true,"top_logprobs":3,"stream":true' >"$T/blps.json"
+curl -s -N --max-time 60 -o "$T/lpsse" -H "Authorization: Bearer $KEY" --data-binary @"$T/blps.json" "$U/v1/chat/completions"
+js sse <"$T/lpsse" >"$T/lpsse.json"
+ok "logprobs streamed = not streamed" "$([ "$(jget 'd.ok' <"$T/lpsse.json")" = true ] && [ "$(jget 'd.logprobs' <"$T/lpsse.json")" = "$(jget 'd.choices[0].logprobs.content' <"$T/rlp")" ]; echo $?)"
+ok "no logprobs: null" "$([ "$(jget 'd.choices[0].logprobs' <"$T/r1")" = null ]; echo $?)"
+
 # resample: the request field gives what qvl run --resample gives
 "$QVL" run -m "$M" -i "$IMGS/rgb_400x300.png" -p "$PROMPT" --temp 0 -n $NTOK --resample torchvision --json >"$T/exp_tv.json" 2>/dev/null
 mkbody "$IMGS/rgb_400x300.png" $NTOK ',"resample":"torchvision"' >"$T/btv.json"
@@ -191,6 +203,7 @@ expect "messages wrong type" 400 "${AUTH[@]}" -d '{"messages":"hi"}' "$C"
 expect "temperature wrong type" 400 "${AUTH[@]}" -d '{"temperature":"hot","messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown role" 400 "${AUTH[@]}" -d '{"messages":[{"role":"wizard","content":"hi"}]}' "$C"
 expect "n=2" 400 "${AUTH[@]}" -d '{"n":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "top_logprobs without logprobs" 400 "${AUTH[@]}" -d '{"top_logprobs":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "forced tool_choice" 400 "${AUTH[@]}" -d '{"tool_choice":"required","messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "tools not an array" 400 "${AUTH[@]}" -d '{"tools":{"type":"function"},"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown resample" 400 "${AUTH[@]}" -d '{"resample":"bilinear","messages":[{"role":"user","content":"hi"}]}' "$C"

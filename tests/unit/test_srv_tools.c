@@ -233,8 +233,10 @@ static void test_requests(void) {
         "}}]}]}",
         "{\"messages\":[{\"role\":\"tool\"}]}",
         /* features the server lacks are refused rather than ignored */
-        "{\"logprobs\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
         "{\"top_logprobs\":3,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logprobs\":true,\"top_logprobs\":21,\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"x\"}]}",
+        "{\"logprobs\":\"yes\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
         "{\"response_format\":{\"type\":\"json_object\"},\"messages\":[{\"role\":\"user\","
         "\"content\":\"x\"}]}",
         "{\"logit_bias\":{\"42\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
@@ -250,7 +252,12 @@ static void test_requests(void) {
     st = prepare("{\"logprobs\":false,\"top_logprobs\":0,\"response_format\":{\"type\":\"text\"},"
                  "\"logit_bias\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
                  &j, msg, sizeof msg);
-    CHECKF(st == 200 && j, "neutral fields: %s", msg);
+    CHECKF(st == 200 && j && !j->gp.logprobs, "neutral fields: %s", msg);
+    srv_job_release(NULL, j);
+    st = prepare("{\"logprobs\":true,\"top_logprobs\":20,\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"x\"}]}",
+                 &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->gp.logprobs && j->gp.top_logprobs == 20, "logprobs: %s", msg);
     srv_job_release(NULL, j);
     /* arguments as an object are written in the template's tojson form */
     st = prepare("{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{"
@@ -265,6 +272,92 @@ static void test_requests(void) {
         qvl_free(text);
         srv_job_release(NULL, j);
     }
+}
+
+/* Log-probabilities in a response and a chunk: each token's text (U+FFFD for a byte that is
+ * part of a character), raw bytes and top entries; -inf as -9999; null without them. */
+static void test_logprobs(void) {
+    CHECK(srv_utf8_valid("a\xc3\xa4", 3) && !srv_utf8_valid("a\xc3", 2));
+    char *u = srv_utf8_lossy("a\xc3\xa4\xe4\xb8z\xff", 8);
+    CHECK(u && !strcmp(u, "a\xc3\xa4\xef\xbf\xbd\xef\xbf\xbdz\xef\xbf\xbd"));
+    free(u);
+    /* a token that is a single byte of a multi-byte character, and one that is plain text */
+    int32_t partial = -1, plain = -1;
+    for (int32_t id = 0; id < 151643 && (partial < 0 || plain < 0); id++) {
+        size_t n = 0;
+        const char *b = qvl_token_bytes(g_S.model, id, &n);
+        if (b && n == 1 && (unsigned char)b[0] == 0xe4)
+            partial = id;
+        if (b && n == 5 && !memcmp(b, "Hello", 5))
+            plain = id;
+    }
+    CHECK(partial >= 0 && plain >= 0);
+    CHECK(qvl_token_bytes(g_S.model, -1, NULL) == NULL &&
+          qvl_token_bytes(g_S.model, 1 << 30, NULL) == NULL);
+    srv_lp lp[2];
+    memset(lp, 0, sizeof lp);
+    lp[0] = (srv_lp){.id = plain, .logprob = -0.25f, .top_ids = {plain, partial},
+                     .top_lp = {-0.25f, -INFINITY}};
+    lp[1] = (srv_lp){.id = partial, .logprob = -3.5f, .top_ids = {plain, partial},
+                     .top_lp = {-0.5f, -3.5f}};
+    srv_job j;
+    memset(&j, 0, sizeof j);
+    char text[] = "Hello";
+    j.text = text;
+    j.text_n = 5;
+    j.finish = QVL_FINISH_STOP;
+    j.status = QVL_OK;
+    j.gp.logprobs = 1;
+    j.gp.top_logprobs = 2;
+    j.lp = lp;
+    j.lp_n = 2;
+    char *js = srv_completion_json(&g_S, "chatcmpl-x", 1, &j);
+    cJSON *r = cJSON_Parse(js);
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+    const cJSON *lo = cJSON_GetObjectItemCaseSensitive(c, "logprobs");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(lo, "content");
+    CHECK(cJSON_GetArraySize(content) == 2 &&
+          cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(lo, "refusal")));
+    const cJSON *e0 = cJSON_GetArrayItem(content, 0), *e1 = cJSON_GetArrayItem(content, 1);
+    CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(e0, "token")->valuestring, "Hello"));
+    CHECK(cJSON_GetObjectItemCaseSensitive(e0, "logprob")->valuedouble == -0.25);
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e0, "bytes")) == 5);
+    const cJSON *t0 = cJSON_GetObjectItemCaseSensitive(e0, "top_logprobs");
+    CHECK(cJSON_GetArraySize(t0) == 2 &&
+          cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(t0, 1), "logprob")->valuedouble ==
+              -9999.0);
+    CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(e1, "token")->valuestring, "\xef\xbf\xbd"));
+    const cJSON *b1 = cJSON_GetObjectItemCaseSensitive(e1, "bytes");
+    CHECK(cJSON_GetArraySize(b1) == 1 && cJSON_GetArrayItem(b1, 0)->valueint == 0xe4);
+    CHECK(cJSON_GetObjectItemCaseSensitive(e1, "logprob")->valuedouble == -3.5);
+    cJSON_Delete(r);
+    free(js);
+    /* a chunk carrying the second record; one without records has null */
+    js = srv_chunk_sse(&g_S, "chatcmpl-x", 1, false, "x", 1, NULL, NULL, lp + 1, 1, 2);
+    CHECK(js && !strncmp(js, "data: ", 6));
+    r = js ? cJSON_Parse(js + 6) : NULL;
+    c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+    content = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(c, "logprobs"),
+                                               "content");
+    CHECK(cJSON_GetArraySize(content) == 1 &&
+          cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(content, 0), "logprob")
+                  ->valuedouble == -3.5);
+    cJSON_Delete(r);
+    free(js);
+    js = srv_chunk_sse(&g_S, "chatcmpl-x", 1, false, "x", 1, NULL, NULL, NULL, 0, 0);
+    r = js ? cJSON_Parse(js + 6) : NULL;
+    c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c, "logprobs")));
+    cJSON_Delete(r);
+    free(js);
+    /* without logprobs a response has null */
+    j.gp.logprobs = 0;
+    js = srv_completion_json(&g_S, "chatcmpl-x", 1, &j);
+    r = cJSON_Parse(js);
+    c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c, "logprobs")));
+    cJSON_Delete(r);
+    free(js);
 }
 
 int main(void) {
@@ -289,6 +382,7 @@ int main(void) {
     test_response();
     test_stream();
     test_requests();
+    test_logprobs();
     qvl_model_free(g_model);
     CHECK_DONE();
 }
