@@ -410,6 +410,12 @@ typedef struct qvl_gen_params {
      * the text callback; non-zero stops as the text callback does. NULL: none. */
     qvl_token_cb token_cb;
     void *token_user;
+    /* Added to the logits of these ids before every sampling step (OpenAI's logit_bias: -100
+     * all but bans a token, +100 all but forces it); not to the reported log-probabilities.
+     * Ids outside the vocabulary or non-finite values: QVL_E_INVAL. */
+    const int32_t *bias_ids;
+    const float *bias_values;
+    int n_bias;
 } qvl_gen_params;
 
 typedef enum qvl_finish {

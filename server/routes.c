@@ -428,6 +428,55 @@ static int role_kind(const char *r) {
 }
 
 /* An assistant message's "tool_calls" into cb->calls (room was counted by the caller). */
+/* logit_bias: {"token id": bias in [-100, 100], ...}, at most SRV_MAX_LOGIT_BIAS entries. */
+static int read_logit_bias(srv_state *S, const cJSON *root, srv_job *j, char *msg, size_t ml) {
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (!lb || cJSON_IsNull(lb))
+        return 1;
+    if (!cJSON_IsObject(lb)) {
+        fmt(msg, ml, "'logit_bias' must be an object of token ids to numbers");
+        return 0;
+    }
+    int n = cJSON_GetArraySize(lb);
+    if (n > SRV_MAX_LOGIT_BIAS) {
+        fmt(msg, ml, "'logit_bias' has %d entries (at most %d)", n, SRV_MAX_LOGIT_BIAS);
+        return 0;
+    }
+    if (n == 0)
+        return 1;
+    j->bias_ids = malloc((size_t)n * sizeof *j->bias_ids);
+    j->bias_vals = malloc((size_t)n * sizeof *j->bias_vals);
+    if (!j->bias_ids || !j->bias_vals) {
+        fmt(msg, ml, "out of memory");
+        return 0;
+    }
+    const long vocab = qvl_model_n_vocab(S->model);
+    int k = 0;
+    for (const cJSON *e = lb->child; e; e = e->next, k++) {
+        const char *key = e->string;
+        char *end = NULL;
+        errno = 0;
+        long id = key && key[0] >= '0' && key[0] <= '9' ? strtol(key, &end, 10) : -1;
+        if (id < 0 || errno || !end || *end || id >= vocab) {
+            fmt(msg, ml, "'logit_bias': key '%.40s' is not a token id below %ld", key ? key : "",
+                vocab);
+            return 0;
+        }
+        if (!cJSON_IsNumber(e) || !isfinite(e->valuedouble) || e->valuedouble < -100 ||
+            e->valuedouble > 100) {
+            fmt(msg, ml, "'logit_bias': the value of '%.40s' must be a number in [-100, 100]",
+                key);
+            return 0;
+        }
+        j->bias_ids[k] = (int32_t)id;
+        j->bias_vals[k] = (float)e->valuedouble;
+    }
+    j->gp.bias_ids = j->bias_ids;
+    j->gp.bias_values = j->bias_vals;
+    j->gp.n_bias = n;
+    return 1;
+}
+
 static int read_tool_calls(chat_build *cb, const cJSON *tc, size_t mi, char *msg, size_t ml) {
     if (!cJSON_IsArray(tc)) {
         fmt(msg, ml, "messages[%zu].tool_calls must be an array", mi);
@@ -703,11 +752,8 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
                      "constrained decoding)");
         return 400;
     }
-    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
-    if (lb && !cJSON_IsNull(lb) && !(cJSON_IsObject(lb) && !lb->child)) {
-        fmt(msg, ml, "'logit_bias' is not supported");
+    if (!read_logit_bias(S, root, j, msg, ml))
         return 400;
-    }
     if (cJSON_GetObjectItemCaseSensitive(root, "functions") ||
         cJSON_GetObjectItemCaseSensitive(root, "function_call")) {
         fmt(msg, ml, "'functions' and 'function_call' are not supported; use 'tools'");

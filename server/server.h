@@ -66,6 +66,7 @@ typedef enum { JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE } srv_job_state;
 
 /* One generated token's log-probabilities, as a response reports them. */
 #define SRV_MAX_TOP_LOGPROBS 20
+#define SRV_MAX_LOGIT_BIAS 1024 /* entries of a request's logit_bias */
 typedef struct srv_lp {
     int32_t id;
     float logprob;
@@ -91,6 +92,8 @@ typedef struct srv_job {
     qvl_gen_params gp;
     char **stops;
     int n_stop;
+    int32_t *bias_ids; /* logit_bias (gp points at these) */
+    float *bias_vals;
     /* state (pool lock) */
     pthread_cond_t cond;
     srv_job_state state;

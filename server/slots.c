@@ -78,6 +78,8 @@ static void job_free(srv_job *j) {
     free(j->stops);
     free(j->text);
     free(j->lp);
+    free(j->bias_ids);
+    free(j->bias_vals);
     pthread_cond_destroy(&j->cond);
     free(j);
 }

@@ -110,6 +110,17 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
                      QVL_MAX_TOP_LOGPROBS);
         return QVL_E_INVAL;
     }
+    if (p->n_bias < 0 || (p->n_bias > 0 && (!p->bias_ids || !p->bias_values))) {
+        qvl_ctx_setf(c, "generate: bad logit bias list");
+        return QVL_E_INVAL;
+    }
+    for (int i = 0; i < p->n_bias; i++)
+        if (p->bias_ids[i] < 0 || p->bias_ids[i] >= V || !isfinite(p->bias_values[i])) {
+            qvl_ctx_setf(c, "generate: logit bias %d: id %d outside the vocabulary (%d) or value "
+                            "not finite",
+                         i, (int)p->bias_ids[i], (int)V);
+            return QVL_E_INVAL;
+        }
     const int n_top = p->logprobs ? (p->top_logprobs < V ? p->top_logprobs : V) : 0;
     qvl_sampler *smp = NULL;
     qvl_stop *stop = NULL;
@@ -159,6 +170,8 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
     size_t n_gen = 0;
     for (;;) {
         memcpy(lg, c->logits, (size_t)V * sizeof(float));
+        for (int i = 0; i < p->n_bias; i++)
+            lg[p->bias_ids[i]] += p->bias_values[i];
         int32_t id = -1;
         s = qvl_sampler_sample(smp, lg, &id);
         if (s != QVL_OK) {

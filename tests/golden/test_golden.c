@@ -1017,6 +1017,40 @@ static void logprobs_case(void) {
     CHECK(r.n_tokens == 4 && seen.n == 4 && seen.index_ok && !r.logprobs && seen.lp[0] == 0 &&
           !memcmp(seen.ids, gen_ref, 4 * sizeof *gen_ref));
     qvl_gen_result_free(&r);
+
+    /* logit bias: -100 on the golden first token gives the runner-up; +100 on a token makes
+     * every step choose it; the reported log-probabilities stay the raw ones */
+    int32_t bid = gen_ref[0];
+    float bval = -100;
+    gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.repetition_penalty = 1;
+    gp.max_new_tokens = 3;
+    gp.logprobs = 1;
+    gp.bias_ids = &bid;
+    gp.bias_values = &bval;
+    gp.n_bias = 1;
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK);
+    CHECK(r.n_tokens == 3 && r.tokens[0] == 35738 &&
+          fabs(r.logprobs[0] - (first[35738] - lse)) < 1e-5);
+    qvl_gen_result_free(&r);
+    bid = 19127;
+    bval = 100;
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK);
+    CHECK(r.n_tokens == 3 && r.tokens[0] == bid && r.tokens[1] == bid && r.tokens[2] == bid &&
+          fabs(r.logprobs[0] - (first[bid] - lse)) < 1e-5);
+    qvl_gen_result_free(&r);
+    bid = nv;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL);
+    bid = 5;
+    bval = NAN;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL);
+    gp.n_bias = -1;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_E_INVAL);
     free(first);
     qvl_ctx_free(c);
     free(ids);

@@ -120,6 +120,9 @@ mkbody "$IMGS/rgb_64x64.png" $NTOK ',"logprobs":true,"top_logprobs":3,"stream":t
 curl -s -N --max-time 60 -o "$T/lpsse" -H "Authorization: Bearer $KEY" --data-binary @"$T/blps.json" "$U/v1/chat/completions"
 js sse <"$T/lpsse" >"$T/lpsse.json"
 ok "logprobs streamed = not streamed" "$([ "$(jget 'd.ok' <"$T/lpsse.json")" = true ] && [ "$(jget 'd.logprobs' <"$T/lpsse.json")" = "$(jget 'd.choices[0].logprobs.content' <"$T/rlp")" ]; echo $?)"
+mkbody "$IMGS/rgb_64x64.png" 3 ',"logprobs":true,"logit_bias":{"19127":100}' >"$T/blb.json"
+code=$(req "$T/rlb" "$U/v1/chat/completions" --data-binary @"$T/blb.json")
+ok "logit_bias +100 forces a token" "$([ "$code" = 200 ] && [ "$(jget 'const c=d.choices[0].logprobs.content; c.length===3 && c.every(x=>x.token===c[0].token) && d.choices[0].message.content===c[0].token.repeat(3)' <"$T/rlb")" = true ]; echo $?)" "$code $(head -c 300 "$T/rlb")"
 ok "no logprobs: null" "$([ "$(jget 'd.choices[0].logprobs' <"$T/r1")" = null ]; echo $?)"
 
 # resample: the request field gives what qvl run --resample gives

@@ -239,7 +239,13 @@ static void test_requests(void) {
         "{\"logprobs\":\"yes\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
         "{\"response_format\":{\"type\":\"json_object\"},\"messages\":[{\"role\":\"user\","
         "\"content\":\"x\"}]}",
-        "{\"logit_bias\":{\"42\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"x\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"-1\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"42\":101},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"42\":\"5\"},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"151936\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":{\"42x\":5},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"logit_bias\":[5],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
         "{\"functions\":[],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -258,6 +264,14 @@ static void test_requests(void) {
                  "\"content\":\"x\"}]}",
                  &j, msg, sizeof msg);
     CHECKF(st == 200 && j && j->gp.logprobs && j->gp.top_logprobs == 20, "logprobs: %s", msg);
+    srv_job_release(NULL, j);
+    st = prepare("{\"logit_bias\":{\"42\":-100,\"7\":2.5},\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"x\"}]}",
+                 &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->gp.n_bias == 2 && j->gp.bias_ids[0] == 42 &&
+               j->gp.bias_values[0] == -100 && j->gp.bias_ids[1] == 7 &&
+               j->gp.bias_values[1] == 2.5f,
+           "logit_bias: %s", msg);
     srv_job_release(NULL, j);
     /* arguments as an object are written in the template's tojson form */
     st = prepare("{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{"
