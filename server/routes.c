@@ -294,6 +294,7 @@ typedef struct chat_build {
     size_t n_calls;
     char **tools; /* the offered tools' JSON (malloc'd) */
     size_t n_tools;
+    char *forced; /* a forced tool_choice: the start of the call the answer begins with */
     qvl_image *images[SRV_MAX_IMAGES];
     uint8_t *bytes[SRV_MAX_IMAGES];
     size_t len[SRV_MAX_IMAGES];
@@ -518,15 +519,29 @@ static int read_tool_calls(chat_build *cb, const cJSON *tc, size_t mi, char *msg
 static int read_tools(const cJSON *root, chat_build *cb, char *msg, size_t ml) {
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
     const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    bool none = false;
+    bool none = false, required = false;
+    const char *named = NULL; /* {"type": "function", "function": {"name": ...}} */
     if (choice && !cJSON_IsNull(choice)) {
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(choice, "type");
+        const cJSON *cn = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(choice, "function"), "name");
         if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "none")) {
             none = true;
+        } else if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required")) {
+            required = true;
+        } else if (cJSON_IsObject(choice) && cJSON_IsString(ct) &&
+                   !strcmp(ct->valuestring, "function") && cJSON_IsString(cn)) {
+            named = cn->valuestring;
         } else if (!cJSON_IsString(choice) || strcmp(choice->valuestring, "auto")) {
-            fmt(msg, ml, "'tool_choice' must be \"auto\" or \"none\" (forced tool calls are not "
-                         "supported)");
+            fmt(msg, ml, "'tool_choice' must be \"auto\", \"none\", \"required\" or "
+                         "{\"type\": \"function\", \"function\": {\"name\": ...}}");
             return 400;
         }
+    }
+    if ((required || named) &&
+        (!cJSON_IsArray(tools) || cJSON_GetArraySize(tools) == 0)) {
+        fmt(msg, ml, "'tool_choice' %s needs 'tools'", named ? "naming a function" : "required");
+        return 400;
     }
     if (!tools || cJSON_IsNull(tools))
         return 200;
@@ -553,8 +568,38 @@ static int read_tools(const cJSON *root, chat_build *cb, char *msg, size_t ml) {
         }
         k++;
     }
+    if (named) {
+        bool found = false;
+        cJSON_ArrayForEach(t, tools) {
+            const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+            found |= !strcmp(cJSON_GetObjectItemCaseSensitive(f, "name")->valuestring, named);
+        }
+        if (!found) {
+            fmt(msg, ml, "'tool_choice' names '%.64s', which is not among 'tools'", named);
+            return 400;
+        }
+    }
     if (none || n == 0)
         return 200;
+    /* A forced choice starts the answer with the call, as the template writes calls:
+     * "<tool_call>\n" (required), then '{"name": "NAME", "arguments": ' (named). */
+    if (required || named) {
+        cJSON *js = named ? cJSON_CreateString(named) : NULL;
+        char *qn = js ? cJSON_PrintUnformatted(js) : NULL;
+        cJSON_Delete(js);
+        size_t cap = 64 + (qn ? strlen(qn) : 0);
+        cb->forced = malloc(cap);
+        if (!cb->forced || (named && !qn)) {
+            free(qn);
+            fmt(msg, ml, "out of memory");
+            return 500;
+        }
+        if (named)
+            snprintf(cb->forced, cap, "<tool_call>\n{\"name\": %s, \"arguments\": ", qn);
+        else
+            snprintf(cb->forced, cap, "<tool_call>\n");
+        free(qn);
+    }
     cb->tools = calloc(n, sizeof *cb->tools);
     if (!cb->tools) {
         fmt(msg, ml, "out of memory");
@@ -884,6 +929,29 @@ int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
         st = qs == QVL_E_NOMEM ? 500 : 400;
         goto out;
     }
+    if (cb.forced) { /* the answer's forced beginning: in the prompt, and in the job's text */
+        int32_t *fi = NULL, *all = NULL;
+        size_t nf = 0;
+        size_t fl = strlen(cb.forced);
+        qs = qvl_tokenize(S->model, cb.forced, fl, &fi, &nf);
+        if (qs == QVL_OK)
+            all = realloc(ids, (n_ids + nf) * sizeof *ids);
+        if (all) {
+            memcpy(all + n_ids, fi, nf * sizeof *fi);
+            ids = all;
+            n_ids += nf;
+            j->text = cb.forced;
+            j->text_n = fl;
+            j->text_cap = fl + 1;
+            cb.forced = NULL;
+        }
+        qvl_free(fi);
+        if (!all) {
+            fmt(msg, ml, "out of memory");
+            st = 500;
+            goto out;
+        }
+    }
     /* <|video_pad|> typed into the text would take a video's place */
     uint64_t want_vp = 0, got_vp = 0;
     for (size_t i = 0; i < cb.n_videos; i++) {
@@ -956,6 +1024,7 @@ out:
     for (size_t i = 0; i < cb.n_tools; i++)
         free(cb.tools[i]);
     free(cb.tools);
+    free(cb.forced);
     qvl_free(ids);
     srv_job_release(NULL, j);
     cJSON_Delete(root);

@@ -204,6 +204,79 @@ static void test_requests(void) {
     st = prepare("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &j, msg, sizeof msg);
     CHECK(st == 200 && j && !j->tools && j->n_ids == n_none);
     srv_job_release(NULL, j);
+    /* forced choices: the answer starts with the call; "required" with "<tool_call>\n", a named
+     * function with its name too. The prompt is the "auto" prompt plus that text's tokens, the
+     * job's text starts with it, and a completed call parses as the function's */
+    snprintf(body, sizeof body, "{%s,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+             tools);
+    st = prepare(body, &j, msg, sizeof msg);
+    CHECK(st == 200 && j && j->tools && j->text_n == 0);
+    size_t n_auto = j ? j->n_ids : 0;
+    int32_t *auto_ids = j ? malloc(n_auto * sizeof *auto_ids) : NULL;
+    if (auto_ids)
+        memcpy(auto_ids, j->ids, n_auto * sizeof *auto_ids);
+    srv_job_release(NULL, j);
+    const char *forced[2] = {"\"required\"",
+                             "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}"};
+    const char *prefix[2] = {"<tool_call>\n", "<tool_call>\n{\"name\": \"get_weather\", "
+                                              "\"arguments\": "};
+    const char *rest[2] = {"{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n"
+                           "</tool_call>",
+                           "{\"city\": \"Oslo\"}}\n</tool_call>"};
+    for (int f = 0; f < 2; f++) {
+        snprintf(body, sizeof body,
+                 "{%s,\"tool_choice\":%s,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                 tools, forced[f]);
+        st = prepare(body, &j, msg, sizeof msg);
+        CHECKF(st == 200 && j && j->tools, "forced %d: %d %s", f, st, msg);
+        if (!j || st != 200)
+            continue;
+        int32_t *pi = NULL;
+        size_t np = 0;
+        CHECK(qvl_tokenize(g_S.model, prefix[f], strlen(prefix[f]), &pi, &np) == QVL_OK);
+        CHECK(auto_ids && j->n_ids == n_auto + np && !memcmp(j->ids, auto_ids, n_auto * 4) &&
+              !memcmp(j->ids + n_auto, pi, np * 4));
+        qvl_free(pi);
+        CHECK(j->text_n == strlen(prefix[f]) && !memcmp(j->text, prefix[f], j->text_n));
+        /* the stream sends nothing of it as content while the job runs */
+        cJSON *calls = NULL;
+        CHECK(srv_stream_avail(j, 0, false, &calls) == 0 && !calls);
+        size_t rl = strlen(rest[f]);
+        char *t = realloc(j->text, j->text_n + rl + 1);
+        if (t) {
+            memcpy(t + j->text_n, rest[f], rl + 1);
+            j->text = t;
+            j->text_n += rl;
+            j->finish = QVL_FINISH_STOP;
+            char *js = srv_completion_json(&g_S, "chatcmpl-x", 1, j);
+            cJSON *r = cJSON_Parse(js);
+            const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(c, "message");
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"), 0),
+                "function");
+            CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(m, "content")));
+            CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "name")) &&
+                  !strcmp(cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring,
+                          "get_weather") &&
+                  !strcmp(cJSON_GetObjectItemCaseSensitive(fn, "arguments")->valuestring,
+                          "{\"city\":\"Oslo\"}"));
+            CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(c, "finish_reason")->valuestring,
+                          "tool_calls"));
+            cJSON_Delete(r);
+            free(js);
+        }
+        srv_job_release(NULL, j);
+    }
+    free(auto_ids);
+    /* a named function that is not offered; a forced choice without tools */
+    snprintf(body, sizeof body,
+             "{%s,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"nope\"}},"
+             "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+             tools);
+    msg[0] = 0;
+    st = prepare(body, &j, msg, sizeof msg);
+    CHECKF(st == 400 && !j && strstr(msg, "nope"), "unknown forced function: %d %s", st, msg);
     /* "developer" is "system" */
     st = prepare("{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":"
                  "\"user\",\"content\":\"x\"}]}",
