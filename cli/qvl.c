@@ -73,7 +73,7 @@ typedef struct opts {
     double temp, top_p, min_p, rep, presence, frequency;
     long min_pixels, max_pixels;
     qvl_resample resample;
-    unsigned image_flags; /* QVL_IMAGE_IGNORE_EXIF */
+    unsigned image_flags; /* QVL_IMAGE_IGNORE_EXIF, QVL_IMAGE_DROP_ALPHA */
     bool json, ignore_eos, skip_special;
     int quant;
     qvl_kv_type kv;
@@ -182,6 +182,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
             NUM(max_pixels, 1, 1L << 40);
         } else if (!strcmp(a, "--ignore-exif")) {
             o->image_flags |= QVL_IMAGE_IGNORE_EXIF;
+        } else if (!strcmp(a, "--drop-alpha")) {
+            o->image_flags |= QVL_IMAGE_DROP_ALPHA;
         } else if (!strcmp(a, "--resample")) {
             NEED_ARG();
             const char *v = argv[++i];
@@ -1088,7 +1090,7 @@ static void usage(void) {
             "             [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
             "             [--presence-penalty P] [--frequency-penalty P] [--seed S] [--stop S]\n"
             "             [--ignore-eos] [--min-pixels N] [--max-pixels N] [-t THREADS] [-c CTX]\n"
-            "             [--resample pil|torchvision] [--ignore-exif]\n"
+            "             [--resample pil|torchvision] [--ignore-exif] [--drop-alpha]\n"
             "             [--json [--top-logits K] [--logprobs K]] [-q] [--quant q8|q4]\n"
             "             [--kv f32|bf16|f16]\n"
             "             [--bf16-dot] [--load auto|mmap|copy] [--quant-cache] [--quant-vision]\n"
@@ -1115,7 +1117,9 @@ static void usage(void) {
             "    PIL processor, qwen-vl-utils) or torchvision (the Fast and video processors);\n"
             "    default pil for images, torchvision for videos.\n"
             "  --ignore-exif: keep images as stored instead of turning them upright by their EXIF\n"
-            "    orientation (as transformers' load_image does).\n"
+            "    orientation (as transformers' load_image does).\n"            "  --drop-alpha: an RGBA image keeps its stored colours where it is transparent (as\n"
+            "    transformers' convert(\"RGB\") does) instead of being composited onto white (as\n"
+            "    qwen-vl-utils and vLLM do).\n"
             "  --bf16-dot: prefill and vision multiply bf16-rounded activations (AVX-512 BF16,\n"
             "  about 2x faster there; logits move by ~1e-2 relative).\n"
             "  --load: auto (default) uses the weight files in place where the kernel maps them\n"

@@ -175,6 +175,11 @@ QVL_API qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max
  * transformers' load_image does for paths, URLs and base64 strings (PIL's exif_transpose);
  * ignoring it matches PIL images handed to the processor directly, and qwen-vl-utils. */
 #define QVL_IMAGE_IGNORE_EXIF 1u
+/* Transparency: an RGBA image (PNG colour type 6, WebP with alpha) is composited onto white by
+ * default, as qwen-vl-utils and vLLM do; QVL_IMAGE_DROP_ALPHA keeps its stored colours instead,
+ * as transformers' load_image / convert("RGB") does. Palette and gray transparency is always
+ * ignored (all three convert those modes with PIL's convert("RGB")). */
+#define QVL_IMAGE_DROP_ALPHA 2u
 QVL_API qvl_status qvl_image_load_file_ex(const char *path, uint64_t max_pixels, unsigned flags,
                                           qvl_image **out, char *err, size_t err_len);
 QVL_API qvl_status qvl_image_load_mem_ex(const void *data, size_t len, uint64_t max_pixels,
@@ -252,7 +257,8 @@ typedef struct qvl_video_opts {
     uint64_t max_decoded_pixels; /* video files: 0 no budget; else sampled frames x width x
                                     height must fit, checked before decoding (QVL_E_LIMIT) */
     qvl_resample resample; /* DEFAULT = TORCHVISION; any other value: QVL_E_INVAL */
-    unsigned image_flags;  /* frame directories: QVL_IMAGE_IGNORE_EXIF as for images */
+    unsigned image_flags;  /* frame directories: QVL_IMAGE_IGNORE_EXIF / DROP_ALPHA as for
+                              images */
 } qvl_video_opts;
 
 /* A video file (decoded with FFmpeg, only the sampled frames) or a directory of frame images

@@ -613,14 +613,15 @@ static void serve_usage(void) {
             "                 [--max-body-bytes N] [--allow-local-files DIR] [--timeout SEC]\n"
             "                 [--max-connections N] [--alias NAME] [--quant q8|q4|none]\n"
             "                 [--kv f32|bf16|f16] [--bf16-dot] [--load auto|mmap|copy] [--quant-cache]\n"
-            "                 [--quant-vision] [--ignore-exif]\n"
+            "                 [--quant-vision] [--ignore-exif] [--drop-alpha]\n"
             "  -t is per slot (default: CPUs / slots); --ctx is per slot (default 4096);\n"
             "  --max-image-pixels caps the decoded pixels of all images of one request\n"
             "  (default 16777216); --max-body-bytes defaults to 32 MiB; --timeout (idle\n"
             "  connections, default 30 s).\n"
             "  --queue: requests that may wait for a slot (default 16); --port 0 picks a port.\n"
             "  --ignore-exif keeps images as stored (default: turned upright by their EXIF\n"
-            "  orientation, as transformers' load_image does).\n"
+            "  orientation, as transformers' load_image does).\n"            "  --drop-alpha: RGBA images keep their stored colours (as transformers does)\n"
+            "  instead of being composited onto white (as qwen-vl-utils and vLLM do).\n"
             "  The API key may also come from the QVL_API_KEY environment variable.\n");
 }
 
@@ -717,6 +718,8 @@ static int parse_args(int argc, char **argv, srv_opts *o) {
             o->max_body = (size_t)n;
         } else if (!strcmp(a, "--ignore-exif")) {
             o->image_flags |= QVL_IMAGE_IGNORE_EXIF;
+        } else if (!strcmp(a, "--drop-alpha")) {
+            o->image_flags |= QVL_IMAGE_DROP_ALPHA;
         } else if (!strcmp(a, "--allow-local-files")) {
             NEED();
             o->allow_dir = v;

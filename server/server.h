@@ -40,7 +40,7 @@ typedef struct srv_opts {
     int max_conns;
     int quant;
     uint64_t max_image_pixels; /* decoded pixels of all images of one request */
-    unsigned image_flags;      /* QVL_IMAGE_IGNORE_EXIF (--ignore-exif) */
+    unsigned image_flags;      /* QVL_IMAGE_IGNORE_EXIF (--ignore-exif), DROP_ALPHA */
     size_t max_body;
 } srv_opts;
 

@@ -34,6 +34,7 @@ static qvl_img_limits limits(uint64_t max_pixels, unsigned flags) {
     if (max_pixels)
         l.max_pixels = max_pixels;
     l.ignore_exif = (flags & QVL_IMAGE_IGNORE_EXIF) != 0;
+    l.drop_alpha = (flags & QVL_IMAGE_DROP_ALPHA) != 0;
     return l;
 }
 

@@ -29,6 +29,7 @@ qvl_img_limits qvl_img_limits_default(void) {
     l.max_pixels = QVL_IMG_DEFAULT_MAX_PIXELS;
     l.max_aspect = QVL_IMG_DEFAULT_MAX_ASPECT;
     l.ignore_exif = false;
+    l.drop_alpha = false;
     return l;
 }
 
@@ -454,17 +455,20 @@ static void png_run(struct png_job *j) {
     j->st = check_dims("PNG", w, h, j->lim, j->msg, sizeof j->msg);
     if (j->st != QVL_OK)
         return;
-    if (depth == 16)
-        png_set_strip_16(j->png); /* keep the high byte: value >> 8 */
+    /* As PIL opens and converts to RGB: 16-bit samples keep their high byte ("RGB;16B",
+     * "LA;16B"), except 16-bit gray, which PIL holds as I;16 and clips to 255 on conversion;
+     * transparency (palette or gray tRNS, gray + alpha) is dropped, since PIL's convert("RGB")
+     * of P, L and LA ignores it; only RGBA (PIL mode "RGBA") is composited onto white, as
+     * qwen-vl-utils and vLLM do, or dropped with drop_alpha, as transformers does. */
+    const bool clip16 = depth == 16 && ctype == PNG_COLOR_TYPE_GRAY;
+    if (depth == 16 && !clip16)
+        png_set_strip_16(j->png);
     if (ctype == PNG_COLOR_TYPE_PALETTE)
         png_set_palette_to_rgb(j->png);
     if (ctype == PNG_COLOR_TYPE_GRAY && depth < 8)
         png_set_expand_gray_1_2_4_to_8(j->png);
-    /* tRNS: honoured for palette and gray (PIL's convert("RGBA") does), ignored on truecolour
-     * (transformers keeps RGB images as they are) */
-    if ((ctype == PNG_COLOR_TYPE_PALETTE || ctype == PNG_COLOR_TYPE_GRAY) &&
-        png_get_valid(j->png, j->info, PNG_INFO_tRNS))
-        png_set_tRNS_to_alpha(j->png);
+    if (ctype != PNG_COLOR_TYPE_RGB_ALPHA || j->lim->drop_alpha)
+        png_set_strip_alpha(j->png); /* also keeps palette_to_rgb from expanding tRNS */
     if (ctype == PNG_COLOR_TYPE_GRAY || ctype == PNG_COLOR_TYPE_GRAY_ALPHA)
         png_set_gray_to_rgb(j->png);
     if (interlace != PNG_INTERLACE_NONE)
@@ -472,13 +476,14 @@ static void png_run(struct png_job *j) {
     png_read_update_info(j->png, j->info);
     int ch = png_get_channels(j->png, j->info);
     size_t rowbytes = png_get_rowbytes(j->png, j->info);
-    if ((ch != 3 && ch != 4) || png_get_bit_depth(j->png, j->info) != 8 ||
-        rowbytes != (size_t)w * (size_t)ch) {
+    const size_t bps = clip16 ? 2 : 1; /* bytes per sample */
+    if ((ch != 3 && ch != 4) || png_get_bit_depth(j->png, j->info) != (clip16 ? 16 : 8) ||
+        rowbytes != (size_t)w * (size_t)ch * bps) {
         j->st = QVL_E_UNSUPPORTED;
         snprintf(j->msg, sizeof j->msg, "PNG: unsupported pixel layout (%d channels)", ch);
         return;
     }
-    j->pix = qvl_malloc((size_t)w * h * (size_t)ch);
+    j->pix = qvl_malloc((size_t)w * h * (size_t)ch * bps);
     j->rows = qvl_malloc((size_t)h * sizeof *j->rows);
     if (!j->pix || !j->rows) {
         j->st = QVL_E_NOMEM;
@@ -489,6 +494,16 @@ static void png_run(struct png_job *j) {
     for (png_uint_32 y = 0; y < h; y++)
         j->rows[y] = j->pix + (size_t)y * rowbytes;
     png_read_image(j->png, j->rows);
+    if (clip16) { /* big-endian samples, min(v, 255), in place (the output never overtakes) */
+        size_t n = (size_t)w * h * (size_t)ch;
+        for (size_t i = 0; i < n; i++) {
+            unsigned v = ((unsigned)j->pix[2 * i] << 8) | j->pix[2 * i + 1];
+            j->pix[i] = (uint8_t)(v > 255 ? 255 : v);
+        }
+        uint8_t *p = qvl_realloc(j->pix, n);
+        if (p)
+            j->pix = p;
+    }
     if (ch == 4) {
         rgba_to_rgb_white(j->pix, (size_t)w * h);
         uint8_t *p = qvl_realloc(j->pix, (size_t)w * h * 3);
@@ -588,21 +603,22 @@ static qvl_status decode_webp(const uint8_t *buf, size_t len, const qvl_img_limi
         return st;
     size_t w = (size_t)f.width;
     size_t h = (size_t)f.height;
-    int ch = f.has_alpha ? 4 : 3;
+    const bool alpha = f.has_alpha && !lim->drop_alpha; /* else the stored colours */
+    int ch = alpha ? 4 : 3;
     size_t n = w * h * (size_t)ch;
     uint8_t *pix = qvl_malloc(n);
     if (!pix) {
         qvl_errf(err, err_len, "WebP: out of memory for %zux%zu pixels", w, h);
         return QVL_E_NOMEM;
     }
-    uint8_t *r = f.has_alpha ? WebPDecodeRGBAInto(buf, len, pix, n, (int)(w * 4))
-                             : WebPDecodeRGBInto(buf, len, pix, n, (int)(w * 3));
+    uint8_t *r = alpha ? WebPDecodeRGBAInto(buf, len, pix, n, (int)(w * 4))
+                       : WebPDecodeRGBInto(buf, len, pix, n, (int)(w * 3));
     if (!r) {
         qvl_free(pix);
         qvl_errf(err, err_len, "WebP: corrupt or truncated data");
         return QVL_E_FORMAT;
     }
-    if (f.has_alpha) {
+    if (alpha) {
         rgba_to_rgb_white(pix, w * h);
         uint8_t *p = qvl_realloc(pix, w * h * 3);
         if (p)

@@ -21,6 +21,8 @@ typedef struct qvl_img_limits {
     uint64_t max_pixels; /* w*h above this: QVL_E_LIMIT (0 = no limit) */
     double max_aspect;   /* max(w,h)/min(w,h) above this: QVL_E_LIMIT (<= 0: no limit) */
     bool ignore_exif;    /* keep the stored pixel order, whatever the EXIF Orientation says */
+    bool drop_alpha;     /* RGBA: keep the stored colours (transformers' convert("RGB")) instead
+                            of compositing onto white (qwen-vl-utils, vLLM) */
 } qvl_img_limits;
 
 #define QVL_IMG_DEFAULT_MAX_PIXELS ((uint64_t)64 * 1024 * 1024)

@@ -291,6 +291,7 @@ static qvl_status load_dir(const qvl_model *m, const char *path, double frames_f
         }
         qvl_img_limits lim = qvl_img_limits_default();
         lim.ignore_exif = o && (o->image_flags & QVL_IMAGE_IGNORE_EXIF);
+        lim.drop_alpha = o && (o->image_flags & QVL_IMAGE_DROP_ALPHA);
         s = qvl_img_decode_file(names[v->indices[i]], &lim, &v->frames[i], err, err_len);
     }
     if (s == QVL_OK)

@@ -63,6 +63,13 @@ echo "$out" | grep -q '"resized_width":128,"resized_height":32' && ok || bad "--
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample pil --out "$T/fp.bin" && cmp -s "$T/f.bin" "$T/fp.bin" && ok || bad "encode --resample pil differs from the default"
 "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample torchvision --out "$T/ft.bin" && ! cmp -s "$T/f.bin" "$T/ft.bin" && ok || bad "encode --resample torchvision equals pil"
 expect_fail "$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --resample bilinear --out "$T/fx.bin"
+# transparency: an RGBA PNG (half-transparent red) is composited onto white by default and keeps
+# its stored colours with --drop-alpha; an opaque RGB image is the same either way
+"$BIN" encode -m "$M" "$S/images/rgb_400x300.png" --drop-alpha --out "$T/fd.bin" && cmp -s "$T/f.bin" "$T/fd.bin" && ok || bad "encode --drop-alpha changed an opaque image"
+if command -v ffmpeg >/dev/null; then
+    ffmpeg -loglevel error -f lavfi -i "color=c=red@0.5:s=64x64,format=rgba" -frames:v 1 "$T/rgba.png"
+    "$BIN" encode -m "$M" "$T/rgba.png" --out "$T/fa1.bin" && "$BIN" encode -m "$M" "$T/rgba.png" --drop-alpha --out "$T/fa2.bin" && ! cmp -s "$T/fa1.bin" "$T/fa2.bin" && ok || bad "encode --drop-alpha equals the composited image"
+fi
 # stop string: the stop text is not emitted
 full=$("$BIN" run -m "$S/model" -p "Hi" -n 8 --temp 0 --json | sed 's/.*"text":"\([^"]*\)".*/\1/')
 # streaming text output equals the JSON text

@@ -1020,21 +1020,42 @@ static void test_gray_alpha(void) {
     CHECK(im.data && bad == 0);
     qvl_rgb_free(&im);
     free(m.p);
-    /* 16-bit gray: high byte */
+    /* 16-bit gray: PIL holds it as I;16 and clips to 255 when converting to RGB (values 0..299
+     * and a few large ones) */
     uint8_t g16[PH * PW * 2];
     for (int i = 0; i < PH * PW; i++) {
-        g16[2 * i] = g8[i];
-        g16[2 * i + 1] = (uint8_t)(255 - g8[i]);
+        unsigned v = i % 7 == 6 ? 40000u + (unsigned)i : (unsigned)(i % 300);
+        g16[2 * i] = (uint8_t)(v >> 8);
+        g16[2 * i + 1] = (uint8_t)v;
     }
     m = write_png(PW, PH, PNG_COLOR_TYPE_GRAY, 16, PNG_INTERLACE_NONE, g16, PW * 2, NULL, 0, NULL,
                   0);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
     bad = 0;
-    for (int i = 0; i < PH * PW && im.data; i++)
-        bad += im.data[3 * i] != g8[i] || im.data[3 * i + 2] != g8[i];
-    CHECK(im.data && bad == 0);
+    for (int i = 0; i < PH * PW && im.data; i++) {
+        unsigned v = ((unsigned)g16[2 * i] << 8) | g16[2 * i + 1];
+        uint8_t want = (uint8_t)(v > 255 ? 255 : v);
+        bad += im.data[3 * i] != want || im.data[3 * i + 1] != want || im.data[3 * i + 2] != want;
+    }
+    CHECKF(im.data && bad == 0, "16-bit gray: %d pixels differ", bad);
     qvl_rgb_free(&im);
     free(m.p);
+    /* 16-bit RGB: the high byte of each sample ("RGB;16B") */
+    uint8_t *c16 = malloc((size_t)PW * PH * 6);
+    for (int i = 0; i < PW * PH * 3; i++) {
+        c16[2 * i] = (uint8_t)(i * 13);
+        c16[2 * i + 1] = (uint8_t)(i * 7 + 3);
+    }
+    m = write_png(PW, PH, PNG_COLOR_TYPE_RGB, 16, PNG_INTERLACE_NONE, c16, PW * 6, NULL, 0, NULL,
+                  0);
+    CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
+    bad = 0;
+    for (int i = 0; i < PH * PW * 3 && im.data; i++)
+        bad += im.data[i] != c16[2 * i];
+    CHECKF(im.data && bad == 0, "16-bit RGB: %d samples differ", bad);
+    qvl_rgb_free(&im);
+    free(m.p);
+    free(c16);
     /* 2-bit gray: 0, 85, 170, 255 */
     uint8_t g2[4] = {0x1B, 0x1B, 0x1B, 0x1B}; /* 00 01 10 11 per byte, 16 pixels x 1 row */
     m = write_png(16, 1, PNG_COLOR_TYPE_GRAY, 2, PNG_INTERLACE_NONE, g2, 4, NULL, 0, NULL, 0);
@@ -1062,6 +1083,16 @@ static void test_gray_alpha(void) {
             bad += im.data[3 * i + k] != white_over(rgba[4 * i + k], rgba[4 * i + 3]);
     CHECKF(im.data && bad == 0, "%d composited values differ", bad);
     qvl_rgb_free(&im);
+    /* drop_alpha: the stored colours */
+    qvl_img_limits drop = qvl_img_limits_default();
+    drop.drop_alpha = true;
+    CHECK(qvl_img_decode_mem(m.p, m.n, &drop, &im, err, sizeof err) == QVL_OK);
+    bad = 0;
+    for (int i = 0; i < 256 * 256 && im.data; i++)
+        for (int k = 0; k < 3; k++)
+            bad += im.data[3 * i + k] != rgba[4 * i + k];
+    CHECKF(im.data && bad == 0, "%d values differ with drop_alpha", bad);
+    qvl_rgb_free(&im);
     free(m.p);
     /* the same RGBA as lossless WebP */
     uint8_t *wp = NULL;
@@ -1074,6 +1105,14 @@ static void test_gray_alpha(void) {
             bad += im.data[3 * i + k] != white_over(rgba[4 * i + k], rgba[4 * i + 3]);
     CHECKF(im.data && bad == 0, "%d WebP composited values differ", bad);
     qvl_rgb_free(&im);
+    CHECK(qvl_img_decode_mem(m.p, m.n, &drop, &im, err, sizeof err) == QVL_OK);
+    bad = 0;
+    for (int i = 0; i < 256 * 256 && im.data; i++)
+        for (int k = 0; k < 3; k++)
+            bad += rgba[4 * i + 3] && im.data[3 * i + k] != rgba[4 * i + k];
+    /* (the encoder may change colours under alpha 0) */
+    CHECKF(im.data && bad == 0, "%d WebP values differ with drop_alpha", bad);
+    qvl_rgb_free(&im);
     free(m.p);
     /* lossy WebP with alpha: fully transparent rows come out white */
     wn = WebPEncodeRGBA(rgba, 256, 256, 1024, 90, &wp);
@@ -1083,25 +1122,27 @@ static void test_gray_alpha(void) {
           im.data[3 * 255 + 2] == 255);
     qvl_rgb_free(&im);
     free(m.p);
-    /* gray + alpha */
+    /* gray + alpha (PIL "LA") and palette + tRNS ("P"): PIL's
+     * convert("RGB"), which qwen-vl-utils, vLLM and transformers all use for these modes,
+     * ignores the transparency */
     uint8_t ga[8] = {10, 0, 10, 255, 200, 128, 0, 51};
     m = write_png(4, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 8, PNG_INTERLACE_NONE, ga, 8, NULL, 0, NULL, 0);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
-    CHECK(im.data && im.data[0] == 255 && im.data[3] == 10 && im.data[6] == white_over(200, 128) &&
-          im.data[9] == white_over(0, 51) && im.data[10] == im.data[9]);
+    CHECK(im.data && im.data[0] == 10 && im.data[3] == 10 && im.data[6] == 200 &&
+          im.data[9] == 0 && im.data[10] == 0 && im.data[11] == 0);
     qvl_rgb_free(&im);
     free(m.p);
-    /* palette + tRNS */
     png_color pal[3] = {{255, 0, 0}, {0, 255, 0}, {0, 0, 255}};
     uint8_t trns[2] = {0, 128};
     uint8_t pidx[3] = {0, 1, 2};
     m = write_png(3, 1, PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, pidx, 3, pal, 3, trns, 2);
     CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
-    CHECK(im.data && im.data[0] == 255 && im.data[1] == 255 && im.data[2] == 255 &&
-          im.data[3] == white_over(0, 128) && im.data[4] == 255 && im.data[6] == 0 &&
+    CHECK(im.data && im.data[0] == 255 && im.data[1] == 0 && im.data[2] == 0 &&
+          im.data[3] == 0 && im.data[4] == 255 && im.data[5] == 0 && im.data[6] == 0 &&
           im.data[8] == 255);
     qvl_rgb_free(&im);
     free(m.p);
+
     free(rgba);
 }
 
