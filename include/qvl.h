@@ -175,7 +175,8 @@ QVL_API qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max
  * transformers' load_image does for paths, URLs and base64 strings (PIL's exif_transpose);
  * ignoring it matches PIL images handed to the processor directly, and qwen-vl-utils. */
 #define QVL_IMAGE_IGNORE_EXIF 1u
-/* Transparency: an RGBA image (PNG colour type 6, WebP with alpha) is composited onto white by
+/* Transparency: an RGBA image (as PIL opens them: PNG colour type 6, 16-bit gray + alpha, WebP
+ * with alpha) is composited onto white by
  * default, as qwen-vl-utils and vLLM do; QVL_IMAGE_DROP_ALPHA keeps its stored colours instead,
  * as transformers' load_image / convert("RGB") does. Palette and gray transparency is always
  * ignored (all three convert those modes with PIL's convert("RGB")). */

@@ -457,8 +457,9 @@ static void png_run(struct png_job *j) {
         return;
     /* As PIL opens and converts to RGB: 16-bit samples keep their high byte ("RGB;16B",
      * "LA;16B"), except 16-bit gray, which PIL holds as I;16 and clips to 255 on conversion;
-     * transparency (palette or gray tRNS, gray + alpha) is dropped, since PIL's convert("RGB")
-     * of P, L and LA ignores it; only RGBA (PIL mode "RGBA") is composited onto white, as
+     * transparency (palette or gray tRNS, 8-bit gray + alpha) is dropped, since PIL's
+     * convert("RGB") of P, L and LA ignores it; only what PIL opens as RGBA is composited onto
+     * white, as
      * qwen-vl-utils and vLLM do, or dropped with drop_alpha, as transformers does. */
     const bool clip16 = depth == 16 && ctype == PNG_COLOR_TYPE_GRAY;
     if (depth == 16 && !clip16)
@@ -467,7 +468,10 @@ static void png_run(struct png_job *j) {
         png_set_palette_to_rgb(j->png);
     if (ctype == PNG_COLOR_TYPE_GRAY && depth < 8)
         png_set_expand_gray_1_2_4_to_8(j->png);
-    if (ctype != PNG_COLOR_TYPE_RGB_ALPHA || j->lim->drop_alpha)
+    /* PIL opens 16-bit gray + alpha as RGBA ("LA;16B"), 8-bit as LA */
+    const bool rgba = ctype == PNG_COLOR_TYPE_RGB_ALPHA ||
+                      (ctype == PNG_COLOR_TYPE_GRAY_ALPHA && depth == 16);
+    if (!rgba || j->lim->drop_alpha)
         png_set_strip_alpha(j->png); /* also keeps palette_to_rgb from expanding tRNS */
     if (ctype == PNG_COLOR_TYPE_GRAY || ctype == PNG_COLOR_TYPE_GRAY_ALPHA)
         png_set_gray_to_rgb(j->png);

@@ -1132,6 +1132,18 @@ static void test_gray_alpha(void) {
           im.data[9] == 0 && im.data[10] == 0 && im.data[11] == 0);
     qvl_rgb_free(&im);
     free(m.p);
+    /* 16-bit gray + alpha: PIL opens it as RGBA (high bytes), so it is composited */
+    uint8_t ga16[8] = {200, 1, 128, 9, 10, 0, 0, 0};
+    m = write_png(2, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 16, PNG_INTERLACE_NONE, ga16, 8, NULL, 0, NULL,
+                  0);
+    CHECK(qvl_img_decode_mem(m.p, m.n, NULL, &im, err, sizeof err) == QVL_OK);
+    CHECK(im.data && im.data[0] == white_over(200, 128) && im.data[2] == im.data[0] &&
+          im.data[3] == 255);
+    qvl_rgb_free(&im);
+    CHECK(qvl_img_decode_mem(m.p, m.n, &drop, &im, err, sizeof err) == QVL_OK);
+    CHECK(im.data && im.data[0] == 200 && im.data[3] == 10);
+    qvl_rgb_free(&im);
+    free(m.p);
     png_color pal[3] = {{255, 0, 0}, {0, 255, 0}, {0, 0, 255}};
     uint8_t trns[2] = {0, 128};
     uint8_t pidx[3] = {0, 1, 2};
