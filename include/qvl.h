@@ -176,10 +176,10 @@ QVL_API qvl_status qvl_image_load_mem(const void *data, size_t len, uint64_t max
  * ignoring it matches PIL images handed to the processor directly, and qwen-vl-utils. */
 #define QVL_IMAGE_IGNORE_EXIF 1u
 /* Transparency: an RGBA image (as PIL opens them: PNG colour type 6, 16-bit gray + alpha, WebP
- * with alpha) is composited onto white by
- * default, as qwen-vl-utils and vLLM do; QVL_IMAGE_DROP_ALPHA keeps its stored colours instead,
- * as transformers' load_image / convert("RGB") does. Palette and gray transparency is always
- * ignored (all three convert those modes with PIL's convert("RGB")). */
+ * with alpha) is composited onto white by default, as qwen-vl-utils and vLLM do;
+ * QVL_IMAGE_DROP_ALPHA keeps its stored colours instead, as transformers' load_image /
+ * convert("RGB") does. Palette and gray transparency is always ignored (all three convert
+ * those modes with PIL's convert("RGB")). */
 #define QVL_IMAGE_DROP_ALPHA 2u
 QVL_API qvl_status qvl_image_load_file_ex(const char *path, uint64_t max_pixels, unsigned flags,
                                           qvl_image **out, char *err, size_t err_len);
