@@ -704,6 +704,8 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
     double d;
     bool present;
     const double big = (double)S->o.n_ctx;
+    if (j->legacy)
+        j->gp.max_new_tokens = 16; /* OpenAI's default for completions */
     d = 0;
     if (!get_num(root, "max_tokens", 1, 1e12, true, &d, &present, msg, ml))
         return 400;
@@ -777,14 +779,19 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
             return 400;
     }
     bool lp = false;
-    if (!get_bool(root, "logprobs", &lp, msg, ml))
-        return 400;
     d = 0;
-    if (!get_num(root, "top_logprobs", 0, SRV_MAX_TOP_LOGPROBS, true, &d, NULL, msg, ml))
-        return 400;
-    if (!lp && d > 0) {
-        fmt(msg, ml, "'top_logprobs' needs 'logprobs': true");
-        return 400;
+    if (j->legacy) { /* completions: "logprobs": the number of top entries, or null */
+        if (!get_num(root, "logprobs", 0, SRV_MAX_TOP_LOGPROBS, true, &d, &lp, msg, ml))
+            return 400;
+    } else {
+        if (!get_bool(root, "logprobs", &lp, msg, ml))
+            return 400;
+        if (!get_num(root, "top_logprobs", 0, SRV_MAX_TOP_LOGPROBS, true, &d, NULL, msg, ml))
+            return 400;
+        if (!lp && d > 0) {
+            fmt(msg, ml, "'top_logprobs' needs 'logprobs': true");
+            return 400;
+        }
     }
     j->gp.logprobs = lp;
     j->gp.top_logprobs = (int)d;
@@ -1034,6 +1041,165 @@ out:
 }
 
 /* ---- responses ------------------------------------------------------------------------------ */
+/* The prompt of a completions request: a string, token ids, or a one-element array of either
+ * (several prompts would be several choices). *ids is qvl_malloc'd; *text (malloc'd) is the
+ * prompt as text when want_text. Returns an HTTP status. */
+static int read_prompt(srv_state *S, const cJSON *p, int32_t **ids, size_t *n, bool want_text,
+                       char **text, char *msg, size_t ml) {
+    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 &&
+        (cJSON_IsString(p->child) || cJSON_IsArray(p->child)))
+        p = p->child;
+    if (cJSON_IsString(p)) {
+        if (qvl_tokenize(S->model, p->valuestring, strlen(p->valuestring), ids, n) != QVL_OK) {
+            fmt(msg, ml, "cannot tokenize the prompt");
+            return 500;
+        }
+        if (want_text && !(*text = strdup(p->valuestring))) {
+            fmt(msg, ml, "out of memory");
+            return 500;
+        }
+        return 200;
+    }
+    if (!cJSON_IsArray(p)) {
+        fmt(msg, ml, "'prompt' must be a string or an array of token ids");
+        return 400;
+    }
+    for (const cJSON *e = p->child; e; e = e->next)
+        if (cJSON_IsString(e) || cJSON_IsArray(e)) {
+            fmt(msg, ml, "one prompt per request ('n' is 1)");
+            return 400;
+        }
+    size_t k = (size_t)cJSON_GetArraySize(p);
+    if (k > (size_t)S->o.n_ctx) {
+        fmt(msg, ml, "the prompt has %zu tokens but the context holds %d", k, S->o.n_ctx);
+        return 400;
+    }
+    *ids = malloc(k * sizeof **ids + 4); /* released with qvl_free, as qvl_tokenize's */
+    if (!*ids) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    const int vocab = qvl_model_n_vocab(S->model);
+    size_t i = 0;
+    for (const cJSON *e = p->child; e; e = e->next, i++) {
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 ||
+            e->valuedouble >= vocab) {
+            fmt(msg, ml, "'prompt'[%zu] must be a token id below %d", i, vocab);
+            return 400;
+        }
+        (*ids)[i] = (int32_t)e->valuedouble;
+    }
+    *n = k;
+    char *t = NULL;
+    if (want_text && (qvl_detokenize(S->model, *ids, k, 0, &t) != QVL_OK || !(*text = strdup(t)))) {
+        qvl_free(t);
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    qvl_free(t);
+    return 200;
+}
+
+int srv_text_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
+                     char *msg, size_t ml, const char **code) {
+    *out = NULL;
+    *code = "invalid_request_error";
+    memset(ch, 0, sizeof *ch);
+    if (!srv_utf8_valid(body, len)) {
+        *code = "invalid_encoding";
+        fmt(msg, ml, "the request body is not valid UTF-8");
+        return 400;
+    }
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        *code = "invalid_json";
+        fmt(msg, ml, "the request body is not a JSON object");
+        return 400;
+    }
+    srv_job *j = srv_job_new();
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    char *text = NULL;
+    int st = 200;
+    bool echo = false;
+    double bo = 1;
+    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (!j) {
+        fmt(msg, ml, "out of memory");
+        st = 500;
+        goto out;
+    }
+    j->legacy = true;
+    st = parse_params(S, root, j, ch, msg, ml);
+    if (st != 200)
+        goto out;
+    st = 400;
+    if (!get_bool(root, "echo", &echo, msg, ml) ||
+        !get_num(root, "best_of", 1, 1e9, true, &bo, NULL, msg, ml))
+        goto out;
+    if (bo != 1) {
+        fmt(msg, ml, "'best_of' must be 1");
+        goto out;
+    }
+    if (suffix && !cJSON_IsNull(suffix) &&
+        !(cJSON_IsString(suffix) && !suffix->valuestring[0])) {
+        fmt(msg, ml, "'suffix' is not supported");
+        goto out;
+    }
+    if (echo && j->gp.logprobs) {
+        fmt(msg, ml, "'echo' with 'logprobs' is not supported (no log-probabilities of prompt "
+                     "tokens)");
+        goto out;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "messages") ||
+        cJSON_GetObjectItemCaseSensitive(root, "tools")) {
+        fmt(msg, ml, "'messages' and 'tools' belong to /v1/chat/completions");
+        goto out;
+    }
+    st = read_prompt(S, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &ids, &n_ids, echo,
+                     &text, msg, ml);
+    if (st != 200)
+        goto out;
+    st = 400;
+    if (n_ids == 0) {
+        fmt(msg, ml, "the prompt is empty");
+        goto out;
+    }
+    for (size_t i = 0; i < n_ids; i++)
+        if (ids[i] == S->image_pad || ids[i] == S->video_pad) {
+            fmt(msg, ml, "the prompt holds an image or video placeholder token; images and "
+                         "videos go through /v1/chat/completions");
+            goto out;
+        }
+    if (n_ids >= (size_t)S->o.n_ctx) {
+        *code = "context_length_exceeded";
+        fmt(msg, ml, "the prompt has %zu tokens but the context holds %d (including at least "
+                     "one generated token)",
+            n_ids, S->o.n_ctx);
+        goto out;
+    }
+    j->ids = ids;
+    j->n_ids = n_ids;
+    ids = NULL;
+    if (text) {
+        j->echo_n = strlen(text);
+        j->echo = text;
+        text = NULL;
+    }
+    st = 200;
+out:
+    if (st == 200) {
+        *out = j;
+    } else {
+        srv_job_release(NULL, j);
+    }
+    qvl_free(ids);
+    free(text);
+    cJSON_Delete(root);
+    return st;
+}
+
 static char *print_delete(cJSON *j) {
     char *s = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
@@ -1300,6 +1466,111 @@ char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,
     cJSON_AddItemToObject(d, "tool_calls", calls);
     cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddNullToObject(c, "finish_reason");
+    return sse_event(r);
+}
+
+/* ---- /v1/completions ------------------------------------------------------------------------ */
+/* The legacy logprobs object: {"tokens", "token_logprobs", "top_logprobs" (one {token: logprob}
+ * object per token), "text_offset"}; *off is the running offset, in characters of the tokens'
+ * texts, of the next token. */
+static cJSON *legacy_logprobs_json(srv_state *S, const srv_lp *lp, size_t n, int top,
+                                   size_t *off) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *tk = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *tl = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tp = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *to = cJSON_AddArrayToObject(o, "text_offset");
+    for (size_t i = 0; i < n; i++) {
+        size_t bn = 0;
+        const char *b = qvl_token_bytes(S->model, lp[i].id, &bn);
+        char *t = srv_utf8_lossy(b ? b : "", b ? bn : 0);
+        if (!t)
+            break;
+        cJSON_AddItemToArray(tk, cJSON_CreateString(t));
+        cJSON_AddItemToArray(tl, cJSON_CreateNumber(isfinite(lp[i].logprob) ? lp[i].logprob
+                                                                            : -9999.0));
+        cJSON_AddItemToArray(to, cJSON_CreateNumber((double)*off));
+        for (const char *c = t; *c; c++) /* characters: bytes that do not continue one */
+            *off += ((unsigned char)*c & 0xc0) != 0x80;
+        free(t);
+        cJSON *d = cJSON_CreateObject();
+        for (int k = 0; k < top && k < SRV_MAX_TOP_LOGPROBS; k++) {
+            b = qvl_token_bytes(S->model, lp[i].top_ids[k], &bn);
+            t = srv_utf8_lossy(b ? b : "", b ? bn : 0);
+            if (t)
+                cJSON_AddNumberToObject(d, t, isfinite(lp[i].top_lp[k]) ? lp[i].top_lp[k]
+                                                                        : -9999.0);
+            free(t);
+        }
+        cJSON_AddItemToArray(tp, d);
+    }
+    return o;
+}
+
+static cJSON *text_choice(cJSON *r) {
+    cJSON *cs = cJSON_AddArrayToObject(r, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(cs, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    return c;
+}
+
+char *srv_text_completion_json(srv_state *S, const char *id, long long created, const srv_job *j) {
+    cJSON *r = base_obj(S, id, created, "text_completion");
+    cJSON *c = text_choice(r);
+    size_t n = j->echo_n + j->text_n;
+    char *t = malloc(n + 1);
+    if (!t) {
+        cJSON_Delete(r);
+        return NULL;
+    }
+    if (j->echo_n)
+        memcpy(t, j->echo, j->echo_n);
+    if (j->text_n)
+        memcpy(t + j->echo_n, j->text, j->text_n);
+    t[n] = 0;
+    cJSON_AddStringToObject(c, "text", t);
+    free(t);
+    size_t off = 0;
+    if (j->gp.logprobs)
+        cJSON_AddItemToObject(c, "logprobs",
+                              legacy_logprobs_json(S, j->lp, j->lp_n, j->gp.top_logprobs, &off));
+    else
+        cJSON_AddNullToObject(c, "logprobs");
+    cJSON_AddStringToObject(c, "finish_reason", srv_finish_str(j->finish));
+    add_usage(r, j);
+    return print_delete(r);
+}
+
+char *srv_text_chunk_sse(srv_state *S, const char *id, long long created, const char *text,
+                         size_t text_n, const char *finish, const srv_job *usage,
+                         const srv_lp *lp, size_t n_lp, int top_logprobs, size_t *off) {
+    cJSON *r = base_obj(S, id, created, "text_completion");
+    if (usage) {
+        cJSON_AddArrayToObject(r, "choices");
+        add_usage(r, usage);
+        return sse_event(r);
+    }
+    cJSON *c = text_choice(r);
+    char *t = malloc(text_n + 1);
+    if (!t) {
+        cJSON_Delete(r);
+        return NULL;
+    }
+    if (text_n)
+        memcpy(t, text, text_n);
+    t[text_n] = 0;
+    cJSON_AddStringToObject(c, "text", t);
+    free(t);
+    if (lp)
+        cJSON_AddItemToObject(c, "logprobs",
+                              legacy_logprobs_json(S, lp, n_lp, top_logprobs, off));
+    else
+        cJSON_AddNullToObject(c, "logprobs");
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
     return sse_event(r);
 }
 

@@ -22,7 +22,7 @@
 #define WAIT_SLICE_MS 100
 #define DISCARD_MAX   ((size_t)256 << 20) /* body bytes read past the limit before hanging up */
 
-enum { R_NONE, R_CHAT, R_MODELS, R_HEALTH, R_TOKENIZE };
+enum { R_NONE, R_CHAT, R_TEXT, R_MODELS, R_HEALTH, R_TOKENIZE };
 
 /* Per-request state (MHD's con_cls). */
 typedef struct req {
@@ -53,6 +53,8 @@ typedef struct stream {
     bool first_sent, finished;
     size_t text_sent;
     size_t lp_sent; /* log-probability records sent */
+    bool legacy;    /* /v1/completions: text_completion chunks */
+    size_t lp_off;  /* legacy logprobs: text offset of the next token */
     char *pend;
     size_t pend_n, pend_off;
     double last_ms;      /* when the last event was produced */
@@ -168,15 +170,32 @@ static char *join(char *a, char *b) {
     return s;
 }
 
+/* One chunk of the stream's kind: text and/or the finish reason, or the usage chunk. */
+static char *chunk(stream *st, const char *text, size_t n, const char *finish,
+                   const srv_job *usage, const srv_lp *lp, size_t n_lp) {
+    const int top = st->j->gp.top_logprobs;
+    if (st->legacy)
+        return srv_text_chunk_sse(st->S, st->id, st->created, text ? text : "", n, finish, usage,
+                                  lp, n_lp, top, &st->lp_off);
+    return srv_chunk_sse(st->S, st->id, st->created, false, text, n, finish, usage, lp, n_lp,
+                         top);
+}
+
 /* Build the next SSE event(s) into st->pend; false when nothing is ready yet. */
 static bool stream_next(stream *st) {
     srv_state *S = st->S;
     srv_job *j = st->j;
-    if (!st->first_sent) {
+    if (!st->first_sent) { /* chat: the role; completions: the echoed prompt, if any */
         st->first_sent = true;
-        stream_set(st, srv_chunk_sse(S, st->id, st->created, true, "", 0, NULL, NULL, NULL, 0,
-                                     0));
-        return true;
+        if (!st->legacy) {
+            stream_set(st, srv_chunk_sse(S, st->id, st->created, true, "", 0, NULL, NULL, NULL,
+                                         0, 0));
+            return true;
+        }
+        if (j->echo_n) {
+            stream_set(st, chunk(st, j->echo, j->echo_n, NULL, NULL, NULL, 0));
+            return true;
+        }
     }
     char *slice = NULL;
     size_t slice_n = 0;
@@ -184,7 +203,6 @@ static bool stream_next(stream *st) {
     cJSON *calls = NULL;
     srv_lp *lp = NULL; /* records of the tokens generated since the last text chunk */
     size_t n_lp = 0;
-    const int top = j->gp.top_logprobs;
     srv_pool_lock(S->pool);
     done = j->state == JOB_DONE;
     size_t avail = srv_stream_avail(j, st->text_sent, done, &calls);
@@ -207,25 +225,20 @@ static bool stream_next(stream *st) {
     }
     srv_pool_unlock(S->pool);
     if (calls) { /* the job is done: content first, then the calls, then the finish */
-        char *ev = slice || lp ? srv_chunk_sse(S, st->id, st->created, false, slice, slice_n,
-                                               NULL, NULL, lp, n_lp, top)
-                               : NULL;
+        char *ev = slice || lp ? chunk(st, slice, slice_n, NULL, NULL, lp, n_lp) : NULL;
         free(slice);
         free(lp);
         ev = join(ev, srv_chunk_tool_calls_sse(S, st->id, st->created, calls));
-        ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0,
-                                    srv_finish_str_calls(j->finish, true), NULL, NULL, 0, 0));
+        ev = join(ev, chunk(st, NULL, 0, srv_finish_str_calls(j->finish, true), NULL, NULL, 0));
         if (st->include_usage)
-            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j, NULL,
-                                        0, 0));
+            ev = join(ev, chunk(st, NULL, 0, NULL, j, NULL, 0));
         ev = join(ev, strdup("data: [DONE]\n\n"));
         stream_set(st, ev);
         st->finished = true;
         return true;
     }
     if (slice) {
-        stream_set(st, srv_chunk_sse(S, st->id, st->created, false, slice, slice_n, NULL, NULL,
-                                     lp, n_lp, top));
+        stream_set(st, chunk(st, slice, slice_n, NULL, NULL, lp, n_lp));
         free(slice);
         free(lp);
         return true;
@@ -235,11 +248,9 @@ static bool stream_next(stream *st) {
     /* the job is done and all its text was sent (no more writes to j) */
     char *ev = NULL;
     if (j->status == QVL_OK) {
-        ev = srv_chunk_sse(S, st->id, st->created, false, NULL, 0, srv_finish_str(j->finish),
-                           NULL, lp, n_lp, top);
+        ev = chunk(st, NULL, 0, srv_finish_str(j->finish), NULL, lp, n_lp);
         if (st->include_usage)
-            ev = join(ev, srv_chunk_sse(S, st->id, st->created, false, NULL, 0, NULL, j, NULL, 0,
-                                        0));
+            ev = join(ev, chunk(st, NULL, 0, NULL, j, NULL, 0));
     } else {
         char *e = srv_error_json(j->err[0] ? j->err : qvl_status_str(j->status),
                                  j->status == QVL_E_CANCELLED ? "overloaded_error"
@@ -308,7 +319,8 @@ static int conn_fd(struct MHD_Connection *c) {
     return ci ? ci->connect_fd : -1;
 }
 
-static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
+/* POST /v1/chat/completions, or /v1/completions when legacy. */
+static enum MHD_Result do_chat(req *r, struct MHD_Connection *c, bool legacy) {
     srv_state *S = r->S;
     char msg[1024] = "";
     const char *code = "invalid_request_error";
@@ -318,7 +330,10 @@ static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
         return send_err(r, c, 503, "server_busy",
                         "all slots are busy and the wait queue is full; retry later",
                         MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    int st = srv_chat_prepare(S, r->body ? r->body : "", r->n, &ch, &j, msg, sizeof msg, &code);
+    int st = legacy ? srv_text_prepare(S, r->body ? r->body : "", r->n, &ch, &j, msg, sizeof msg,
+                                       &code)
+                    : srv_chat_prepare(S, r->body ? r->body : "", r->n, &ch, &j, msg, sizeof msg,
+                                       &code);
     if (st != 200)
         return send_err(r, c, st, code, msg, NULL, NULL);
     int q = srv_pool_submit(S->pool, j);
@@ -333,8 +348,9 @@ static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
     r->job = j; /* our reference, released after the log line */
     r->stream = ch.stream;
     char id[48];
-    memcpy(id, "chatcmpl-", 9);
-    srv_rand_hex(id + 9, 24);
+    size_t idp = legacy ? 5 : 9;
+    memcpy(id, legacy ? "cmpl-" : "chatcmpl-", idp);
+    srv_rand_hex(id + idp, 24);
     long long created = (long long)time(NULL);
     int fd = conn_fd(c);
     if (ch.stream) {
@@ -349,6 +365,7 @@ static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
         memcpy(sm->id, id, sizeof id);
         sm->created = created;
         sm->include_usage = ch.include_usage;
+        sm->legacy = legacy;
         sm->last_ms = srv_now_ms();
         sm->keepalive_ms = S->o.timeout_s * 1000.0 / 3;
         if (sm->keepalive_ms > 5000)
@@ -375,7 +392,9 @@ static enum MHD_Result do_chat(req *r, struct MHD_Connection *c) {
     }
     /* done: the output is stable */
     if (j->status == QVL_OK)
-        return send_json(r, c, 200, srv_completion_json(S, id, created, j));
+        return send_json(r, c, 200,
+                         legacy ? srv_text_completion_json(S, id, created, j)
+                                : srv_completion_json(S, id, created, j));
     if (j->status == QVL_E_CANCELLED)
         return send_err(r, c, 503, "cancelled", j->err[0] ? j->err : "cancelled", NULL, NULL);
     if (j->status == QVL_E_LIMIT || j->status == QVL_E_INVAL)
@@ -413,8 +432,10 @@ static enum MHD_Result do_route(req *r, struct MHD_Connection *c) {
                             NULL, NULL);
         return send_json(r, c, 200, out);
     }
+    case R_TEXT:
+        return do_chat(r, c, true);
     default:
-        return do_chat(r, c);
+        return do_chat(r, c, false);
     }
 }
 
@@ -426,6 +447,8 @@ static int find_route(const char *url, const char **allow) {
     } tab[] = {
         {"/v1/chat/completions", "POST", R_CHAT},
         {"/chat/completions", "POST", R_CHAT},
+        {"/v1/completions", "POST", R_TEXT},
+        {"/completions", "POST", R_TEXT},
         {"/v1/models", "GET", R_MODELS},
         {"/models", "GET", R_MODELS},
         {"/health", "GET", R_HEALTH},

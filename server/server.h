@@ -89,6 +89,9 @@ typedef struct srv_job {
     size_t n_videos;
     qvl_image_opts img_opts;
     bool tools; /* tools were offered: <tool_call> blocks of the text become tool_calls */
+    bool legacy; /* a /v1/completions request: raw prompt, text_completion responses */
+    char *echo;  /* legacy with echo: the prompt's text, which the response text starts with */
+    size_t echo_n;
     qvl_gen_params gp;
     char **stops;
     int n_stop;
@@ -168,6 +171,10 @@ typedef struct srv_chat {
  * a new job. Returns 200 with *out set, or an HTTP error status with msg and *code set. */
 int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
                      char *msg, size_t msg_len, const char **code);
+/* Parse and check a /v1/completions body (a raw prompt: a string or token ids, no template, no
+ * images) into a new job. Returns 200 with *out set, or an HTTP error status. */
+int srv_text_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
+                     char *msg, size_t msg_len, const char **code);
 /* JSON texts (malloc'd; NULL when out of memory). */
 char *srv_error_json(const char *msg, const char *type, const char *code);
 char *srv_completion_json(srv_state *S, const char *id, long long created, const srv_job *j);
@@ -179,6 +186,13 @@ char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
                     const char *text, size_t text_n, const char *finish, const srv_job *usage,
                     const srv_lp *lp, size_t n_lp, int top_logprobs);
 /* The chunk carrying a stream's tool calls (calls: from srv_tool_calls, taken over). */
+/* The same for /v1/completions ("text_completion" objects, the legacy logprobs form). */
+char *srv_text_completion_json(srv_state *S, const char *id, long long created, const srv_job *j);
+/* A chunk: text (maybe empty) with the finish reason when finish, or the usage chunk; off: the
+ * stream's running text offset for the logprobs' text_offset. */
+char *srv_text_chunk_sse(srv_state *S, const char *id, long long created, const char *text,
+                         size_t text_n, const char *finish, const srv_job *usage,
+                         const srv_lp *lp, size_t n_lp, int top_logprobs, size_t *off);
 struct cJSON;
 char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,
                                struct cJSON *calls);

@@ -80,6 +80,7 @@ static void job_free(srv_job *j) {
     free(j->lp);
     free(j->bias_ids);
     free(j->bias_vals);
+    free(j->echo);
     pthread_cond_destroy(&j->cond);
     free(j);
 }

@@ -125,6 +125,22 @@ code=$(req "$T/rlb" "$U/v1/chat/completions" --data-binary @"$T/blb.json")
 ok "logit_bias +100 forces a token" "$([ "$code" = 200 ] && [ "$(jget 'const c=d.choices[0].logprobs.content; c.length===3 && c.every(x=>x.token===c[0].token) && d.choices[0].message.content===c[0].token.repeat(3)' <"$T/rlb")" = true ]; echo $?)" "$code $(head -c 300 "$T/rlb")"
 ok "no logprobs: null" "$([ "$(jget 'd.choices[0].logprobs' <"$T/r1")" = null ]; echo $?)"
 
+# /v1/completions: the chat template's text as a raw prompt gives the chat answer; streamed =
+# not streamed; echo prepends the prompt
+code=$(req "$T/rc1" "$U/v1/chat/completions" -d "{\"max_tokens\":$NTOK,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}")
+code2=$(req "$T/rc2" "$U/v1/completions" -d "{\"max_tokens\":$NTOK,\"temperature\":0,\"prompt\":\"<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\"}")
+ok "completions = chat completions on the template's text" "$([ "$code" = 200 ] && [ "$code2" = 200 ] && [ "$(jget 'd.choices[0].text' <"$T/rc2")" = "$(jget 'd.choices[0].message.content' <"$T/rc1")" ] && [ "$(jget '[d.object,d.usage.prompt_tokens].join()' <"$T/rc2")" = "text_completion,$(jget 'd.usage.prompt_tokens' <"$T/rc1")" ]; echo $?)" "$code $code2 $(head -c 300 "$T/rc2")"
+curl -s -N --max-time 60 -o "$T/rc3" -H "Authorization: Bearer $KEY" -d "{\"max_tokens\":$NTOK,\"temperature\":0,\"stream\":true,\"logprobs\":2,\"prompt\":\"<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\"}" "$U/v1/completions"
+ok "completions streamed = not streamed" "$(node -e '
+const fs=require("fs"); const ev=fs.readFileSync(process.argv[1],"utf8").split("\n\n").filter(e=>e.startsWith("data: ")).map(e=>e.slice(6));
+if (ev.pop()!=="[DONE]") process.exit(1);
+const cs=ev.map(e=>JSON.parse(e).choices[0]); const t=cs.map(c=>c.text).join("");
+const toks=cs.flatMap(c=>c.logprobs?c.logprobs.tokens:[]);
+const want=JSON.parse(fs.readFileSync(process.argv[2],"utf8")).choices[0].text;
+process.exit(t===want && toks.join("")===want && cs[cs.length-1].finish_reason==="length" && cs.every(c=>c.logprobs===null||c.logprobs.top_logprobs.every(o=>Object.keys(o).length<=2)) ? 0 : 1)' "$T/rc3" "$T/rc2"; echo $?)"
+code=$(req "$T/rc4" "$U/v1/completions" -d '{"max_tokens":2,"prompt":"Once upon","echo":true}')
+ok "completions echo" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].text.startsWith("Once upon") && d.choices[0].text.length>9' <"$T/rc4")" = true ]; echo $?)" "$code"
+
 # resample: the request field gives what qvl run --resample gives
 "$QVL" run -m "$M" -i "$IMGS/rgb_400x300.png" -p "$PROMPT" --temp 0 -n $NTOK --resample torchvision --json >"$T/exp_tv.json" 2>/dev/null
 mkbody "$IMGS/rgb_400x300.png" $NTOK ',"resample":"torchvision"' >"$T/btv.json"
@@ -216,6 +232,8 @@ expect "temperature wrong type" 400 "${AUTH[@]}" -d '{"temperature":"hot","messa
 expect "unknown role" 400 "${AUTH[@]}" -d '{"messages":[{"role":"wizard","content":"hi"}]}' "$C"
 expect "n=2" 400 "${AUTH[@]}" -d '{"n":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "top_logprobs without logprobs" 400 "${AUTH[@]}" -d '{"top_logprobs":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
+expect "completions: two prompts" 400 "${AUTH[@]}" -d '{"prompt":["a","b"]}' "$U/v1/completions"
+expect "completions: echo with logprobs" 400 "${AUTH[@]}" -d '{"prompt":"a","echo":true,"logprobs":1}' "$U/v1/completions"
 expect "forced tool_choice without tools" 400 "${AUTH[@]}" -d '{"tool_choice":"required","messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "tools not an array" 400 "${AUTH[@]}" -d '{"tools":{"type":"function"},"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown resample" 400 "${AUTH[@]}" -d '{"resample":"bilinear","messages":[{"role":"user","content":"hi"}]}' "$C"

@@ -21,6 +21,13 @@ static int prepare(const char *body, srv_job **job, char *msg, size_t ml) {
     return srv_chat_prepare(&g_S, body, strlen(body), &ch, job, msg, ml, &code);
 }
 
+static int prepare_text(const char *body, srv_job **job, char *msg, size_t ml) {
+    srv_chat ch;
+    const char *code = NULL;
+    *job = NULL;
+    return srv_text_prepare(&g_S, body, strlen(body), &ch, job, msg, ml, &code);
+}
+
 static void test_parse(void) {
     size_t cn = 0;
     const char *t1 = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
@@ -447,6 +454,129 @@ static void test_logprobs(void) {
     free(js);
 }
 
+/* /v1/completions: prompt forms, echo, refused fields, the legacy logprobs form. */
+static void test_text(void) {
+    char msg[512];
+    srv_job *j = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK(qvl_tokenize(g_S.model, "Hello world", 11, &ids, &n) == QVL_OK && n >= 2);
+    int st = prepare_text("{\"prompt\":\"Hello world\"}", &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->legacy && j->n_ids == n && !memcmp(j->ids, ids, n * 4) &&
+               j->gp.max_new_tokens == 16 && !j->echo && !j->gp.logprobs,
+           "string prompt: %d %s", st, msg);
+    srv_job_release(NULL, j);
+    char body[512];
+    int o = snprintf(body, sizeof body, "{\"prompt\":[[");
+    for (size_t i = 0; i < n; i++)
+        o += snprintf(body + o, sizeof body - (size_t)o, "%s%d", i ? "," : "", (int)ids[i]);
+    snprintf(body + o, sizeof body - (size_t)o,
+             "]],\"echo\":true,\"max_tokens\":3,\"stop\":[\"x\"]}");
+    st = prepare_text(body, &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->n_ids == n && !memcmp(j->ids, ids, n * 4) && j->echo &&
+               !strcmp(j->echo, "Hello world") && j->gp.max_new_tokens == 3 && j->n_stop == 1,
+           "token prompt with echo: %d %s", st, msg);
+    if (j && st == 200) { /* the response text starts with the echoed prompt */
+        char gen[] = " again";
+        j->text = gen;
+        j->text_n = strlen(gen);
+        j->finish = QVL_FINISH_LENGTH;
+        char *js = srv_text_completion_json(&g_S, "cmpl-x", 1, j);
+        cJSON *r = cJSON_Parse(js);
+        const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+        CHECK(!strcmp(cJSON_GetObjectItemCaseSensitive(r, "object")->valuestring,
+                      "text_completion") &&
+              !strcmp(cJSON_GetObjectItemCaseSensitive(c, "text")->valuestring,
+                      "Hello world again") &&
+              !strcmp(cJSON_GetObjectItemCaseSensitive(c, "finish_reason")->valuestring,
+                      "length") &&
+              cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c, "logprobs")));
+        cJSON_Delete(r);
+        free(js);
+        j->text = NULL;
+        j->text_n = 0;
+    }
+    srv_job_release(NULL, j);
+    st = prepare_text("{\"prompt\":\"x\",\"logprobs\":3}", &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->gp.logprobs && j->gp.top_logprobs == 3, "logprobs 3: %s", msg);
+    if (j && st == 200) { /* two tokens: texts, offsets in characters, top entries as objects */
+        int32_t hello = ids[0];
+        size_t hl = 0;
+        qvl_token_bytes(g_S.model, hello, &hl);
+        srv_lp lp[2];
+        memset(lp, 0, sizeof lp);
+        lp[0] = (srv_lp){.id = hello, .logprob = -1, .top_ids = {hello, 0, 1},
+                         .top_lp = {-1, -2, -3}};
+        lp[1] = (srv_lp){.id = ids[1], .logprob = -INFINITY, .top_ids = {0, 1, 2},
+                         .top_lp = {-0.5f, -0.75f, -1}};
+        j->lp = lp;
+        j->lp_n = 2;
+        char *js = srv_text_completion_json(&g_S, "cmpl-x", 1, j);
+        cJSON *r = cJSON_Parse(js);
+        const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+        const cJSON *lo = cJSON_GetObjectItemCaseSensitive(c, "logprobs");
+        const cJSON *tk = cJSON_GetObjectItemCaseSensitive(lo, "tokens");
+        const cJSON *tl = cJSON_GetObjectItemCaseSensitive(lo, "token_logprobs");
+        const cJSON *tp = cJSON_GetObjectItemCaseSensitive(lo, "top_logprobs");
+        const cJSON *to = cJSON_GetObjectItemCaseSensitive(lo, "text_offset");
+        CHECK(cJSON_GetArraySize(tk) == 2 && !strcmp(cJSON_GetArrayItem(tk, 0)->valuestring,
+                                                     "Hello"));
+        CHECK(cJSON_GetArrayItem(tl, 0)->valuedouble == -1 &&
+              cJSON_GetArrayItem(tl, 1)->valuedouble == -9999.0);
+        CHECK(cJSON_GetArraySize(cJSON_GetArrayItem(tp, 0)) == 3 &&
+              cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(tp, 0), "Hello")
+                      ->valuedouble == -1);
+        CHECK(cJSON_GetArrayItem(to, 0)->valueint == 0 &&
+              cJSON_GetArrayItem(to, 1)->valueint == (int)hl);
+        cJSON_Delete(r);
+        free(js);
+        /* a stream's chunks carry the running offset */
+        size_t off = 0;
+        js = srv_text_chunk_sse(&g_S, "cmpl-x", 1, "Hello", 5, NULL, NULL, lp, 1, 3, &off);
+        char *js2 = srv_text_chunk_sse(&g_S, "cmpl-x", 1, " world", 6, "stop", NULL, lp + 1, 1, 3,
+                                       &off);
+        CHECK(js && js2 && strstr(js, "\"text_offset\":[0]") && strstr(js2, "\"text_offset\":[5]") &&
+              strstr(js2, "\"finish_reason\":\"stop\""));
+        free(js);
+        free(js2);
+        j->lp = NULL;
+        j->lp_n = 0;
+    }
+    srv_job_release(NULL, j);
+    qvl_free(ids);
+    const char *bad[] = {
+        "{}",
+        "{\"prompt\":\"\"}",
+        "{\"prompt\":[]}",
+        "{\"prompt\":[\"a\",\"b\"]}",
+        "{\"prompt\":[[1],[2]]}",
+        "{\"prompt\":[1,-1]}",
+        "{\"prompt\":[1,1.5]}",
+        "{\"prompt\":[151936]}",
+        "{\"prompt\":42}",
+        "{\"prompt\":\"x\",\"echo\":true,\"logprobs\":1}",
+        "{\"prompt\":\"x\",\"logprobs\":21}",
+        "{\"prompt\":\"x\",\"logprobs\":true}",
+        "{\"prompt\":\"x\",\"best_of\":2}",
+        "{\"prompt\":\"x\",\"suffix\":\"y\"}",
+        "{\"prompt\":\"x\",\"n\":2}",
+        "{\"prompt\":\"<|image_pad|>\"}",
+        "{\"prompt\":\"x\",\"messages\":[]}",
+        "[1]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msg[0] = 0;
+        st = prepare_text(bad[i], &j, msg, sizeof msg);
+        CHECKF(st == 400 && !j && msg[0], "completions refused %zu: %d %s", i, st, msg);
+        srv_job_release(NULL, j);
+    }
+    st = prepare_text("{\"prompt\":\"x\",\"suffix\":null,\"best_of\":1,\"logprobs\":null,"
+                      "\"echo\":false}",
+                      &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && !j->gp.logprobs, "neutral completions fields: %s", msg);
+    srv_job_release(NULL, j);
+}
+
 int main(void) {
     char err[512];
     if (qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &g_model, err,
@@ -470,6 +600,7 @@ int main(void) {
     test_stream();
     test_requests();
     test_logprobs();
+    test_text();
     qvl_model_free(g_model);
     CHECK_DONE();
 }
