@@ -3,8 +3,8 @@
  * data-URL images decoded and planned, prompt rendering, tokenization, image-pad expansion,
  * context check) and srv_tokenize_json, on arbitrary bodies, with the tiny fixture model loaded
  * once ($QVL_SHARED/fixtures/tiny-qwen3vl/model, or ../shared when unset).
- * Input: one selector byte (odd: /tokenize body, even: /v1/chat/completions body), then the
- * body; the body is also parsed as generated text for tool calls (srv_tool_calls,
+ * Input: one selector byte (odd: /tokenize body; even: /v1/chat/completions body, or with bit 2
+ * set a /v1/completions body, srv_text_prepare), then the body; the body is also parsed as generated text for tool calls (srv_tool_calls,
  * srv_tool_safe_len). Local files are refused (no --allow-local-files), so no input reaches
  * the disk.
  *
@@ -68,7 +68,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         srv_chat ch;
         srv_job *job = NULL;
         const char *code = NULL;
-        int st = srv_chat_prepare(&g_S, body, n, &ch, &job, msg, sizeof msg, &code);
+        int st = data[0] & 4 ? srv_text_prepare(&g_S, body, n, &ch, &job, msg, sizeof msg, &code)
+                             : srv_chat_prepare(&g_S, body, n, &ch, &job, msg, sizeof msg, &code);
         if (st == 200) {
             /* a prepared job must fit the context and hold one image per image run */
             if (!job || job->n_ids == 0 || job->n_ids >= (size_t)g_S.o.n_ctx)

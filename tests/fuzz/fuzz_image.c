@@ -5,7 +5,8 @@
  *   byte 0: bits 0-1 decode pixel cap (4 Ki, 64 Ki, 256 Ki, 1 Mi pixels), bit 2 aspect cap
  *           4 instead of 200, bits 3-4 preprocess max_pixels (1 Ki .. 64 Ki pixels), bit 5
  *           do_resize off, bit 6 temporal_patch 1, bit 7 merge 1.
- *   byte 1: target of the extra resize: width 1 + (b & 15) * 5, height 1 + (b >> 4) * 5.
+ *   byte 1: target of the extra resize: width 1 + (b & 15) * 5, height 1 + (b >> 4) * 5;
+ *           bit 0 also drops alpha instead of compositing it.
  * Limits stay small so a tiny compressed file cannot make one run slow. Any status is fine;
  * crashes, leaks, sanitizer reports and broken postconditions are not. Seeds:
  * tests/fuzz/corpus/image/. */
@@ -46,7 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(buf, data + 2, n);
 
     char err[512];
-    qvl_img_limits lim = {caps[o0 & 3], (o0 & 4) ? 4.0 : QVL_IMG_DEFAULT_MAX_ASPECT, false};
+    qvl_img_limits lim = {caps[o0 & 3], (o0 & 4) ? 4.0 : QVL_IMG_DEFAULT_MAX_ASPECT, false,
+                          (o1 & 1) != 0};
     qvl_rgb img = {0};
     qvl_status s = qvl_img_decode_mem(buf, n, &lim, &img, err, sizeof err);
     free(buf);
