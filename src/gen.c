@@ -143,10 +143,12 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
     lg = qvl_malloc((size_t)V * sizeof(float));
     size_t cap = (size_t)(max_new < c->n_ctx ? max_new : c->n_ctx);
     toks = qvl_malloc(cap * sizeof(int32_t) + 4);
+    size_t lp_cap = 0; /* rows of the log-probability arrays, grown as tokens come */
     if (p->logprobs) {
-        lps = qvl_malloc(cap * sizeof(float) + 4);
-        top_lp = qvl_malloc(cap * (size_t)n_top * sizeof(float) + 4);
-        top_ids = qvl_malloc(cap * (size_t)n_top * sizeof(int32_t) + 4);
+        lp_cap = cap < 256 ? cap : 256;
+        lps = qvl_malloc(lp_cap * sizeof(float) + 4);
+        top_lp = qvl_malloc(lp_cap * (size_t)n_top * sizeof(float) + 4);
+        top_ids = qvl_malloc(lp_cap * (size_t)n_top * sizeof(int32_t) + 4);
     }
     if (!lg || !toks || (p->logprobs && (!lps || !top_lp || !top_ids))) {
         s = QVL_E_NOMEM;
@@ -186,6 +188,20 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
             break;
         }
         qvl_token_info ti = {.token = id, .index = n_gen};
+        if (p->logprobs && n_gen == lp_cap) {
+            size_t nc = lp_cap * 2 < cap ? lp_cap * 2 : cap;
+            float *a = qvl_realloc(lps, nc * sizeof(float) + 4);
+            lps = a ? a : lps;
+            float *b = a ? qvl_realloc(top_lp, nc * (size_t)n_top * sizeof(float) + 4) : NULL;
+            top_lp = b ? b : top_lp;
+            int32_t *d = b ? qvl_realloc(top_ids, nc * (size_t)n_top * sizeof(int32_t) + 4) : NULL;
+            top_ids = d ? d : top_ids;
+            if (!d) {
+                s = QVL_E_NOMEM;
+                break;
+            }
+            lp_cap = nc;
+        }
         if (p->logprobs) {
             ti.n_top = n_top;
             ti.top_ids = top_ids + n_gen * (size_t)n_top;

@@ -1018,6 +1018,23 @@ static void logprobs_case(void) {
           !memcmp(seen.ids, gen_ref, 4 * sizeof *gen_ref));
     qvl_gen_result_free(&r);
 
+    /* a long run: the log-probability arrays grow past their first 256 rows */
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.ignore_eos = 1;
+    gp.max_new_tokens = 300;
+    gp.logprobs = 1;
+    gp.top_logprobs = 3;
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK);
+    bool long_ok = r.n_tokens == 300 && r.logprobs && r.n_top == 3;
+    for (size_t i = 0; long_ok && i < r.n_tokens; i++)
+        long_ok = r.top_ids[i * 3] == r.tokens[i] && r.logprobs[i] == r.top_logprobs[i * 3] &&
+                  r.logprobs[i] <= 0 && r.top_logprobs[i * 3 + 2] <= r.top_logprobs[i * 3 + 1];
+    CHECK(long_ok);
+    qvl_gen_result_free(&r);
+
     /* logit bias: -100 on the golden first token gives the runner-up; +100 on a token makes
      * every step choose it; the reported log-probabilities stay the raw ones */
     int32_t bid = gen_ref[0];

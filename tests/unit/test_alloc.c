@@ -386,6 +386,8 @@ static qvl_status op_gen(void *u, char *err, size_t err_len) {
     static const char *const stop[1] = {"\n\n"};
     p.stop = stop;
     p.n_stop = 1;
+    p.logprobs = 1; /* and the log-probability arrays */
+    p.top_logprobs = 2;
     qvl_status s = qvl_ctx_generate(G->c, &p, NULL, NULL, &G->r);
     if (s != QVL_OK)
         snprintf(err, err_len, "%s", qvl_ctx_errmsg(G->c));
@@ -395,6 +397,7 @@ static qvl_status op_gen(void *u, char *err, size_t err_len) {
 static bool ok_gen(void *u) {
     gen_state *G = u;
     bool good = G->r.n_tokens == 1 && G->r.tokens && G->r.tokens[0] == G->token && G->r.text &&
+                G->r.logprobs && G->r.n_top == 2 && G->r.top_ids[0] == G->token &&
                 qvl_ctx_n_past(G->c) == (int64_t)G->n_ids;
     if (!good)
         fprintf(stderr, "generate: n_tokens %zu token %d text %p n_past %lld\n", G->r.n_tokens,
