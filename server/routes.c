@@ -887,23 +887,33 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
     return 200;
 }
 
-int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
-                     char *msg, size_t ml, const char **code) {
+/* The start of both completions requests: the body as a JSON object (NULL with a 400 message
+ * and *code set when it is not valid UTF-8 or not an object). */
+static cJSON *parse_body(const char *body, size_t len, srv_chat *ch, srv_job **out, char *msg,
+                         size_t ml, const char **code) {
     *out = NULL;
     *code = "invalid_request_error";
     memset(ch, 0, sizeof *ch);
     if (!srv_utf8_valid(body, len)) {
         *code = "invalid_encoding";
         fmt(msg, ml, "the request body is not valid UTF-8");
-        return 400;
+        return NULL;
     }
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         *code = "invalid_json";
         fmt(msg, ml, "the request body is not a JSON object");
-        return 400;
+        return NULL;
     }
+    return root;
+}
+
+int srv_chat_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
+                     char *msg, size_t ml, const char **code) {
+    cJSON *root = parse_body(body, len, ch, out, msg, ml, code);
+    if (!root)
+        return 400;
     chat_build cb;
     memset(&cb, 0, sizeof cb);
     srv_job *j = srv_job_new();
@@ -1102,21 +1112,9 @@ static int read_prompt(srv_state *S, const cJSON *p, int32_t **ids, size_t *n, b
 
 int srv_text_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, srv_job **out,
                      char *msg, size_t ml, const char **code) {
-    *out = NULL;
-    *code = "invalid_request_error";
-    memset(ch, 0, sizeof *ch);
-    if (!srv_utf8_valid(body, len)) {
-        *code = "invalid_encoding";
-        fmt(msg, ml, "the request body is not valid UTF-8");
+    cJSON *root = parse_body(body, len, ch, out, msg, ml, code);
+    if (!root)
         return 400;
-    }
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        *code = "invalid_json";
-        fmt(msg, ml, "the request body is not a JSON object");
-        return 400;
-    }
     srv_job *j = srv_job_new();
     int32_t *ids = NULL;
     size_t n_ids = 0;
