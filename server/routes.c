@@ -1244,6 +1244,31 @@ static cJSON *base_obj(srv_state *S, const char *id, long long created, const ch
     return r;
 }
 
+/* o[key] = the string a[0..na) followed by b[0..nb) (either may be empty); false when out of
+ * memory. */
+static bool add_text2(cJSON *o, const char *key, const char *a, size_t na, const char *b,
+                      size_t nb) {
+    char *t = malloc(na + nb + 1);
+    if (!t)
+        return false;
+    if (na)
+        memcpy(t, a, na);
+    if (nb)
+        memcpy(t + na, b, nb);
+    t[na + nb] = 0;
+    bool ok = cJSON_AddStringToObject(o, key, t) != NULL;
+    free(t);
+    return ok;
+}
+
+/* "finish_reason": the reason, or null while the stream goes on */
+static void add_finish(cJSON *c, const char *finish) {
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+}
+
 /* ---- tool calls in the generated text ---------------------------------------------------- */
 static const char TC_OPEN[] = "<tool_call>", TC_CLOSE[] = "</tool_call>";
 
@@ -1430,25 +1455,15 @@ char *srv_chunk_sse(srv_state *S, const char *id, long long created, bool first,
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (first)
             cJSON_AddStringToObject(d, "role", "assistant");
-        if (text) {
-            char *t = malloc(text_n + 1);
-            if (!t) {
-                cJSON_Delete(r);
-                return NULL;
-            }
-            memcpy(t, text, text_n);
-            t[text_n] = 0;
-            cJSON_AddStringToObject(d, "content", t);
-            free(t);
+        if (text && !add_text2(d, "content", text, text_n, NULL, 0)) {
+            cJSON_Delete(r);
+            return NULL;
         }
         if (lp)
             cJSON_AddItemToObject(c, "logprobs", logprobs_json(S, lp, n_lp, top_logprobs));
         else
             cJSON_AddNullToObject(c, "logprobs");
-        if (finish)
-            cJSON_AddStringToObject(c, "finish_reason", finish);
-        else
-            cJSON_AddNullToObject(c, "finish_reason");
+        add_finish(c, finish);
     }
     return sse_event(r);
 }
@@ -1463,7 +1478,7 @@ char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,
     cJSON *d = cJSON_AddObjectToObject(c, "delta");
     cJSON_AddItemToObject(d, "tool_calls", calls);
     cJSON_AddNullToObject(c, "logprobs");
-    cJSON_AddNullToObject(c, "finish_reason");
+    add_finish(c, NULL);
     return sse_event(r);
 }
 
@@ -1516,19 +1531,10 @@ static cJSON *text_choice(cJSON *r) {
 char *srv_text_completion_json(srv_state *S, const char *id, long long created, const srv_job *j) {
     cJSON *r = base_obj(S, id, created, "text_completion");
     cJSON *c = text_choice(r);
-    size_t n = j->echo_n + j->text_n;
-    char *t = malloc(n + 1);
-    if (!t) {
+    if (!add_text2(c, "text", j->echo, j->echo_n, j->text, j->text_n)) {
         cJSON_Delete(r);
         return NULL;
     }
-    if (j->echo_n)
-        memcpy(t, j->echo, j->echo_n);
-    if (j->text_n)
-        memcpy(t + j->echo_n, j->text, j->text_n);
-    t[n] = 0;
-    cJSON_AddStringToObject(c, "text", t);
-    free(t);
     size_t off = 0;
     if (j->gp.logprobs)
         cJSON_AddItemToObject(c, "logprobs",
@@ -1550,25 +1556,16 @@ char *srv_text_chunk_sse(srv_state *S, const char *id, long long created, const 
         return sse_event(r);
     }
     cJSON *c = text_choice(r);
-    char *t = malloc(text_n + 1);
-    if (!t) {
+    if (!add_text2(c, "text", text, text_n, NULL, 0)) {
         cJSON_Delete(r);
         return NULL;
     }
-    if (text_n)
-        memcpy(t, text, text_n);
-    t[text_n] = 0;
-    cJSON_AddStringToObject(c, "text", t);
-    free(t);
     if (lp)
         cJSON_AddItemToObject(c, "logprobs",
                               legacy_logprobs_json(S, lp, n_lp, top_logprobs, off));
     else
         cJSON_AddNullToObject(c, "logprobs");
-    if (finish)
-        cJSON_AddStringToObject(c, "finish_reason", finish);
-    else
-        cJSON_AddNullToObject(c, "finish_reason");
+    add_finish(c, finish);
     return sse_event(r);
 }
 
