@@ -459,8 +459,7 @@ static void png_run(struct png_job *j) {
      * "LA;16B"), except 16-bit gray, which PIL holds as I;16 and clips to 255 on conversion;
      * transparency (palette or gray tRNS, 8-bit gray + alpha) is dropped, since PIL's
      * convert("RGB") of P, L and LA ignores it; only what PIL opens as RGBA is composited onto
-     * white, as
-     * qwen-vl-utils and vLLM do, or dropped with drop_alpha, as transformers does. */
+     * white, as qwen-vl-utils and vLLM do, or dropped with drop_alpha, as transformers does. */
     const bool clip16 = depth == 16 && ctype == PNG_COLOR_TYPE_GRAY;
     if (depth == 16 && !clip16)
         png_set_strip_16(j->png);
