@@ -463,22 +463,89 @@ static int use_vnni(void) {
  * The generic float path widens 16 bf16 weights per vector with a zero-extending shuffle. Here
  * each 64-byte load of 32 weights is split without shuffles: shifting each 32-bit lane left by
  * 16 gives the even-indexed weights as floats, masking off the low half gives the odd-indexed
- * ones. The activations are split the same way (one permute per 16 floats, shared by every
- * weight row of the pass). NR weight rows x MR activation rows per pass, two accumulators per
- * pair (even, odd), summed at the end: float32 throughout, only the summation order differs
- * from the generic path. */
-/* prefetch distance along each weight row, bytes (bench_kern decode: about +5 %) */
+ * ones, and the activations are split the same way (even and odd elements), so two FMAs take
+ * 32 weights. Float32 throughout; only the summation order differs from the generic path.
+ *
+ * One activation row (decode) walks the weight rows one after the other: a thread's rows are one
+ * contiguous range of the mapping, so it reads a single sequential stream, prefetched MVB_PF
+ * bytes ahead. Reading eight rows side by side (eight streams per thread, each a 4-12 KiB row)
+ * streamed 10-15 % slower in bench_kern decode and fell much further behind when the memory
+ * system was busy: 2B bf16 decode 9.0-9.6 against 13.6-14.0 tok/s in the same process. The
+ * activation row is split once per call (per chunk of rows), into a per-thread buffer. Two to
+ * four activation rows keep the side-by-side pass, which reuses each weight load for every row. */
 
-#define MVB_PF 1024
+/* prefetch distance along the weight stream, bytes (4-32 KiB measured alike; 1-2 KiB slower) */
+#define MVB_PF 8192
+/* activation length the per-thread split buffer takes; longer rows use the heap */
+#define MVB_XK 16384
 static const int32_t mvb_even[16] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
 static const int32_t mvb_odd[16] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
 
+/* xe[i] = x[2i], xo[i] = x[2i + 1], i < k / 2 */
+static void mvb_split(const float *x, int64_t k, float *xe, float *xo) {
+    const __m512i ie = _mm512_loadu_si512(mvb_even), io = _mm512_loadu_si512(mvb_odd);
+    for (int64_t p = 0; p < k; p += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + p), x1 = _mm512_loadu_ps(x + p + 16);
+        _mm512_storeu_ps(xe + p / 2, _mm512_permutex2var_ps(x0, ie, x1));
+        _mm512_storeu_ps(xo + p / 2, _mm512_permutex2var_ps(x0, io, x1));
+    }
+}
+
+/* y[j] = row j . x (+ b[j]) for j in [j0, j1): one row at a time, 64 weights per step */
+static bool mvb_rows(float *y, const float *x, int64_t k, const uint8_t *w, const float *b,
+                     int64_t j0, int64_t j1) {
+    static _Thread_local _Alignas(64) float xs[MVB_XK];
+    float *xe = xs, *heap = NULL;
+    if (k > MVB_XK) {
+        heap = qvl_malloc((size_t)k * sizeof(float));
+        if (!heap)
+            return false;
+        xe = heap;
+    }
+    float *xo = xe + k / 2;
+    mvb_split(x, k, xe, xo);
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    const size_t rb = (size_t)k * 2;
+    const int64_t k64 = k / 64 * 64;
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *r = w + (size_t)j * rb;
+        __m512 e0 = _mm512_setzero_ps(), o0 = e0, e1 = e0, o1 = e0;
+        int64_t p = 0;
+        for (; p < k64; p += 64) {
+            _mm_prefetch((const char *)(r + 2 * p + MVB_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(r + 2 * p + 64 + MVB_PF), _MM_HINT_T0);
+            __m512i w0 = _mm512_loadu_si512((const void *)(r + 2 * p));
+            __m512i w1 = _mm512_loadu_si512((const void *)(r + 2 * p + 64));
+            e0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)),
+                                 _mm512_loadu_ps(xe + p / 2), e0);
+            o0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w0, hi)),
+                                 _mm512_loadu_ps(xo + p / 2), o0);
+            e1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w1, 16)),
+                                 _mm512_loadu_ps(xe + p / 2 + 16), e1);
+            o1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w1, hi)),
+                                 _mm512_loadu_ps(xo + p / 2 + 16), o1);
+        }
+        if (p < k) { /* k = 64 n + 32 */
+            __m512i w0 = _mm512_loadu_si512((const void *)(r + 2 * p));
+            e0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)),
+                                 _mm512_loadu_ps(xe + p / 2), e0);
+            o0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w0, hi)),
+                                 _mm512_loadu_ps(xo + p / 2), o0);
+        }
+        __m512 s = _mm512_add_ps(_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1));
+        y[j] = _mm512_reduce_add_ps(s) + (b ? b[j] : 0.0f);
+    }
+    qvl_free(heap);
+    return true;
+}
+
+/* NR weight rows x MR activation rows per pass (MR = 2..4), two accumulators per pair */
 ALWAYS_INLINE void mvb_pass(const int NR, const int MR, const uint8_t *const *rows, int nr,
                             const float *const *xr, int ni, int64_t k, float *y, int64_t ldy,
                             const float *b) {
     const __m512i ie = _mm512_loadu_si512(mvb_even), io = _mm512_loadu_si512(mvb_odd);
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
-    __m512 ae[8][4], ao[8][4];
+    __m512 ae[4][4], ao[4][4];
     for (int r = 0; r < NR; r++)
         for (int i = 0; i < MR; i++)
             ae[r][i] = ao[r][i] = _mm512_setzero_ps();
@@ -490,7 +557,7 @@ ALWAYS_INLINE void mvb_pass(const int NR, const int MR, const uint8_t *const *ro
             xo[i] = _mm512_permutex2var_ps(x0, io, x1);
         }
         for (int r = 0; r < NR; r++) {
-            _mm_prefetch((const char *)(rows[r] + p * 2 + MVB_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(rows[r] + p * 2 + 1024), _MM_HINT_T0);
             __m512i w = _mm512_loadu_si512((const void *)(rows[r] + p * 2));
             __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
             __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(w, hi));
@@ -506,27 +573,30 @@ ALWAYS_INLINE void mvb_pass(const int NR, const int MR, const uint8_t *const *ro
                 _mm512_reduce_add_ps(_mm512_add_ps(ae[r][i], ao[r][i])) + (b ? b[r] : 0.0f);
 }
 
-static void mvb_cols(float *y, int64_t ldy, const float *x, int64_t ldx, int m, int64_t k,
+/* false only when m = 1 needs a heap buffer that cannot be had (the caller then takes the
+ * generic float path) */
+static bool mvb_cols(float *y, int64_t ldy, const float *x, int64_t ldx, int m, int64_t k,
                      const uint8_t *w, const float *b, int64_t j0, int64_t j1) {
-    const int NR = m == 1 ? 8 : 4;
+    if (m == 1)
+        return mvb_rows(y, x, k, w, b, j0, j1);
+    const int NR = 4;
     const float *xr[4];
     for (int i = 0; i < 4; i++)
         xr[i] = x + (i < m ? i : m - 1) * ldx;
     size_t rb = (size_t)k * 2;
     for (int64_t j = j0; j < j1; j += NR) {
         int nr = j1 - j < NR ? (int)(j1 - j) : NR;
-        const uint8_t *rows[8];
+        const uint8_t *rows[4];
         for (int r = 0; r < NR; r++)
             rows[r] = w + (size_t)(j + (r < nr ? r : nr - 1)) * rb;
         float *yy = y + j;
         const float *bb = b ? b + j : NULL;
-        if (m == 1)
-            mvb_pass(8, 1, rows, nr, xr, 1, k, yy, ldy, bb);
-        else if (m == 2)
+        if (m == 2)
             mvb_pass(4, 2, rows, nr, xr, 2, k, yy, ldy, bb);
         else
             mvb_pass(4, 4, rows, nr, xr, m, k, yy, ldy, bb);
     }
+    return true;
 }
 
 
@@ -689,10 +759,9 @@ static bool avx512_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, in
         return true;
     if (wt == QVL_DT_BF16D && m <= 4)
         wt = QVL_DT_BF16; /* decode keeps float activations */
-    if (wt == QVL_DT_BF16 && m > 0 && m <= 4 && k > 0 && k % 32 == 0 && j1 > j0) {
-        mvb_cols(y, ldy, x, ldx, (int)m, k, w, b, j0, j1);
+    if (wt == QVL_DT_BF16 && m > 0 && m <= 4 && k > 0 && k % 32 == 0 && j1 > j0 &&
+        mvb_cols(y, ldy, x, ldx, (int)m, k, w, b, j0, j1))
         return true;
-    }
     return simd_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
 }
 

@@ -423,6 +423,13 @@ static void test_matmul(const qvl_kern *const kt[N_PATHS]) {
                 check_matmul(dts[d], mm, 32 * 65, 19, 1e-10, kt, &worst, &worst_xq);
             check_matmul(dts[d], 1, 16384, 9, 1e-10, kt, &worst, &worst_xq);
             check_matmul(dts[d], 2, 16384 + 32, 5, 1e-10, kt, &worst, &worst_xq);
+        } else if (dts[d] == QVL_DT_BF16 || dts[d] == QVL_DT_BF16D) {
+            /* bf16 decode: all four activation-row counts with a k that ends in half a step,
+             * and one activation row of k up to and past the avx512 split buffer (16384) */
+            for (int64_t mm = 1; mm <= 4; mm++)
+                check_matmul(dts[d], mm, 32 * 65, 19, 1e-10, kt, &worst, &worst_xq);
+            check_matmul(dts[d], 1, 16384, 9, 1e-10, kt, &worst, &worst_xq);
+            check_matmul(dts[d], 1, 16384 + 96, 5, 1e-10, kt, &worst, &worst_xq);
         }
         printf("matmul %-5s worst nmse vs double %.3g", qvl_dtype_name(dts[d]), worst);
         if (worst_xq > 0)
