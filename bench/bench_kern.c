@@ -647,7 +647,8 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
     qvl_pool_free(pool);
 }
 
-static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool fused) {
+static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool fused,
+                         unsigned offset) {
     static const int64_t shp[7][2] = {{2048, 2048}, {1024, 2048}, {1024, 2048}, {2048, 2048},
                                       {6144, 2048}, {6144, 2048}, {2048, 6144}};
     qvl_pool *pool = NULL;
@@ -659,7 +660,7 @@ static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool f
     for (int i = 0; i < 7; i++)
         layer_bytes += qvl_dtype_mat_bytes(wt, (size_t)shp[i][0], (size_t)shp[i][1]);
     size_t total = layer_bytes * (size_t)n_layers;
-    uint8_t *base = bk_huge(total);
+    uint8_t *map = bk_huge(total + 64), *base = map + offset;
     qvl_mat W[64][7];
     size_t off = 0;
     for (int l = 0; l < n_layers; l++)
@@ -707,12 +708,12 @@ static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool f
             best = ms;
     }
     double med = sum / tokens;
-    printf("decode %-4s %d layers (%.0f MB) %d threads %s: best %.2f ms (%.1f GB/s), mean %.2f ms"
+    printf("decode %-4s %d layers (%.0f MB, +%u) %d threads %s: best %.2f ms (%.1f GB/s), mean %.2f ms"
            " (%.1f GB/s); read loop %.1f GB/s; best = %.0f%% of it\n",
-           qvl_dtype_name(wt), n_layers, total / 1e6, nth, fused ? "fused" : "one job/matrix",
+           qvl_dtype_name(wt), n_layers, total / 1e6, offset, nth, fused ? "fused" : "one job/matrix",
            best, total / (best * 1e6), med, total / (med * 1e6), rd_gbs,
            100.0 * total / (best * 1e6) / rd_gbs);
-    munmap(base, total);
+    munmap(map, total + 64);
     qvl_free(x);
     qvl_free(y);
     qvl_pool_free(pool);
@@ -781,9 +782,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "decode")) {
-        /* decode [bf16|q8|q4|q8row|q4row [threads [layers [fused]]]]: layers of 2B decoder
-         * matvecs (q8/q4: the interleaved layout the loader makes; q8row/q4row: plain
-         * row-major blocks, which only the float-widening path takes now) */
+        /* decode [bf16|q8|q4|q8row|q4row [threads [layers [fused [offset]]]]]: layers of 2B
+         * decoder matvecs (q8/q4: the interleaved layout the loader makes; q8row/q4row: plain
+         * row-major blocks, which only the float-widening path takes now); offset: the
+         * weights start that many bytes (0-63) past a cache line, as a safetensors file's
+         * tensors do (bf16 in place) */
         qvl_dtype wt = QVL_DT_BF16;
         if (argc > 2 && !strcmp(argv[2], "q8"))
             wt = QVL_DT_Q8_0X16; /* the layout the model loader makes */
@@ -795,7 +798,8 @@ int main(int argc, char **argv) {
             wt = QVL_DT_Q4_0;
         int nth = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 2;
         int nl = argc > 4 && atoi(argv[4]) > 0 ? atoi(argv[4]) : 8;
-        bench_decode(wt, nth, nl > 64 ? 64 : nl, 20, argc > 5 && atoi(argv[5]) != 0);
+        unsigned off = argc > 6 ? (unsigned)atoi(argv[6]) % 64 : 0;
+        bench_decode(wt, nth, nl > 64 ? 64 : nl, 20, argc > 5 && atoi(argv[5]) != 0, off);
         return 0;
     }
     bool quick = argc > 1 && !strcmp(argv[1], "quick");

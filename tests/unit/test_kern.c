@@ -294,6 +294,67 @@ done:
     qvl_free(want);
 }
 
+/* bf16 decode on rows that do not start on a cache line (a safetensors file puts tensors at any
+ * even offset, and an odd one is not refused; avx512 assembles each line from the two aligned
+ * lines it straddles, or at odd offsets loads across them): every offset and every row range
+ * gives the bits of the aligned, full-range call, for k ending in a whole and in half a
+ * 64-weight step, and the aligned call matches the weights in double. */
+static void test_bf16_offsets(const qvl_kern *const kt[N_PATHS]) {
+    static const int64_t ks[] = {32, 96, 2048, 4096 + 32};
+    static const unsigned offs[] = {1, 2, 4, 6, 8, 16, 24, 32, 33, 48, 60, 62};
+    static const int64_t ranges[][2] = {{0, 9}, {1, 8}, {4, 5}, {0, 1}, {8, 9}, {3, 9}};
+    const int64_t n = 9;
+    for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++) {
+        const int64_t k = ks[c];
+        const size_t rb = (size_t)k * 2;
+        uint8_t *w = NULL, *big = qvl_malloc(rb * (size_t)n + 128);
+        float *wf = NULL, *x = qvl_malloc(sizeof(float) * (size_t)k), b[9], y0[9], y1[9];
+        bool ok = big && x && make_weights(QVL_DT_BF16, n, k, &w, &wf);
+        CHECK(ok);
+        if (ok) {
+            fill(x, (size_t)k, 1.0f);
+            fill(b, 9, 1.0f);
+        }
+        uint8_t *al = big ? big + (64 - (uintptr_t)big % 64) % 64 : NULL;
+        for (int pi = 0; ok && pi < N_PATHS; pi++) {
+            if (!kt[pi])
+                continue;
+            memcpy(al, w, rb * (size_t)n);
+            CHECK(kt[pi]->matmul(y0, n, x, k, 1, k, al, QVL_DT_BF16, b, 0, n));
+            nmse_acc acc = {0};
+            for (int64_t j = 0; j < n; j++) {
+                double want = b[j];
+                for (int64_t p = 0; p < k; p++)
+                    want += (double)wf[j * k + p] * x[p];
+                nmse_add(&acc, y0[j], want);
+            }
+            CHECKF(nmse(&acc) < 1e-10, "%s bf16 decode k=%lld: nmse %.3g", kt[pi]->name,
+                   (long long)k, nmse(&acc));
+            for (size_t o = 0; o < sizeof offs / sizeof offs[0]; o++) {
+                memmove(al + offs[o], w, rb * (size_t)n);
+                for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+                    int64_t j0 = ranges[r][0], j1 = ranges[r][1];
+                    for (int64_t j = 0; j < n; j++)
+                        y1[j] = SENTINEL;
+                    CHECK(kt[pi]->matmul(y1, n, x, k, 1, k, al + offs[o], QVL_DT_BF16, b, j0,
+                                         j1));
+                    bool same = true;
+                    for (int64_t j = 0; j < n; j++)
+                        same = same && (j >= j0 && j < j1 ? !memcmp(&y1[j], &y0[j], 4)
+                                                         : y1[j] == SENTINEL);
+                    CHECKF(same, "%s bf16 decode k=%lld, rows at +%u, [%lld, %lld): not the "
+                           "aligned call's bits (or wrote outside)", kt[pi]->name, (long long)k,
+                           offs[o], (long long)j0, (long long)j1);
+                }
+            }
+        }
+        qvl_free(big);
+        qvl_free(x);
+        qvl_free(w);
+        qvl_free(wf);
+    }
+}
+
 /* Activation reuse (qvl_kern_set_act_id): chunks of one call under one id give the bits of
  * calls without an id; new rows at another address under the same id are rounded afresh. */
 static void test_act_reuse(const qvl_kern *const kt[N_PATHS]) {
@@ -1322,6 +1383,7 @@ int main(int argc, char **argv) {
     test_dispatch(kt);
     test_quant_paths(kt); /* after the others: their shapes use a fixed random sequence */
     test_act_reuse(kt);
+    test_bf16_offsets(kt);
     test_ops_threads();
     CHECK_DONE();
 }
