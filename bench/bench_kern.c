@@ -708,11 +708,12 @@ static void bench_decode(qvl_dtype wt, int nth, int n_layers, int tokens, bool f
             best = ms;
     }
     double med = sum / tokens;
-    printf("decode %-4s %d layers (%.0f MB, +%u) %d threads %s: best %.2f ms (%.1f GB/s), mean %.2f ms"
+    printf("decode %-4s %d layers (%.0f MB, +%u) %d threads %s: best %.2f ms "
+           "(%.1f GB/s), mean %.2f ms"
            " (%.1f GB/s); read loop %.1f GB/s; best = %.0f%% of it\n",
-           qvl_dtype_name(wt), n_layers, total / 1e6, offset, nth, fused ? "fused" : "one job/matrix",
-           best, total / (best * 1e6), med, total / (med * 1e6), rd_gbs,
-           100.0 * total / (best * 1e6) / rd_gbs);
+           qvl_dtype_name(wt), n_layers, total / 1e6, offset, nth,
+           fused ? "fused" : "one job/matrix", best, total / (best * 1e6), med,
+           total / (med * 1e6), rd_gbs, 100.0 * total / (best * 1e6) / rd_gbs);
     munmap(map, total + 64);
     qvl_free(x);
     qvl_free(y);
