@@ -328,6 +328,66 @@ static void mva_cols_q4(float *y, const int8_t *q, const float *d, const int32_t
     mva_cols(false, y, q, d, c, nb, w, b, j0, j1);
 }
 
+/* ---- bf16 decode, one activation row (k a multiple of 16) ---------------------------------------
+ * As avx512.c's mvb_rows: the weight rows one after the other (a thread's rows are one
+ * sequential stream, prefetched MVR_PF bytes ahead), and each 32-byte load of 16 weights split
+ * into its even- and odd-indexed elements by a shift and a mask, against the activations split
+ * the same way once per call, instead of widening 8 weights per vector with a shuffle. */
+#define MVR_PF 8192
+#define MVR_XK 16384 /* activation length the per-thread split buffer takes */
+
+static bool mvr_bf16(float *y, const float *x, int64_t k, const uint8_t *w, const float *b,
+                     int64_t j0, int64_t j1) {
+    static _Thread_local _Alignas(32) float xs[MVR_XK];
+    float *xe = xs, *heap = NULL;
+    if (k > MVR_XK) {
+        heap = qvl_malloc((size_t)k * sizeof(float));
+        if (!heap)
+            return false;
+        xe = heap;
+    }
+    float *xo = xe + k / 2;
+    for (int64_t p = 0; p < k; p += 16) { /* 64-bit pairs (0 2 | 1 3) back in order */
+        __m256 x0 = _mm256_loadu_ps(x + p), x1 = _mm256_loadu_ps(x + p + 8);
+        __m256 ev = _mm256_shuffle_ps(x0, x1, 0x88), od = _mm256_shuffle_ps(x0, x1, 0xDD);
+        ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), 0xD8));
+        od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), 0xD8));
+        _mm256_storeu_ps(xe + p / 2, ev);
+        _mm256_storeu_ps(xo + p / 2, od);
+    }
+    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
+    const size_t rb = (size_t)k * 2;
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *r = w + (size_t)j * rb;
+        __m256 e0 = _mm256_setzero_ps(), o0 = e0, e1 = e0, o1 = e0;
+        int64_t p = 0;
+        for (; p + 32 <= k; p += 32) {
+            _mm_prefetch((const char *)(r + 2 * p + MVR_PF), _MM_HINT_T0);
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(r + 2 * p));
+            __m256i w1 = _mm256_loadu_si256((const __m256i *)(r + 2 * p + 32));
+            e0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)),
+                                 _mm256_loadu_ps(xe + p / 2), e0);
+            o0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(w0, hi)),
+                                 _mm256_loadu_ps(xo + p / 2), o0);
+            e1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)),
+                                 _mm256_loadu_ps(xe + p / 2 + 8), e1);
+            o1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(w1, hi)),
+                                 _mm256_loadu_ps(xo + p / 2 + 8), o1);
+        }
+        if (p < k) { /* k = 32 n + 16 */
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(r + 2 * p));
+            e0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)),
+                                 _mm256_loadu_ps(xe + p / 2), e0);
+            o0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(w0, hi)),
+                                 _mm256_loadu_ps(xo + p / 2), o0);
+        }
+        y[j] = vsum(_mm256_add_ps(_mm256_add_ps(e0, o0), _mm256_add_ps(e1, o1))) +
+               (b ? b[j] : 0.0f);
+    }
+    qvl_free(heap);
+    return true;
+}
+
 static bool avx2_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t m, int64_t k,
                         const void *w, qvl_dtype wt, const float *b, int64_t j0, int64_t j1) {
     if (qvl_dtype_is_x16(wt) && m > 0 && m <= 4 && k > 0 && k <= MVA_MAXK &&
@@ -343,6 +403,9 @@ static bool avx2_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int6
         }
         return true;
     }
+    if ((wt == QVL_DT_BF16 || wt == QVL_DT_BF16D) && m == 1 && k > 0 && k % 16 == 0 && j1 > j0 &&
+        mvr_bf16(y, x, k, (const uint8_t *)w, b, j0, j1))
+        return true;
     return simd_matmul(y, ldy, x, ldx, m, k, w, wt, b, j0, j1);
 }
 
