@@ -346,6 +346,25 @@ QVL_API qvl_status qvl_ctx_eval_mm(qvl_ctx *c, const int32_t *ids, size_t n,
                                    qvl_image *const *images, size_t n_images,
                                    qvl_video *const *videos, size_t n_videos);
 
+/* A prompt's own log-probabilities (qvl_ctx_eval_scored), written by the call. */
+typedef struct qvl_prompt_scores {
+    float *logprobs;     /* [n] */
+    int n_top;           /* 0..QVL_MAX_TOP_LOGPROBS most likely ids per position */
+    int32_t *top_ids;    /* [n][n_top] (may be NULL when n_top is 0) */
+    float *top_logprobs; /* [n][n_top] */
+} qvl_prompt_scores;
+/* As qvl_ctx_eval_mm, and score the prompt: logprobs[i] is the log-probability the model gives
+ * ids[i] after everything before it (natural log of the softmax of the raw logits, as
+ * qvl_gen_params.logprobs), and with n_top the most likely ids there (ties: lower id first).
+ * Token 0 is scored from the logits the context holds before the call; a context without any
+ * (fresh, reset, or after an embeddings eval) gives NAN, and ids -1 with NAN in its top row.
+ * Image and video placeholders are scored like other tokens. Cost: the lm_head on every row of
+ * the prompt and a pass over the vocabulary per row. */
+QVL_API qvl_status qvl_ctx_eval_scored(qvl_ctx *c, const int32_t *ids, size_t n,
+                                       qvl_image *const *images, size_t n_images,
+                                       qvl_video *const *videos, size_t n_videos,
+                                       const qvl_prompt_scores *s);
+
 /* Append caller-supplied embeddings: embd [n, hidden]. pos: 3 x n position ids (t row, then h,
  * then w), or NULL for text positions continuing the conversation. deepstack: n_deepstack
  * arrays of [n_visual, hidden] added after decoder layers 0..n_deepstack-1 at the rows whose

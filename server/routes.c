@@ -707,11 +707,12 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
     if (j->legacy)
         j->gp.max_new_tokens = 16; /* OpenAI's default for completions */
     d = 0;
-    if (!get_num(root, "max_tokens", 1, 1e12, true, &d, &present, msg, ml))
+    const double lo = j->legacy ? 0 : 1; /* completions: 0 evaluates (and echoes) the prompt */
+    if (!get_num(root, "max_tokens", lo, 1e12, true, &d, &present, msg, ml))
         return 400;
     double d2 = 0;
     bool present2;
-    if (!get_num(root, "max_completion_tokens", 1, 1e12, true, &d2, &present2, msg, ml))
+    if (!get_num(root, "max_completion_tokens", lo, 1e12, true, &d2, &present2, msg, ml))
         return 400;
     if (present2)
         d = d2;
@@ -722,6 +723,7 @@ static int parse_params(srv_state *S, const cJSON *root, srv_job *j, srv_chat *c
             return 400;
         }
         j->gp.max_new_tokens = (int)d;
+        j->no_gen = d == 0;
     }
     d = 1;
     if (!get_num(root, "n", 1, 1e9, true, &d, NULL, msg, ml))
@@ -1145,11 +1147,7 @@ int srv_text_prepare(srv_state *S, const char *body, size_t len, srv_chat *ch, s
         fmt(msg, ml, "'suffix' is not supported");
         goto out;
     }
-    if (echo && j->gp.logprobs) {
-        fmt(msg, ml, "'echo' with 'logprobs' is not supported (no log-probabilities of prompt "
-                     "tokens)");
-        goto out;
-    }
+    j->score_prompt = echo && j->gp.logprobs;
     if (cJSON_GetObjectItemCaseSensitive(root, "messages") ||
         cJSON_GetObjectItemCaseSensitive(root, "tools")) {
         fmt(msg, ml, "'messages' and 'tools' belong to /v1/chat/completions");
@@ -1484,35 +1482,40 @@ char *srv_chunk_tool_calls_sse(srv_state *S, const char *id, long long created,
 
 /* ---- /v1/completions ------------------------------------------------------------------------ */
 /* The legacy logprobs object: {"tokens", "token_logprobs", "top_logprobs" (one {token: logprob}
- * object per token), "text_offset"}; *off is the running offset, in characters of the tokens'
- * texts, of the next token. */
-static cJSON *legacy_logprobs_json(srv_state *S, const srv_lp *lp, size_t n, int top,
-                                   size_t *off) {
+ * object per token), "text_offset"} of the records a[0..na) then b[0..nb); *off is the running
+ * offset, in characters of the tokens' texts, of the next token. A NAN log-probability (a
+ * scored prompt's first token: nothing before it) is null, as is that token's top object. */
+static cJSON *legacy_logprobs_json(srv_state *S, const srv_lp *a, size_t na, const srv_lp *b,
+                                   size_t nb, int top, size_t *off) {
     cJSON *o = cJSON_CreateObject();
     cJSON *tk = cJSON_AddArrayToObject(o, "tokens");
     cJSON *tl = cJSON_AddArrayToObject(o, "token_logprobs");
     cJSON *tp = cJSON_AddArrayToObject(o, "top_logprobs");
     cJSON *to = cJSON_AddArrayToObject(o, "text_offset");
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < na + nb; i++) {
+        const srv_lp *r = i < na ? &a[i] : &b[i - na];
         size_t bn = 0;
-        const char *b = qvl_token_bytes(S->model, lp[i].id, &bn);
-        char *t = srv_utf8_lossy(b ? b : "", b ? bn : 0);
+        const char *tb = qvl_token_bytes(S->model, r->id, &bn);
+        char *t = srv_utf8_lossy(tb ? tb : "", tb ? bn : 0);
         if (!t)
             break;
         cJSON_AddItemToArray(tk, cJSON_CreateString(t));
-        cJSON_AddItemToArray(tl, cJSON_CreateNumber(isfinite(lp[i].logprob) ? lp[i].logprob
-                                                                            : -9999.0));
         cJSON_AddItemToArray(to, cJSON_CreateNumber((double)*off));
         for (const char *c = t; *c; c++) /* characters: bytes that do not continue one */
             *off += ((unsigned char)*c & 0xc0) != 0x80;
         free(t);
+        if (isnan(r->logprob)) {
+            cJSON_AddItemToArray(tl, cJSON_CreateNull());
+            cJSON_AddItemToArray(tp, cJSON_CreateNull());
+            continue;
+        }
+        cJSON_AddItemToArray(tl, cJSON_CreateNumber(isfinite(r->logprob) ? r->logprob : -9999.0));
         cJSON *d = cJSON_CreateObject();
         for (int k = 0; k < top && k < SRV_MAX_TOP_LOGPROBS; k++) {
-            b = qvl_token_bytes(S->model, lp[i].top_ids[k], &bn);
-            t = srv_utf8_lossy(b ? b : "", b ? bn : 0);
+            tb = qvl_token_bytes(S->model, r->top_ids[k], &bn);
+            t = srv_utf8_lossy(tb ? tb : "", tb ? bn : 0);
             if (t)
-                cJSON_AddNumberToObject(d, t, isfinite(lp[i].top_lp[k]) ? lp[i].top_lp[k]
-                                                                        : -9999.0);
+                cJSON_AddNumberToObject(d, t, isfinite(r->top_lp[k]) ? r->top_lp[k] : -9999.0);
             free(t);
         }
         cJSON_AddItemToArray(tp, d);
@@ -1538,7 +1541,8 @@ char *srv_text_completion_json(srv_state *S, const char *id, long long created, 
     size_t off = 0;
     if (j->gp.logprobs)
         cJSON_AddItemToObject(c, "logprobs",
-                              legacy_logprobs_json(S, j->lp, j->lp_n, j->gp.top_logprobs, &off));
+                              legacy_logprobs_json(S, j->plp, j->plp_n, j->lp, j->lp_n,
+                                                   j->gp.top_logprobs, &off));
     else
         cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", srv_finish_str(j->finish));
@@ -1562,7 +1566,7 @@ char *srv_text_chunk_sse(srv_state *S, const char *id, long long created, const 
     }
     if (lp)
         cJSON_AddItemToObject(c, "logprobs",
-                              legacy_logprobs_json(S, lp, n_lp, top_logprobs, off));
+                              legacy_logprobs_json(S, lp, n_lp, NULL, 0, top_logprobs, off));
     else
         cJSON_AddNullToObject(c, "logprobs");
     add_finish(c, finish);

@@ -192,8 +192,22 @@ static bool stream_next(stream *st) {
                                          0, 0));
             return true;
         }
-        if (j->echo_n) {
-            stream_set(st, chunk(st, j->echo, j->echo_n, NULL, NULL, NULL, 0));
+        if (j->echo_n) { /* a scored prompt's records travel with it: wait for them */
+            srv_lp *plp = NULL;
+            size_t pn = 0;
+            if (j->score_prompt) {
+                srv_pool_lock(S->pool);
+                bool ready = j->plp_ready, done = j->state == JOB_DONE;
+                if (ready && (plp = malloc(j->plp_n * sizeof *plp + 1)))
+                    memcpy(plp, j->plp, (pn = j->plp_n) * sizeof *plp);
+                srv_pool_unlock(S->pool);
+                if (!ready && !done) {
+                    st->first_sent = false;
+                    return false;
+                }
+            }
+            stream_set(st, chunk(st, j->echo, j->echo_n, NULL, NULL, plp, pn));
+            free(plp);
             return true;
         }
     }

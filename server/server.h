@@ -92,6 +92,8 @@ typedef struct srv_job {
     bool legacy; /* a /v1/completions request: raw prompt, text_completion responses */
     char *echo;  /* legacy with echo: the prompt's text, which the response text starts with */
     size_t echo_n;
+    bool score_prompt; /* legacy with echo and logprobs: the prompt's tokens are scored too */
+    bool no_gen;       /* legacy with max_tokens 0: evaluate (and score) only */
     qvl_gen_params gp;
     char **stops;
     int n_stop;
@@ -108,6 +110,10 @@ typedef struct srv_job {
     size_t text_n, text_cap;
     srv_lp *lp; /* with gp.logprobs: one record per generated token so far */
     size_t lp_n, lp_cap;
+    srv_lp *plp; /* with score_prompt: one record per prompt token (the first one's logprob is
+                  * NAN: nothing before it), set once the prompt is evaluated (plp_ready) */
+    size_t plp_n;
+    bool plp_ready;
     bool oom;
     size_t n_completion;
     qvl_finish finish;

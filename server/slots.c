@@ -81,6 +81,7 @@ static void job_free(srv_job *j) {
     free(j->bias_ids);
     free(j->bias_vals);
     free(j->echo);
+    free(j->plp);
     pthread_cond_destroy(&j->cond);
     free(j);
 }
@@ -255,6 +256,49 @@ static void set_err(srv_pool *p, srv_job *j, qvl_status st, const char *msg) {
     pthread_mutex_unlock(&p->mu);
 }
 
+/* Evaluate the whole prompt of a score_prompt job and record its tokens' log-probabilities in
+ * j->plp (then plp_ready, with a wake-up: a stream sends them with the echoed prompt). */
+static qvl_status eval_scored(srv_slot *s, srv_job *j, const char **em) {
+    srv_pool *p = s->pool;
+    const int top = j->gp.top_logprobs;
+    size_t n = j->n_ids;
+    float *lps = malloc(n * sizeof(float));
+    int32_t *tids = top ? malloc(n * (size_t)top * sizeof(int32_t)) : NULL;
+    float *tlps = top ? malloc(n * (size_t)top * sizeof(float)) : NULL;
+    srv_lp *recs = calloc(n, sizeof *recs);
+    qvl_status st = QVL_E_NOMEM;
+    *em = "out of memory for the prompt's log-probabilities";
+    if (lps && recs && (!top || (tids && tlps))) {
+        *em = NULL;
+        qvl_prompt_scores ps = {lps, top, tids, tlps};
+        st = qvl_ctx_eval_scored(s->ctx, j->ids, n, j->images, j->n_images, j->videos,
+                                 j->n_videos, &ps);
+    }
+    if (st == QVL_OK)
+        for (size_t i = 0; i < n; i++) {
+            recs[i].id = j->ids[i];
+            recs[i].logprob = lps[i];
+            for (int k = 0; k < top && k < SRV_MAX_TOP_LOGPROBS; k++) {
+                recs[i].top_ids[k] = tids[i * (size_t)top + (size_t)k];
+                recs[i].top_lp[k] = tlps[i * (size_t)top + (size_t)k];
+            }
+        }
+    free(lps);
+    free(tids);
+    free(tlps);
+    pthread_mutex_lock(&p->mu);
+    if (st == QVL_OK) {
+        j->plp = recs;
+        j->plp_n = n;
+        recs = NULL;
+    }
+    j->plp_ready = st == QVL_OK;
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&p->mu);
+    free(recs);
+    return st;
+}
+
 /* Evaluate the job's prompt (reusing the slot's cache when possible) and generate. */
 static void run_job(srv_slot *s, srv_job *j) {
     srv_pool *p = s->pool;
@@ -262,8 +306,8 @@ static void run_job(srv_slot *s, srv_job *j) {
     size_t img0 = 0;
     size_t start = 0;
     double t0 = srv_now_ms();
-    if (qvl_ctx_n_past(c) == (int64_t)s->n_cache)
-        start = reuse_len(s, j, p->image_pad, &img0);
+    if (qvl_ctx_n_past(c) == (int64_t)s->n_cache && !j->score_prompt)
+        start = reuse_len(s, j, p->image_pad, &img0); /* a scored prompt is evaluated whole */
     if (start == 0) {
         qvl_ctx_reset(c);
         cache_clear(s);
@@ -273,10 +317,13 @@ static void run_job(srv_slot *s, srv_job *j) {
         return;
     }
     qvl_ctx_set_image_opts(c, &j->img_opts);
-    qvl_status st = qvl_ctx_eval_mm(c, j->ids + start, j->n_ids - start, j->images + img0,
-                                    j->n_images - img0, j->videos, j->n_videos);
+    const char *em = NULL;
+    qvl_status st = j->score_prompt ? eval_scored(s, j, &em)
+                                    : qvl_ctx_eval_mm(c, j->ids + start, j->n_ids - start,
+                                                      j->images + img0, j->n_images - img0,
+                                                      j->videos, j->n_videos);
     if (st != QVL_OK) {
-        set_err(p, j, st, qvl_ctx_errmsg(c));
+        set_err(p, j, st, em ? em : qvl_ctx_errmsg(c));
         qvl_ctx_reset(c);
         cache_clear(s);
         return;
@@ -286,6 +333,16 @@ static void run_job(srv_slot *s, srv_job *j) {
     j->t_start = t0;
     j->t_prompt = srv_now_ms();
     pthread_mutex_unlock(&p->mu);
+    if (j->no_gen) { /* max_tokens 0: the prompt (and its scores) only */
+        pthread_mutex_lock(&p->mu);
+        j->t_end = srv_now_ms();
+        j->status = j->oom ? QVL_E_NOMEM : QVL_OK;
+        j->finish = QVL_FINISH_LENGTH;
+        j->n_completion = 0;
+        pthread_mutex_unlock(&p->mu);
+        cache_update(s, j, NULL, 0);
+        return;
+    }
     qvl_gen_params gp = j->gp;
     int64_t room = qvl_ctx_n_ctx(c) - qvl_ctx_n_past(c);
     if (room < 1)

@@ -41,6 +41,10 @@ struct qvl_ctx {
     qvl_progress_fn progress;
     void *progress_user;
     float *dbg_layers; /* tests: if set, [n_layers][hidden] gets the last row after each layer */
+    /* qvl_ctx_eval_scored: the prompt being scored, else NULL (llm.c) */
+    const qvl_prompt_scores *score;
+    const int32_t *score_ids;
+    float *score_buf; /* [QVL_SCORE_ROWS][hidden + vocab] */
     char err[512];
 };
 

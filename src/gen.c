@@ -38,42 +38,6 @@ static int emit(qvl_sbuf *tb, const char *s, size_t n, int32_t id, qvl_text_cb c
     return cb ? cb(s, n, id, user) : 0;
 }
 
-/* Log-probability of `id` under softmax(logits) and the k most likely entries (value
- * descending, ties by lower id; NaN counts as -inf). Accumulated in double. */
-static void token_logprobs(const float *l, int32_t V, int32_t id, int k, float *lp,
-                           int32_t *top_ids, float *top_lp) {
-    float m = -INFINITY;
-    for (int32_t i = 0; i < V; i++)
-        if (l[i] > m)
-            m = l[i];
-    double sum = 0;
-    if (m > -INFINITY)
-        for (int32_t i = 0; i < V; i++)
-            if (l[i] > -INFINITY)
-                sum += exp((double)l[i] - (double)m);
-    /* m > -inf means sum >= 1 (the maximum contributes exp(0)) */
-    double lse = m > -INFINITY && isfinite(m) ? (double)m + log(sum) : (double)m;
-    float v = l[id] > -INFINITY ? l[id] : -INFINITY;
-    *lp = isfinite(lse) && v > -INFINITY ? (float)((double)v - lse) : -INFINITY;
-    int n = 0;
-    for (int32_t i = 0; i < V && k > 0; i++) {
-        float x = l[i] > -INFINITY ? l[i] : -INFINITY;
-        if (n == k && !(x > top_lp[k - 1]))
-            continue;
-        int at = n < k ? n++ : k - 1;
-        while (at > 0 && x > top_lp[at - 1]) {
-            top_lp[at] = top_lp[at - 1];
-            top_ids[at] = top_ids[at - 1];
-            at--;
-        }
-        top_lp[at] = x;
-        top_ids[at] = i;
-    }
-    for (int i = 0; i < n; i++)
-        top_lp[i] = isfinite(lse) && top_lp[i] > -INFINITY ? (float)((double)top_lp[i] - lse)
-                                                           : -INFINITY;
-}
-
 qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb, void *user,
                             qvl_gen_result *res) {
     if (!c || !res)
@@ -206,7 +170,7 @@ qvl_status qvl_ctx_generate(qvl_ctx *c, const qvl_gen_params *p, qvl_text_cb cb,
             ti.n_top = n_top;
             ti.top_ids = top_ids + n_gen * (size_t)n_top;
             ti.top_logprobs = top_lp + n_gen * (size_t)n_top;
-            token_logprobs(c->logits, V, id, n_top, &lps[n_gen], top_ids + n_gen * (size_t)n_top,
+            qvl_logprobs_row(c->logits, V, id, n_top, &lps[n_gen], top_ids + n_gen * (size_t)n_top,
                            top_lp + n_gen * (size_t)n_top);
             ti.logprob = lps[n_gen];
         }

@@ -6,6 +6,7 @@
 #include "ctx.h"
 #include "kern/kern.h"
 #include "rope.h"
+#include "sample.h"
 #include "tok.h"
 #include "video.h"
 #include "vit.h"
@@ -453,6 +454,53 @@ static uint8_t *slab_get(qvl_ctx *c, const slab *s, bool *own) {
     return p;
 }
 
+/* ---- prompt scoring (qvl_ctx_eval_scored) ---------------------------------------------------- */
+/* rows of final hidden states put through the lm_head at a time: 64 rows of the 151936-token
+ * vocabulary are 39 MB of logits, and fewer make the GEMM's weight packing dominate */
+#define QVL_SCORE_ROWS 64
+
+typedef struct {
+    const qvl_prompt_scores *s;
+    const int32_t *ids;
+    const float *logits; /* [nr][V] */
+    int64_t g0, nr;      /* logits row r is prompt row g0 + r, which predicts ids[g0 + r + 1] */
+    int32_t V;
+} score_job;
+
+static void score_task(void *arg, int ith, int nth) {
+    const score_job *j = arg;
+    const int k = j->s->n_top < j->V ? j->s->n_top : j->V;
+    for (int64_t r = ith; r < j->nr; r += nth) {
+        int64_t t = j->g0 + r + 1; /* the token this row scores */
+        int32_t *ti = j->s->n_top ? j->s->top_ids + t * j->s->n_top : NULL;
+        float *tl = j->s->n_top ? j->s->top_logprobs + t * j->s->n_top : NULL;
+        qvl_logprobs_row(j->logits + r * j->V, j->V, j->ids[t], k, &j->s->logprobs[t], ti, tl);
+        for (int i = k; i < j->s->n_top; i++) {
+            ti[i] = -1;
+            tl[i] = NAN;
+        }
+    }
+}
+
+/* Score the tokens that rows [g0, g0 + nb) of an n-row prompt predict, from their final hidden
+ * states x (the last row predicts what follows the prompt: not scored here). */
+static void score_rows(qvl_ctx *c, const float *x, int64_t g0, int64_t nb, int64_t n) {
+    const qvl_model *m = c->m;
+    const int64_t H = m->cfg.text.hidden;
+    const int32_t V = m->cfg.text.vocab_size;
+    float *nx = c->score_buf, *lg = nx + QVL_SCORE_ROWS * H;
+    for (int64_t r0 = 0; r0 < nb && g0 + r0 < n - 1; r0 += QVL_SCORE_ROWS) {
+        int64_t nr = nb - r0 < QVL_SCORE_ROWS ? nb - r0 : QVL_SCORE_ROWS;
+        if (g0 + r0 + nr > n - 1)
+            nr = n - 1 - (g0 + r0);
+        for (int64_t r = 0; r < nr; r++)
+            qvl_rmsnorm(nx + r * H, x + (r0 + r) * H, m->norm, H, m->cfg.text.rms_eps);
+        qvl_op_matmul(c->pool, lg, nx, nr, &m->lm_head, NULL);
+        score_job j = {c->score, c->score_ids, lg, g0 + r0, nr, V};
+        qvl_pool_run(c->pool, score_task, &j);
+    }
+}
+
 /* Run n rows of embeddings (consumed: used as the residual stream) in chunks of n_batch.
  * Returns false when the progress callback cancelled: the cache is then back where it was. */
 static bool forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, const uint8_t *vis,
@@ -463,6 +511,8 @@ static bool forward(qvl_ctx *c, float *embd, int64_t n, const int32_t *pos, cons
         int64_t nb = n - i0 < c->n_batch ? n - i0 : c->n_batch;
         forward_chunk(c, embd + i0 * H, nb, pos + i0, n, vis ? vis + i0 : NULL, n_ds, ds, ds_off,
                       i0 + nb == n);
+        if (c->score)
+            score_rows(c, embd + i0 * H, i0, nb, n);
         if (vis)
             for (int64_t i = 0; i < nb; i++)
                 ds_off += vis[i0 + i] != 0;
@@ -552,6 +602,56 @@ qvl_status qvl_ctx_eval_embd(qvl_ctx *c, const qvl_embd_batch *b) {
 qvl_status qvl_ctx_eval(qvl_ctx *c, const int32_t *ids, size_t n_ids, qvl_image *const *images,
                         size_t n_images) {
     return qvl_ctx_eval_mm(c, ids, n_ids, images, n_images, NULL, 0);
+}
+
+qvl_status qvl_ctx_eval_scored(qvl_ctx *c, const int32_t *ids, size_t n_ids,
+                               qvl_image *const *images, size_t n_images,
+                               qvl_video *const *videos, size_t n_videos,
+                               const qvl_prompt_scores *s) {
+    if (!c)
+        return QVL_E_INVAL;
+    c->err[0] = 0;
+    if (!s || !s->logprobs || s->n_top < 0 || s->n_top > QVL_MAX_TOP_LOGPROBS ||
+        (s->n_top > 0 && (!s->top_ids || !s->top_logprobs))) {
+        qvl_ctx_setf(c, "eval_scored: no output arrays, or n_top outside 0..%d",
+                     QVL_MAX_TOP_LOGPROBS);
+        return QVL_E_INVAL;
+    }
+    if (!ids || n_ids == 0) {
+        qvl_ctx_setf(c, "eval: no tokens");
+        return QVL_E_INVAL;
+    }
+    const int64_t H = c->m->cfg.text.hidden;
+    const int32_t V = c->m->cfg.text.vocab_size;
+    if (ids[0] < 0 || ids[0] >= V) {
+        qvl_ctx_setf(c, "token id %d at position 0 is outside the vocabulary (0..%d)", ids[0],
+                     V - 1);
+        return QVL_E_INVAL;
+    }
+    size_t bytes;
+    if (!qvl_size_mul((size_t)QVL_SCORE_ROWS * sizeof(float), (size_t)(H + V), &bytes) ||
+        !(c->score_buf = qvl_malloc(bytes))) {
+        qvl_ctx_setf(c, "out of memory for the prompt's logits");
+        return QVL_E_NOMEM;
+    }
+    /* token 0, from the logits the context holds (before the eval replaces them) */
+    const int k = s->n_top < V ? s->n_top : V;
+    if (c->has_logits)
+        qvl_logprobs_row(c->logits, V, ids[0], k, &s->logprobs[0], s->top_ids, s->top_logprobs);
+    else
+        s->logprobs[0] = NAN;
+    for (int i = c->has_logits ? k : 0; i < s->n_top; i++) {
+        s->top_ids[i] = -1;
+        s->top_logprobs[i] = NAN;
+    }
+    c->score = s;
+    c->score_ids = ids;
+    qvl_status st = qvl_ctx_eval_mm(c, ids, n_ids, images, n_images, videos, n_videos);
+    c->score = NULL;
+    c->score_ids = NULL;
+    qvl_free(c->score_buf);
+    c->score_buf = NULL;
+    return st;
 }
 
 /* One image or video of a prompt: its pixel rows and grid. */

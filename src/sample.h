@@ -139,4 +139,10 @@ size_t qvl_stop_flush(qvl_stop *s, const char **emit);
 /* Index of the stop string that matched, or -1 when none has. */
 int qvl_stop_matched(const qvl_stop *s);
 
+/* Log-probability of `id` under softmax(l[0..V)) into *lp, and the k most likely entries (value
+ * descending, ties by lower id; NaN counts as -inf) into top_ids / top_lp. Accumulated in
+ * double; -inf when the token's logit is -inf or no logit is finite. */
+void qvl_logprobs_row(const float *l, int32_t V, int32_t id, int k, float *lp, int32_t *top_ids,
+                      float *top_lp);
+
 #endif /* QVL_SAMPLE_H */

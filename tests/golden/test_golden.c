@@ -902,6 +902,124 @@ static int on_token_lp(const qvl_token_info *t, void *user) {
 
 /* log-probabilities of generated tokens: against the golden logits of every greedy step,
  * independent of the sampling parameters, through the result and the token callback */
+/* Prompt scoring (qvl_ctx_eval_scored) on the one-image golden case: the prompt followed by the
+ * golden greedy tokens, scored in one eval, gives at each generated position the golden top-5
+ * ids (the reference's), the log-probabilities generation reports (decode path) and, at the
+ * first, the golden prompt-end logits' value; the context's logits are those of a plain eval;
+ * appended to an evaluated prompt, token 0 is scored from the context's logits; a fresh
+ * context's token 0 has none (NAN, ids -1); bad arguments are refused with the context as it
+ * was. */
+static void score_case(void) {
+    char rel[256], err[512];
+    cJSON *g = load_json("fixtures/tiny-qwen3vl/golden/tiny_1img_png.json");
+    snprintf(rel, sizeof rel, "fixtures/tiny-qwen3vl/golden/tiny_1img_png.prompt_end_logits.f32");
+    float *glog = load_f32(rel, 151936);
+    qvl_image *img = NULL;
+    CHECK(qvl_image_load_file(shared_path("fixtures/tiny-qwen3vl/images/rgb_64x64.png"), 0, &img,
+                              err, sizeof err) == QVL_OK);
+    CHECK(g && glog && img);
+    if (!g || !glog || !img) {
+        cJSON_Delete(g);
+        free(glog);
+        qvl_image_free(img);
+        return;
+    }
+    size_t n = 0, ng = 0;
+    int32_t *ids = json_ids(cJSON_GetObjectItem(g, "input_ids"), &n);
+    int32_t *gen = json_ids(cJSON_GetObjectItem(g, "generated_ids"), &ng);
+    const cJSON *steps = cJSON_GetObjectItem(g, "step_top5");
+    const size_t na = n + ng;
+    int32_t *all = malloc(na * sizeof *all);
+    float *lp = malloc(na * sizeof *lp), *tl = malloc(na * 5 * sizeof *tl);
+    int32_t *ti = malloc(na * 5 * sizeof *ti);
+    CHECK(ids && gen && all && lp && tl && ti && ng > 2);
+    if (!ids || !gen || !all || !lp || !tl || !ti || ng <= 2)
+        goto out;
+    memcpy(all, ids, n * sizeof *all);
+    memcpy(all + n, gen, ng * sizeof *all);
+
+    /* the reference: greedy generation's log-probabilities, and a plain eval's logits */
+    qvl_ctx *c = new_ctx(512);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    qvl_gen_params gp = qvl_gen_default_params();
+    gp.temperature = 0;
+    gp.max_new_tokens = (int)ng;
+    gp.logprobs = 1;
+    qvl_gen_result r = {0};
+    CHECK(qvl_ctx_generate(c, &gp, NULL, NULL, &r) == QVL_OK && r.n_tokens == ng);
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, all, na, &img, 1) == QVL_OK);
+    int nv = 0;
+    const float *lg = qvl_ctx_logits(c, &nv);
+    float *plain = malloc((size_t)nv * sizeof *plain);
+    CHECK(plain && lg);
+    if (plain && lg)
+        memcpy(plain, lg, (size_t)nv * sizeof *plain);
+
+    /* bad arguments: refused, the context as it was */
+    qvl_ctx_reset(c);
+    qvl_prompt_scores ps = {lp, QVL_MAX_TOP_LOGPROBS + 1, ti, tl};
+    CHECK(qvl_ctx_eval_scored(c, all, na, &img, 1, NULL, 0, &ps) == QVL_E_INVAL);
+    CHECK(qvl_ctx_eval_scored(c, all, na, &img, 1, NULL, 0, NULL) == QVL_E_INVAL);
+    ps = (qvl_prompt_scores){lp, 5, NULL, tl};
+    CHECK(qvl_ctx_eval_scored(c, all, na, &img, 1, NULL, 0, &ps) == QVL_E_INVAL);
+    CHECK(qvl_ctx_n_past(c) == 0);
+
+    ps = (qvl_prompt_scores){lp, 5, ti, tl};
+    CHECKF(qvl_ctx_eval_scored(c, all, na, &img, 1, NULL, 0, &ps) == QVL_OK, "%s",
+           qvl_ctx_errmsg(c));
+    CHECK(isnan(lp[0]) && ti[0] == -1 && ti[4] == -1 && isnan(tl[0]));
+    lg = qvl_ctx_logits(c, &nv);
+    CHECK(lg && plain && !memcmp(lg, plain, (size_t)nv * sizeof *plain));
+    double worst = 0;
+    bool ids_ok = true, order_ok = true, finite_ok = true;
+    for (size_t i = 1; i < na; i++) {
+        finite_ok &= isfinite(lp[i]) && lp[i] <= 0;
+        for (int k = 1; k < 5; k++)
+            order_ok &= tl[i * 5 + k] <= tl[i * 5 + k - 1];
+    }
+    for (size_t s = 0; s < ng; s++) {
+        size_t i = n + s; /* generated token s, predicted by the row before it */
+        const cJSON *t5 = cJSON_GetObjectItem(cJSON_GetArrayItem(steps, (int)s), "top5");
+        for (int k = 0; k < 5; k++)
+            ids_ok &= ti[i * 5 + k] == cJSON_GetArrayItem(cJSON_GetArrayItem(t5, k), 0)->valueint;
+        ids_ok &= ti[i * 5] == all[i] && lp[i] == tl[i * 5];
+        worst = fmax(worst, fabs(lp[i] - r.logprobs[s]));
+    }
+    CHECK(finite_ok && order_ok);
+    CHECKF(ids_ok, "scored top-5 ids differ from the golden steps");
+    CHECKF(worst < 2e-3, "scored log-probabilities differ from generation's by %g", worst);
+    double glse = lse_of(glog, 151936);
+    CHECKF(fabs(lp[n] - (glog[gen[0]] - glse)) < 1e-3, "scored %g vs golden %g", lp[n],
+           glog[gen[0]] - glse);
+
+    /* appended to the evaluated prompt: token 0 comes from the context's logits */
+    qvl_ctx_reset(c);
+    CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
+    CHECKF(qvl_ctx_eval_scored(c, gen, ng, NULL, 0, NULL, 0, &ps) == QVL_OK, "%s",
+           qvl_ctx_errmsg(c));
+    worst = 0;
+    for (size_t s = 0; s < ng; s++)
+        worst = fmax(worst, fabs(lp[s] - r.logprobs[s]));
+    CHECKF(worst < 2e-3 && fabs(lp[0] - r.logprobs[0]) < 1e-5 && ti[0] == gen[0],
+           "appended scores differ from generation's by %g (first %g vs %g)", worst, lp[0],
+           r.logprobs[0]);
+    CHECK(qvl_ctx_n_past(c) == (int64_t)na);
+    qvl_gen_result_free(&r);
+    qvl_ctx_free(c);
+    free(plain);
+out:
+    free(ids);
+    free(gen);
+    free(all);
+    free(lp);
+    free(tl);
+    free(ti);
+    free(glog);
+    cJSON_Delete(g);
+    qvl_image_free(img);
+}
+
 static void logprobs_case(void) {
     const char *G = "fixtures/tiny-qwen3vl/golden/";
     char rel[256], err[512];
@@ -1097,6 +1215,7 @@ int main(void) {
     vit_reuse_case();
     resample_case();
     logprobs_case();
+    score_case();
     qvl_model_free(M);
     CHECK_DONE();
 }

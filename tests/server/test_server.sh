@@ -141,6 +141,30 @@ process.exit(t===want && toks.join("")===want && cs[cs.length-1].finish_reason==
 code=$(req "$T/rc4" "$U/v1/completions" -d '{"max_tokens":2,"prompt":"Once upon","echo":true}')
 ok "completions echo" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].text.startsWith("Once upon") && d.choices[0].text.length>9' <"$T/rc4")" = true ]; echo $?)" "$code"
 
+# echo with logprobs scores the prompt: a prompt of ids (qvl run's prompt and greedy answer)
+# with max_tokens 0 gives at the answer's positions the log-probabilities qvl run --logprobs
+# reported while generating; the first token has null; streamed = not streamed
+"$QVL" run -m "$M" -p Hi --temp 0 -n $NTOK --json --logprobs 1 >"$T/lpcli.json" 2>/dev/null
+ids=$(jget 'JSON.stringify(d.prompt_ids.concat(d.generated_ids))' <"$T/lpcli.json")
+code=$(req "$T/rs1" "$U/v1/completions" -d "{\"max_tokens\":0,\"echo\":true,\"logprobs\":1,\"prompt\":$ids}")
+ok "completions echo+logprobs scores the prompt" "$([ "$code" = 200 ] && node -e '
+const fs=require("fs"); const r=JSON.parse(fs.readFileSync(process.argv[1],"utf8")), q=JSON.parse(fs.readFileSync(process.argv[2],"utf8"));
+const c=r.choices[0], l=c.logprobs, np=q.prompt_ids.length, n=np+q.generated_ids.length;
+let ok=l.tokens.length===n && l.token_logprobs[0]===null && l.top_logprobs[0]===null && l.tokens.join("")===c.text;
+ok=ok && c.finish_reason==="length" && r.usage.completion_tokens===0 && r.usage.prompt_tokens===n && l.text_offset[0]===0;
+for (let i=1;i<n;i++) ok=ok && l.token_logprobs[i]<=0 && Object.keys(l.top_logprobs[i]).length===1 && l.text_offset[i]>=l.text_offset[i-1];
+for (let s=0;s<q.logprobs.length;s++) ok=ok && Math.abs(l.token_logprobs[np+s]-q.logprobs[s].logprob)<2e-3;
+process.exit(ok?0:1)' "$T/rs1" "$T/lpcli.json"; echo $?)" "$code $(head -c 300 "$T/rs1")"
+curl -s -N --max-time 60 -o "$T/rs2" -H "Authorization: Bearer $KEY" -d "{\"max_tokens\":2,\"temperature\":0,\"stream\":true,\"echo\":true,\"logprobs\":1,\"prompt\":$ids}" "$U/v1/completions"
+code=$(req "$T/rs3" "$U/v1/completions" -d "{\"max_tokens\":2,\"temperature\":0,\"echo\":true,\"logprobs\":1,\"prompt\":$ids}")
+ok "completions echo+logprobs streamed = not streamed" "$([ "$code" = 200 ] && node -e '
+const fs=require("fs"); const ev=fs.readFileSync(process.argv[1],"utf8").split("\n\n").filter(e=>e.startsWith("data: ")).map(e=>e.slice(6));
+if (ev.pop()!=="[DONE]") process.exit(1);
+const cs=ev.map(e=>JSON.parse(e).choices[0]); const w=JSON.parse(fs.readFileSync(process.argv[2],"utf8")).choices[0];
+const lps=cs.flatMap(c=>c.logprobs?c.logprobs.token_logprobs:[]), toks=cs.flatMap(c=>c.logprobs?c.logprobs.tokens:[]);
+const offs=cs.flatMap(c=>c.logprobs?c.logprobs.text_offset:[]);
+process.exit(cs.map(c=>c.text).join("")===w.text && JSON.stringify(lps)===JSON.stringify(w.logprobs.token_logprobs) && JSON.stringify(toks)===JSON.stringify(w.logprobs.tokens) && JSON.stringify(offs)===JSON.stringify(w.logprobs.text_offset) && cs[0].logprobs.tokens.length===JSON.parse(process.argv[3]).length ? 0 : 1)' "$T/rs2" "$T/rs3" "$ids"; echo $?)" "$code $(head -c 300 "$T/rs2")"
+
 # resample: the request field gives what qvl run --resample gives
 "$QVL" run -m "$M" -i "$IMGS/rgb_400x300.png" -p "$PROMPT" --temp 0 -n $NTOK --resample torchvision --json >"$T/exp_tv.json" 2>/dev/null
 mkbody "$IMGS/rgb_400x300.png" $NTOK ',"resample":"torchvision"' >"$T/btv.json"
@@ -233,7 +257,8 @@ expect "unknown role" 400 "${AUTH[@]}" -d '{"messages":[{"role":"wizard","conten
 expect "n=2" 400 "${AUTH[@]}" -d '{"n":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "top_logprobs without logprobs" 400 "${AUTH[@]}" -d '{"top_logprobs":2,"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "completions: two prompts" 400 "${AUTH[@]}" -d '{"prompt":["a","b"]}' "$U/v1/completions"
-expect "completions: echo with logprobs" 400 "${AUTH[@]}" -d '{"prompt":"a","echo":true,"logprobs":1}' "$U/v1/completions"
+expect "completions: max_tokens -1" 400 "${AUTH[@]}" -d '{"prompt":"a","max_tokens":-1}' "$U/v1/completions"
+expect "chat: max_tokens 0" 400 "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"a"}],"max_tokens":0}' "$U/v1/chat/completions"
 expect "forced tool_choice without tools" 400 "${AUTH[@]}" -d '{"tool_choice":"required","messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "tools not an array" 400 "${AUTH[@]}" -d '{"tools":{"type":"function"},"messages":[{"role":"user","content":"hi"}]}' "$C"
 expect "unknown resample" 400 "${AUTH[@]}" -d '{"resample":"bilinear","messages":[{"role":"user","content":"hi"}]}' "$C"

@@ -543,6 +543,48 @@ static void test_text(void) {
         j->lp_n = 0;
     }
     srv_job_release(NULL, j);
+    /* echo with logprobs scores the prompt; max_tokens 0 generates nothing; the prompt's records
+     * come first, the first one (no logprob: NAN) as nulls, the offsets running on */
+    st = prepare_text("{\"prompt\":\"Hello world\",\"echo\":true,\"logprobs\":1,"
+                      "\"max_tokens\":0}",
+                      &j, msg, sizeof msg);
+    CHECKF(st == 200 && j && j->score_prompt && j->no_gen && j->gp.top_logprobs == 1,
+           "echo + logprobs + max_tokens 0: %d %s", st, msg);
+    if (j && st == 200) {
+        size_t hl = 0;
+        qvl_token_bytes(g_S.model, ids[0], &hl);
+        srv_lp plp[2], lp;
+        memset(plp, 0, sizeof plp);
+        plp[0] = (srv_lp){.id = ids[0], .logprob = NAN, .top_ids = {-1}, .top_lp = {NAN}};
+        plp[1] = (srv_lp){.id = ids[1], .logprob = -2, .top_ids = {ids[1]}, .top_lp = {-2}};
+        lp = (srv_lp){.id = ids[0], .logprob = -0.5f, .top_ids = {ids[0]}, .top_lp = {-0.5f}};
+        j->plp = plp;
+        j->plp_n = 2;
+        j->lp = &lp;
+        j->lp_n = 1;
+        char *js = srv_text_completion_json(&g_S, "cmpl-x", 1, j);
+        cJSON *r = cJSON_Parse(js);
+        const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "choices"), 0);
+        const cJSON *lo = cJSON_GetObjectItemCaseSensitive(c, "logprobs");
+        const cJSON *tl = cJSON_GetObjectItemCaseSensitive(lo, "token_logprobs");
+        const cJSON *tp = cJSON_GetObjectItemCaseSensitive(lo, "top_logprobs");
+        const cJSON *to = cJSON_GetObjectItemCaseSensitive(lo, "text_offset");
+        CHECKF(cJSON_GetArraySize(tl) == 3 && cJSON_IsNull(cJSON_GetArrayItem(tl, 0)) &&
+                   cJSON_GetArrayItem(tl, 1)->valuedouble == -2 &&
+                   cJSON_GetArrayItem(tl, 2)->valuedouble == -0.5 &&
+                   cJSON_IsNull(cJSON_GetArrayItem(tp, 0)) &&
+                   cJSON_GetArraySize(cJSON_GetArrayItem(tp, 1)) == 1 &&
+                   cJSON_GetArrayItem(to, 1)->valueint == (int)hl &&
+                   cJSON_GetArrayItem(to, 2)->valueint > (int)hl,
+               "scored prompt records: %s", js ? js : "(null)");
+        cJSON_Delete(r);
+        free(js);
+        j->plp = NULL;
+        j->plp_n = 0;
+        j->lp = NULL;
+        j->lp_n = 0;
+    }
+    srv_job_release(NULL, j);
     qvl_free(ids);
     const char *bad[] = {
         "{}",
@@ -554,7 +596,7 @@ static void test_text(void) {
         "{\"prompt\":[1,1.5]}",
         "{\"prompt\":[151936]}",
         "{\"prompt\":42}",
-        "{\"prompt\":\"x\",\"echo\":true,\"logprobs\":1}",
+        "{\"prompt\":\"x\",\"max_tokens\":-1}",
         "{\"prompt\":\"x\",\"logprobs\":21}",
         "{\"prompt\":\"x\",\"logprobs\":true}",
         "{\"prompt\":\"x\",\"best_of\":2}",
