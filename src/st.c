@@ -83,6 +83,8 @@ struct qvl_st {
     size_t cap_tensors;
     size_t *slots;  /* hash table: 0 empty, else tensor index + 1 */
     size_t n_slots; /* power of two */
+    void **copies;  /* aligned copies of tensors the file stores off their element size */
+    size_t n_copies;
 };
 
 static uint64_t hash_str(const char *s) {
@@ -223,6 +225,9 @@ void qvl_st_free(qvl_st *st) {
         qvl_free((char *)st->tensors[i].name);
         qvl_free(st->raw_names[i]);
     }
+    for (size_t i = 0; i < st->n_copies; i++)
+        qvl_free(st->copies[i]);
+    qvl_free(st->copies);
     qvl_free(st->files);
     qvl_free(st->tensors);
     qvl_free(st->raw_names);
@@ -476,6 +481,25 @@ static qvl_status parse_image(qvl_st *st, int file, char *err, size_t err_len) {
         memcpy(t.shape, ents[i].shape, sizeof t.shape);
         t.data = data + ents[i].begin;
         t.nbytes = (size_t)(ents[i].end - ents[i].begin);
+        /* The kernels read 2- and 4-byte elements in place, so they must sit on their size.
+         * The safetensors library's writer orders tensors so that they do; a file that does
+         * not gets a private, aligned copy of such a tensor. */
+        size_t es = ents[i].dt->size;
+        if (es > 1 && (uintptr_t)t.data % es != 0) {
+            void *cp = qvl_malloc(t.nbytes ? t.nbytes : 1);
+            void **nc = cp ? qvl_realloc(st->copies, (st->n_copies + 1) * sizeof *nc) : NULL;
+            if (!nc) {
+                qvl_free(cp);
+                qvl_errf(err, err_len, "%s: out of memory for a copy of tensor %s", fname,
+                         ents[i].name);
+                s = QVL_E_NOMEM;
+                goto out;
+            }
+            memcpy(cp, t.data, t.nbytes);
+            st->copies = nc;
+            st->copies[st->n_copies++] = cp;
+            t.data = cp;
+        }
         t.file = file;
         s = add_tensor(st, ents[i].name, &t, err, err_len);
         if (s != QVL_OK)

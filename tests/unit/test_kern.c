@@ -295,14 +295,14 @@ done:
 }
 
 /* bf16 decode on rows that do not start on a cache line (a safetensors file puts tensors at any
- * even offset, and an odd one is not refused; avx512 assembles each line from the two aligned
- * lines it straddles, or at odd offsets loads across them): every offset and every row range
+ * even offset; the loader refuses odd ones; avx512 assembles each line from the two aligned
+ * lines it straddles): every offset and every row range
  * gives the bits of the aligned, full-range call, for k ending in a whole and in half a
  * 64-weight step (and k = 80, which ends in half an avx2 step and which avx512 leaves to the
  * generic path), and the aligned call matches the weights in double. */
 static void test_bf16_offsets(const qvl_kern *const kt[N_PATHS]) {
     static const int64_t ks[] = {32, 80, 96, 2048, 4096 + 32};
-    static const unsigned offs[] = {1, 2, 4, 6, 8, 16, 24, 32, 33, 48, 60, 62};
+    static const unsigned offs[] = {2, 4, 6, 8, 16, 24, 32, 48, 60, 62};
     static const int64_t ranges[][2] = {{0, 9}, {1, 8}, {4, 5}, {0, 1}, {8, 9}, {3, 9}};
     const int64_t n = 9;
     for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++) {
