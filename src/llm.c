@@ -97,17 +97,18 @@ const float *qvl_ctx_logits(const qvl_ctx *c, int *n_vocab) {
 }
 
 /* The scratch holds n_batch rows of each of these regions, one region after the other: the
- * normed input and attention output (hidden), queries and the o projection's input (heads x
- * head_dim), keys and values (KV heads x head_dim), gate and up (intermediate), M-RoPE cos and
- * sin (head_dim / 2). */
-enum { SCR_A, SCR_ATT, SCR_Q, SCR_O, SCR_K, SCR_V, SCR_G, SCR_U, SCR_COS, SCR_SIN, SCR_N };
+ * normed input and the projections' output (hidden), queries and the attention output, which
+ * is the o projection's input (heads x head_dim: wider than hidden in the 4B and 32B models),
+ * keys and values (KV heads x head_dim), gate and up (intermediate), M-RoPE cos and sin
+ * (head_dim / 2). */
+enum { SCR_A, SCR_Q, SCR_O, SCR_K, SCR_V, SCR_G, SCR_U, SCR_COS, SCR_SIN, SCR_N };
 
 /* floats per row of region r (SCR_N: of all of them) */
 static int64_t scratch_width(const qvl_text_cfg *tc, int r) {
     const int64_t hd = tc->head_dim;
-    const int64_t w[SCR_N] = {tc->hidden, tc->hidden, tc->n_heads * hd, tc->n_heads * hd,
+    const int64_t w[SCR_N] = {tc->hidden,          tc->n_heads * hd,    tc->n_heads * hd,
                               tc->n_kv_heads * hd, tc->n_kv_heads * hd, tc->intermediate,
-                              tc->intermediate, hd / 2, hd / 2};
+                              tc->intermediate,    hd / 2,              hd / 2};
     if (r < SCR_N)
         return w[r];
     int64_t sum = 0;
@@ -345,7 +346,7 @@ static void forward_chunk(qvl_ctx *c, float *x, int64_t n, const int32_t *pos, i
     const int64_t H = tc->hidden, hd = tc->head_dim, half = hd / 2, I = tc->intermediate;
     const int64_t nh = tc->n_heads, nkvh = tc->n_kv_heads, nq = nh * hd, nkv = nkvh * hd;
     scratch_ready(c, n);
-    float *a = scratch_region(c, SCR_A), *att = scratch_region(c, SCR_ATT);
+    float *a = scratch_region(c, SCR_A), *att = scratch_region(c, SCR_O);
     float *q = scratch_region(c, SCR_Q), *k = scratch_region(c, SCR_K);
     float *v = scratch_region(c, SCR_V), *g = scratch_region(c, SCR_G);
     float *u = scratch_region(c, SCR_U), *cs = scratch_region(c, SCR_COS);

@@ -993,6 +993,72 @@ static void score_case(void) {
     CHECKF(fabs(lp[n] - (glog[gen[0]] - glse)) < 1e-3, "scored %g vs golden %g", lp[n],
            glog[gen[0]] - glse);
 
+    /* prefill in chunks (n_batch 1, 2, 97: one row, two, and one row after 97) gives the
+     * logits of one chunk. The tiny model's attention output (4 heads x 32) is twice its
+     * hidden size (64), as the 4B's is 1.6 times: it once overflowed a scratch region sized by
+     * the hidden size into the queries being read, whenever a chunk had more rows than half
+     * of n_batch */
+    {
+        static const int nbs[] = {1, 2, 97};
+        for (int t = 0; t < 3; t++) {
+            qvl_ctx_params cp = qvl_ctx_default_params();
+            cp.n_ctx = 512;
+            cp.n_threads = 2;
+            cp.n_batch = nbs[t];
+            qvl_ctx *cb = NULL;
+            CHECK(qvl_ctx_create(M, &cp, &cb, err, sizeof err) == QVL_OK);
+            bool ok = cb && qvl_ctx_eval(cb, all, na, &img, 1) == QVL_OK;
+            int nvb = 0;
+            const float *lgb = ok ? qvl_ctx_logits(cb, &nvb) : NULL;
+            double wb = lgb && plain ? 0 : INFINITY;
+            for (int v = 0; lgb && plain && v < nvb; v++)
+                wb = fmax(wb, fabs(lgb[v] - plain[v]));
+            CHECKF(wb < 1e-3, "n_batch %d: logits differ from one chunk's by %g", nbs[t], wb);
+            qvl_ctx_free(cb);
+        }
+    }
+
+    /* prefill chunks of 7 rows (scored chunk by chunk): the same scores */
+    {
+        qvl_ctx_params cp = qvl_ctx_default_params();
+        cp.n_ctx = 512;
+        cp.n_threads = 2;
+        cp.n_batch = 7;
+        qvl_ctx *c7 = NULL;
+        float *lp7 = malloc(na * sizeof *lp7), *tl7 = malloc(na * 5 * sizeof *tl7);
+        int32_t *ti7 = malloc(na * 5 * sizeof *ti7);
+        CHECK(qvl_ctx_create(M, &cp, &c7, err, sizeof err) == QVL_OK && lp7 && tl7 && ti7);
+        qvl_prompt_scores p7 = {lp7, 5, ti7, tl7};
+        if (c7 && lp7 && tl7 && ti7 &&
+            qvl_ctx_eval_scored(c7, all, na, &img, 1, NULL, 0, &p7) == QVL_OK) {
+            double w7 = 0;
+            bool same_ids = true;
+            for (size_t i = 1; i < na; i++) {
+                w7 = fmax(w7, fabs(lp7[i] - lp[i]));
+                same_ids &= ti7[i * 5] == ti[i * 5];
+            }
+            int nv7 = 0;
+            const float *lg7 = qvl_ctx_logits(c7, &nv7);
+            double wl = 0;
+            for (int v = 0; lg7 && plain && v < nv7; v++)
+                wl = fmax(wl, fabs(lg7[v] - plain[v]));
+            size_t first_bad = 0;
+            for (size_t i = 1; i < na && !first_bad; i++)
+                if (fabs(lp7[i] - lp[i]) > 1e-3)
+                    first_bad = i;
+            CHECKF(w7 < 1e-3 && same_ids && isnan(lp7[0]) && wl < 1e-3,
+                   "chunks of 7: scores differ by %g (top ids same: %d; first at %zu of %zu; "
+                   "final logits differ by %g)",
+                   w7, same_ids, first_bad, na, wl);
+        } else {
+            CHECKF(0, "chunks of 7: %s", c7 ? qvl_ctx_errmsg(c7) : err);
+        }
+        qvl_ctx_free(c7);
+        free(lp7);
+        free(tl7);
+        free(ti7);
+    }
+
     /* appended to the evaluated prompt: token 0 comes from the context's logits */
     qvl_ctx_reset(c);
     CHECK(qvl_ctx_eval(c, ids, n, &img, 1) == QVL_OK);
