@@ -513,13 +513,13 @@ ALWAYS_INLINE void mvb_rows_shift(const bool W32, float *y, const float *xe, con
                                   int64_t k, const uint8_t *w, const float *b, int64_t j0,
                                   int64_t j1, unsigned d) {
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
-    _Alignas(64) int16_t ix[32];
-    for (int t = 0; t < 32; t++) /* W32: 16 dword indices t + d/4; else 32 word indices */
-        ix[t] = (int16_t)(W32 ? 0 : t + (int)d / 2);
-    if (W32)
-        for (int t = 0; t < 16; t++)
-            ((int32_t *)ix)[t] = t + (int)d / 4;
-    const __m512i idx = _mm512_load_si512(ix);
+    _Alignas(64) int32_t ix32[16]; /* W32: dword t of a line is dword t + d / 4 of the pair */
+    _Alignas(64) int16_t ix16[32]; /* else word t is word t + d / 2 */
+    for (int t = 0; t < 16; t++)
+        ix32[t] = t + (int)d / 4;
+    for (int t = 0; t < 32; t++)
+        ix16[t] = (int16_t)(t + (int)d / 2);
+    const __m512i idx = _mm512_load_si512(W32 ? (const void *)ix32 : (const void *)ix16);
 #define MVB_COMB(lo, hi_)                                                                         \
     (W32 ? _mm512_permutex2var_epi32(lo, idx, hi_) : _mm512_permutex2var_epi16(lo, idx, hi_))
     const size_t rb = (size_t)k * 2;
