@@ -170,6 +170,17 @@ static char *join(char *a, char *b) {
     return s;
 }
 
+/* A copy of n log-probability records (*n set to 0 when it cannot be had), to send outside the
+ * pool's lock. */
+static srv_lp *lp_copy(const srv_lp *src, size_t *n) {
+    srv_lp *c = *n ? malloc(*n * sizeof *c) : NULL;
+    if (c)
+        memcpy(c, src, *n * sizeof *c);
+    else
+        *n = 0;
+    return c;
+}
+
 /* One chunk of the stream's kind: text and/or the finish reason, or the usage chunk. */
 static char *chunk(stream *st, const char *text, size_t n, const char *finish,
                    const srv_job *usage, const srv_lp *lp, size_t n_lp) {
@@ -198,8 +209,10 @@ static bool stream_next(stream *st) {
             if (j->score_prompt) {
                 srv_pool_lock(S->pool);
                 bool ready = j->plp_ready, done = j->state == JOB_DONE;
-                if (ready && (plp = malloc(j->plp_n * sizeof *plp + 1)))
-                    memcpy(plp, j->plp, (pn = j->plp_n) * sizeof *plp);
+                if (ready) {
+                    pn = j->plp_n;
+                    plp = lp_copy(j->plp, &pn);
+                }
                 srv_pool_unlock(S->pool);
                 if (!ready && !done) {
                     st->first_sent = false;
@@ -230,11 +243,7 @@ static bool stream_next(stream *st) {
     /* they travel with text, or with the last chunk */
     if (j->lp_n > st->lp_sent && (slice || done)) {
         n_lp = j->lp_n - st->lp_sent;
-        lp = malloc(n_lp * sizeof *lp);
-        if (lp)
-            memcpy(lp, j->lp + st->lp_sent, n_lp * sizeof *lp);
-        else
-            n_lp = 0;
+        lp = lp_copy(j->lp + st->lp_sent, &n_lp);
         st->lp_sent = j->lp_n;
     }
     srv_pool_unlock(S->pool);

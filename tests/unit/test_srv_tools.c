@@ -28,6 +28,19 @@ static int prepare_text(const char *body, srv_job **job, char *msg, size_t ml) {
     return srv_text_prepare(&g_S, body, strlen(body), &ch, job, msg, ml, &code);
 }
 
+/* Each body is refused with 400, a message and no job. */
+static void check_refused(int (*prep)(const char *, srv_job **, char *, size_t),
+                          const char *const *bad, size_t n, const char *what) {
+    char msg[512];
+    for (size_t i = 0; i < n; i++) {
+        srv_job *j = NULL;
+        msg[0] = 0;
+        int st = prep(bad[i], &j, msg, sizeof msg);
+        CHECKF(st == 400 && !j && msg[0], "%s %zu: %d %s", what, i, st, msg);
+        srv_job_release(NULL, j);
+    }
+}
+
 static void test_parse(void) {
     size_t cn = 0;
     const char *t1 = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
@@ -328,12 +341,7 @@ static void test_requests(void) {
         "{\"logit_bias\":[5],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
         "{\"functions\":[],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        msg[0] = 0;
-        st = prepare(bad[i], &j, msg, sizeof msg);
-        CHECKF(st == 400 && !j && msg[0], "refused %zu: %d %s", i, st, msg);
-        srv_job_release(NULL, j);
-    }
+    check_refused(prepare, bad, sizeof bad / sizeof bad[0], "refused");
     /* their neutral forms are accepted */
     st = prepare("{\"logprobs\":false,\"top_logprobs\":0,\"response_format\":{\"type\":\"text\"},"
                  "\"logit_bias\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
@@ -606,12 +614,7 @@ static void test_text(void) {
         "{\"prompt\":\"x\",\"messages\":[]}",
         "[1]",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        msg[0] = 0;
-        st = prepare_text(bad[i], &j, msg, sizeof msg);
-        CHECKF(st == 400 && !j && msg[0], "completions refused %zu: %d %s", i, st, msg);
-        srv_job_release(NULL, j);
-    }
+    check_refused(prepare_text, bad, sizeof bad / sizeof bad[0], "completions refused");
     st = prepare_text("{\"prompt\":\"x\",\"suffix\":null,\"best_of\":1,\"logprobs\":null,"
                       "\"echo\":false}",
                       &j, msg, sizeof msg);
