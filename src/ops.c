@@ -3,21 +3,29 @@
 
 #include <stdatomic.h>
 
-/* Work is handed out in chunks of output rows, numbered across the job's matrices in order.
- * Each thread owns a contiguous run of chunks of about equal work and takes them front to back,
- * so it streams its weights as one sequential run (each jump to a new place in memory costs the
- * hardware prefetchers a restart: cutting 2B q8 decode into ~3x more chunks made it 8 % slower).
- * A thread done with its run takes chunks from the back of the others' runs, one at a time, so
- * a thread that runs slower (a busy core, a vCPU the hypervisor preempts) does less instead of
- * making the others wait at the end. Every output row is computed the same way whichever chunk
- * and thread it lands in (the kernels' results do not depend on the column slice), so results
- * do not depend on the thread count. */
+/* Work is handed out in pieces of output rows, counted in units of U rows (16 for the
+ * matrix-vector path of decode, one interleaved group; 64 for the matrix-matrix path, a
+ * multiple of every GEMM panel, so partial panels only occur at the end of a matrix) numbered
+ * across the job's matrices in order. Each thread owns a contiguous run of units of about
+ * equal work and takes pieces from its front, so it streams its weights as one sequential run
+ * (each jump to a new place in memory costs the hardware prefetchers a restart). A thread done
+ * with its run takes pieces from the back of the others' runs, so a thread that runs slower (a
+ * busy core, a vCPU the hypervisor preempts) does less instead of making the others wait.
+ * A piece lies in one matrix and holds at most that matrix's cap of units: one thread's share
+ * for the matrix-matrix path (each call re-reads, and for the int8 and bf16-dot kernels
+ * re-rounds, all the activations), an eighth of it for the matrix-vector path. There a piece
+ * also takes at most half of what is left of the run, so pieces shrink towards the run's end
+ * and a thread that finishes early finds work left to share: with pieces of fixed size (an
+ * eighth of a share), a thread waited for the other's last piece, 2 % of the decode time.
+ * Every output row is computed the same way whichever piece and thread it lands in (the
+ * kernels' results do not depend on the column slice), so results do not depend on the thread
+ * count. */
 #define MM_MAX_JOBS 8
 #define MM_MAX_RUNS 64 /* runs per job; more threads share runs */
 
 typedef struct {
-    _Alignas(64) atomic_ullong fb; /* next chunk to take from the front (high 32 bits) and one
-                                     * past the last chunk left at the back (low 32 bits) */
+    _Alignas(64) atomic_ullong fb; /* next unit to take from the front (high 32 bits) and one
+                                     * past the last unit left at the back (low 32 bits) */
 } mm_run;
 
 typedef struct {
@@ -26,8 +34,10 @@ typedef struct {
     const qvl_mat_job *jobs;
     int n_jobs;
     uint64_t act_id; /* qvl_kern_set_act_id for the calls of this job */
-    int64_t rows_per_chunk[MM_MAX_JOBS];
-    long first_chunk[MM_MAX_JOBS + 1]; /* job i owns chunks [first[i], first[i + 1]) */
+    int64_t unit;    /* rows per unit */
+    bool halve;      /* pieces take at most half of what is left of a run */
+    long first_unit[MM_MAX_JOBS + 1]; /* job i owns units [first[i], first[i + 1]) */
+    long cap[MM_MAX_JOBS];            /* most units per piece of job i */
     int n_runs;
     mm_run run[MM_MAX_RUNS];
 } mm_job;
@@ -51,43 +61,60 @@ static void mm_rows(const float *xs, int64_t m, const qvl_mat_job *jb, int64_t j
     }
 }
 
-/* the front (front = true) or back chunk left in run r, or -1 when it is empty */
-static long mm_take(mm_run *r, bool front) {
+static int mm_job_of(const mm_job *j, long u) {
+    int i = 0;
+    while (u >= j->first_unit[i + 1])
+        i++;
+    return i;
+}
+
+/* Takes a piece from the front (front = true) or the back of run r: stores its units
+ * [*u0, *u0 + n) and returns n, or 0 when the run is empty. */
+static long mm_take(const mm_job *j, mm_run *r, bool front, long *u0) {
     unsigned long long v = atomic_load_explicit(&r->fb, memory_order_relaxed);
     for (;;) {
-        unsigned long long f = v >> 32, b = v & 0xffffffffull;
+        long f = (long)(v >> 32), b = (long)(v & 0xffffffffull);
         if (f >= b)
-            return -1;
-        unsigned long long nv = front ? ((f + 1) << 32) | b : (f << 32) | (b - 1);
+            return 0;
+        int i = mm_job_of(j, front ? f : b - 1);
+        long n = front ? j->first_unit[i + 1] - f : b - j->first_unit[i];
+        if (n > b - f)
+            n = b - f;
+        if (n > j->cap[i])
+            n = j->cap[i];
+        if (j->halve && n > (b - f) / 2)
+            n = (b - f) / 2 > 0 ? (b - f) / 2 : 1;
+        unsigned long long nv = front ? ((unsigned long long)(f + n) << 32) | (unsigned long long)b
+                                      : ((unsigned long long)f << 32) | (unsigned long long)(b - n);
         if (atomic_compare_exchange_weak_explicit(&r->fb, &v, nv, memory_order_relaxed,
-                                                  memory_order_relaxed))
-            return (long)(front ? f : b - 1);
+                                                  memory_order_relaxed)) {
+            *u0 = front ? f : b - n;
+            return n;
+        }
     }
 }
 
-static void mm_chunk(const mm_job *j, long c) {
-    int i = 0;
-    while (c >= j->first_chunk[i + 1])
-        i++;
+static void mm_piece(const mm_job *j, long u0, long n) {
+    int i = mm_job_of(j, u0);
     const qvl_mat_job *jb = &j->jobs[i];
-    int64_t r0 = (int64_t)(c - j->first_chunk[i]) * j->rows_per_chunk[i];
-    int64_t r1 = r0 + j->rows_per_chunk[i] > jb->W->rows ? jb->W->rows : r0 + j->rows_per_chunk[i];
+    int64_t r0 = (int64_t)(u0 - j->first_unit[i]) * j->unit;
+    int64_t r1 = r0 + n * j->unit > jb->W->rows ? jb->W->rows : r0 + n * j->unit;
     mm_rows(j->x, j->m, jb, r0, r1);
 }
 
 static void mm_task(void *arg, int ith, int nth) {
     (void)nth;
     mm_job *j = arg;
-    qvl_kern_set_act_id(j->act_id); /* every chunk of this call reads the same rows x */
+    qvl_kern_set_act_id(j->act_id); /* every piece of this call reads the same rows x */
     const int own = ith % j->n_runs;
-    for (long c; (c = mm_take(&j->run[own], true)) >= 0;)
-        mm_chunk(j, c);
+    long u0, n;
+    while ((n = mm_take(j, &j->run[own], true, &u0)) > 0)
+        mm_piece(j, u0, n);
     for (bool any = true; any;) { /* then the others' runs, from their backs */
         any = false;
         for (int d = 1; d < j->n_runs; d++) {
-            long c = mm_take(&j->run[(own + d) % j->n_runs], false);
-            if (c >= 0) {
-                mm_chunk(j, c);
+            if ((n = mm_take(j, &j->run[(own + d) % j->n_runs], false, &u0)) > 0) {
+                mm_piece(j, u0, n);
                 any = true;
             }
         }
@@ -104,37 +131,30 @@ void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_ma
         work += m * jobs[i].W->rows * jobs[i].W->cols;
     int nth = work < 65536 ? 1 : qvl_pool_size(pool);
     static atomic_ullong next_act_id;
-    mm_job j = {.x = x, .m = m, .jobs = jobs, .n_jobs = n_jobs};
+    const bool mv = m < 16;
+    mm_job j = {.x = x, .m = m, .jobs = jobs, .n_jobs = n_jobs, .unit = mv ? 16 : 64,
+                .halve = mv && nth > 1};
     j.act_id = atomic_fetch_add_explicit(&next_act_id, 1, memory_order_relaxed) + 1;
-    /* chunks per thread and matrix: several for the matrix-vector path (fine enough to even
-     * out the threads' ends by taking from each other; a thread's own run of them is still one
-     * stream), one for the matrix-matrix path (each call re-reads, and for the int8 and
-     * bf16-dot kernels re-rounds, all the activations); rows rounded to 64 (a multiple of every
-     * GEMM panel and interleaved group) so partial panels only occur at the end of a matrix */
-    const int64_t per_thread = m < 16 ? 8 : 1;
-    j.first_chunk[0] = 0;
+    const int64_t parts = nth * (mv ? 8 : 1);
+    j.first_unit[0] = 0;
     for (int i = 0; i < n_jobs; i++) {
-        int64_t n = jobs[i].W->rows, parts = nth > 1 ? nth * per_thread : 1;
-        int64_t rc = (n + parts - 1) / parts;
-        rc = (rc + 63) & ~(int64_t)63;
-        j.rows_per_chunk[i] = rc > 0 ? rc : 64;
-        j.first_chunk[i + 1] = j.first_chunk[i] + (long)((n + j.rows_per_chunk[i] - 1) /
-                                                         j.rows_per_chunk[i]);
+        long units = (long)((jobs[i].W->rows + j.unit - 1) / j.unit);
+        j.cap[i] = (long)((units + parts - 1) / parts);
+        j.first_unit[i + 1] = j.first_unit[i] + units;
     }
-    /* runs of about equal work (rows x columns), cut at chunk boundaries */
+    /* runs of about equal work (rows x columns), cut at unit boundaries */
     j.n_runs = nth < MM_MAX_RUNS ? nth : MM_MAX_RUNS;
     double total = (double)work / (double)m, done = 0;
-    long c = 0;
+    long u = 0;
     for (int r = 0; r < j.n_runs; r++) {
-        long c0 = c;
+        long u0 = u;
         double goal = total * (r + 1) / j.n_runs;
-        for (int i = 0; i < n_jobs; i++) /* chunks of job i while the run is short of its goal */
-            for (; c < j.first_chunk[i + 1] && (r == j.n_runs - 1 || done < goal); c++) {
-                int64_t rows = jobs[i].W->rows - (c - j.first_chunk[i]) * j.rows_per_chunk[i];
-                done += (double)(rows < j.rows_per_chunk[i] ? rows : j.rows_per_chunk[i]) *
-                        (double)jobs[i].W->cols;
+        for (int i = 0; i < n_jobs; i++) /* units of job i while the run is short of its goal */
+            for (; u < j.first_unit[i + 1] && (r == j.n_runs - 1 || done < goal); u++) {
+                int64_t rows = jobs[i].W->rows - (u - j.first_unit[i]) * j.unit;
+                done += (double)(rows < j.unit ? rows : j.unit) * (double)jobs[i].W->cols;
             }
-        atomic_init(&j.run[r].fb, ((unsigned long long)c0 << 32) | (unsigned long long)c);
+        atomic_init(&j.run[r].fb, ((unsigned long long)u0 << 32) | (unsigned long long)u);
     }
     if (nth == 1)
         mm_task(&j, 0, 1);
