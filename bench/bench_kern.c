@@ -593,8 +593,25 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
  * threaded op (nth threads). The decoder's layout, each K/V head's rows contiguous within
  * chunks of C positions, or with pos_outer whole rows of all heads ([nk][n_kv * hd] per layer,
  * the layout before). Prints ms per token and GB/s of K/V read. */
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+    _Atomic uint64_t sum;
+} flush_job;
+
+static void flush_task(void *arg, int ith, int nth) {
+    flush_job *j = arg;
+    size_t a = j->n * (size_t)ith / (size_t)nth, b = j->n * (size_t)(ith + 1) / (size_t)nth;
+    uint64_t acc = 0;
+    for (size_t i = a & ~(size_t)63; i < b; i += 64)
+        acc += j->p[i];
+    j->sum += acc;
+}
+
+/* cold: before each layer's call, read a 64 MiB buffer (untimed), so the layer's K/V rows come
+ * from memory as in the decoder, where the layer's weights pass through the caches in between */
 static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
-                              qvl_dtype kvt, bool pos_outer) {
+                              qvl_dtype kvt, bool pos_outer, bool cold) {
     const int hd = 128;
     const int64_t C = QVL_KV_CHUNK, rows = (nk + C - 1) / C * C;
     const size_t es = qvl_dtype_row_bytes(kvt, 1), per = (size_t)(rows * n_kv * hd) * es;
@@ -618,11 +635,22 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
     float *q = xmalloc(sizeof(float) * (size_t)nq), *o = xmalloc(sizeof(float) * (size_t)nq);
     for (int64_t i = 0; i < nq; i++)
         q[i] = rnd_f();
+    const size_t flush_n = cold ? (size_t)64 << 20 : 0;
+    uint8_t *flush = cold ? bk_huge(flush_n) : NULL;
+    if (flush)
+        memset(flush, 1, flush_n);
+    volatile uint64_t sink = 0;
     double best = 1e30, sum = 0;
     const int reps = 10;
     for (int r = 0; r <= reps; r++) {
-        double t0 = qvl_time_ms();
+        double t = 0;
         for (int l = 0; l < n_layers; l++) {
+            if (flush) { /* by the pool's threads, which stay awake for the call */
+                flush_job fj = {flush, flush_n, 0};
+                qvl_pool_run(pool, flush_task, &fj);
+                sink += fj.sum;
+            }
+            double t0 = qvl_time_ms();
             const uint8_t *k = kv + 2 * per * (size_t)l, *v = k + per;
             if (pos_outer)
                 qvl_op_attn(pool, o, nq, q, nq, 1, k, n_kv * hd, v, n_kv * hd, hd, 0, 0, nk,
@@ -630,8 +658,8 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
             else
                 qvl_op_attn(pool, o, nq, q, nq, 1, k, hd, v, hd, C * hd, C, n_kv * C * hd, nk,
                             n_head, n_kv, hd, 1.0f / sqrtf((float)hd), true, nk - 1, kvt);
+            t += qvl_time_ms() - t0;
         }
-        double t = qvl_time_ms() - t0;
         if (r == 0)
             continue; /* warm-up */
         sum += t;
@@ -640,7 +668,10 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
     printf("attn decode %d layers, %lld tokens, %d x %d heads, %s K/V (%.0f MB)%s, %d threads: "
            "best %.2f ms (%.1f GB/s), mean %.2f ms\n",
            n_layers, (long long)nk, n_kv, n_head / n_kv, qvl_dtype_name(kvt), rd / 1e6,
-           pos_outer ? " positions outer" : "", nth, best, rd / (best * 1e6), sum / reps);
+           pos_outer ? " positions outer" : cold ? " cold" : "", nth, best, rd / (best * 1e6),
+           sum / reps);
+    if (flush)
+        munmap(flush, flush_n);
     munmap(kv, total);
     qvl_free(q);
     qvl_free(o);
@@ -766,16 +797,21 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "attn-decode")) {
-        /* attn-decode [THREADS] [TOKENS]: 28 layers of the 2B shapes (16 query heads on 8 K/V
+        /* attn-decode [THREADS] [TOKENS] [cold]: 28 layers of the 2B shapes (16 query heads on 8 K/V
          * heads) and 36 of the 4B ones (32 on 8), f32, bf16 and f16 caches; and the 2B bf16
          * cache with positions outer */
         int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
         int64_t nk = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 1500;
         static const qvl_dtype kvts[3] = {QVL_DT_F32, QVL_DT_BF16, QVL_DT_F16};
+        if (argc > 4 && !strcmp(argv[4], "cold")) {
+            for (int t = 0; t < 3; t++)
+                bench_attn_decode(nth, nk, 16, 8, 28, kvts[t], false, true);
+            return 0;
+        }
         for (int t = 0; t < 3; t++)
-            bench_attn_decode(nth, nk, 16, 8, 28, kvts[t], false);
-        bench_attn_decode(nth, nk, 32, 8, 36, QVL_DT_BF16, false);
-        bench_attn_decode(nth, nk, 16, 8, 28, QVL_DT_BF16, true); /* the layout before */
+            bench_attn_decode(nth, nk, 16, 8, 28, kvts[t], false, false);
+        bench_attn_decode(nth, nk, 32, 8, 36, QVL_DT_BF16, false, false);
+        bench_attn_decode(nth, nk, 16, 8, 28, QVL_DT_BF16, true, false); /* the layout before */
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "ceiling")) {
