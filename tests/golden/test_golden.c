@@ -4,6 +4,7 @@
  * the embeddings API; bad input leaving the context usable. */
 #include "check.h"
 #include "ctx.h"
+#include "kern/kern.h"
 #include "rope.h"
 #include "video.h"
 #include "vit.h"
@@ -1264,6 +1265,13 @@ out:
 
 int main(void) {
     char err[1024];
+    /* QVL_CPU (ctest runs this binary once per kernel path): the table asked for is the one
+     * in use, when this CPU has it */
+    const char *want = getenv("QVL_CPU");
+    if (want && *want && qvl_kern_by_name(want))
+        CHECKF(!strcmp(qvl_kern_get()->name, want), "QVL_CPU=%s but the %s kernels run", want,
+               qvl_kern_get()->name);
+    printf("kernel path: %s\n", qvl_kern_get()->name);
     qvl_status s = qvl_model_load(shared_path("fixtures/tiny-qwen3vl/model"), NULL, &M, err,
                                   sizeof err);
     CHECKF(s == QVL_OK, "load: %s", err);
