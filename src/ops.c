@@ -135,7 +135,7 @@ void qvl_op_matmul_multi(qvl_pool *pool, const float *x, int64_t m, const qvl_ma
     mm_job j = {.x = x, .m = m, .jobs = jobs, .n_jobs = n_jobs, .unit = mv ? 16 : 64,
                 .halve = mv && nth > 1};
     j.act_id = atomic_fetch_add_explicit(&next_act_id, 1, memory_order_relaxed) + 1;
-    const int64_t parts = nth * (mv ? 8 : 1);
+    const int64_t parts = nth > 1 && mv ? nth * 8 : nth; /* one thread: one piece a matrix */
     j.first_unit[0] = 0;
     for (int i = 0; i < n_jobs; i++) {
         long units = (long)((jobs[i].W->rows + j.unit - 1) / j.unit);
