@@ -592,24 +592,9 @@ static void bk_fill(uint8_t *w, qvl_dtype wt, int64_t n, int64_t k) {
  * from memory, not cache), one query row per head, the layers one after the other through the
  * threaded op (nth threads). The decoder's layout, each K/V head's rows contiguous within
  * chunks of C positions, or with pos_outer whole rows of all heads ([nk][n_kv * hd] per layer,
- * the layout before). Prints ms per token and GB/s of K/V read. */
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-    _Atomic uint64_t sum;
-} flush_job;
-
-static void flush_task(void *arg, int ith, int nth) {
-    flush_job *j = arg;
-    size_t a = j->n * (size_t)ith / (size_t)nth, b = j->n * (size_t)(ith + 1) / (size_t)nth;
-    uint64_t acc = 0;
-    for (size_t i = a & ~(size_t)63; i < b; i += 64)
-        acc += j->p[i];
-    j->sum += acc;
-}
-
-/* cold: before each layer's call, read a 64 MiB buffer (untimed), so the layer's K/V rows come
- * from memory as in the decoder, where the layer's weights pass through the caches in between */
+ * the layout before). Prints ms per token and GB/s of K/V read. cold: before each layer's call
+ * the pool's threads read a 64 MiB buffer (untimed), so the layer's K/V rows come from memory
+ * as in the decoder, where the layer's weights pass through the caches in between. */
 static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_layers,
                               qvl_dtype kvt, bool pos_outer, bool cold) {
     const int hd = 128;
@@ -644,10 +629,9 @@ static void bench_attn_decode(int nth, int64_t nk, int n_head, int n_kv, int n_l
     for (int r = 0; r <= reps; r++) {
         double t = 0;
         for (int l = 0; l < n_layers; l++) {
-            if (flush) { /* by the pool's threads, which stay awake for the call (the sum
-                          * keeps the reads) */
-                flush_job fj = {flush, flush_n, 0};
-                qvl_pool_run(pool, flush_task, &fj);
+            if (flush) { /* by the pool's threads, which stay awake for the call */
+                bk_read fr = {(const uint64_t *)flush, flush_n / 8, 0};
+                qvl_pool_run(pool, bk_read_task, &fr);
             }
             double t0 = qvl_time_ms();
             const uint8_t *k = kv + 2 * per * (size_t)l, *v = k + per;
@@ -796,9 +780,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "attn-decode")) {
-        /* attn-decode [THREADS] [TOKENS] [cold]: 28 layers of the 2B shapes (16 query heads on 8 K/V
-         * heads) and 36 of the 4B ones (32 on 8), f32, bf16 and f16 caches; and the 2B bf16
-         * cache with positions outer */
+        /* attn-decode [THREADS] [TOKENS] [cold]: 28 layers of the 2B shapes (16 query heads on
+         * 8 K/V heads) and 36 of the 4B ones (32 on 8), f32, bf16 and f16 caches; and the 2B
+         * bf16 cache with positions outer. cold: the 2B shapes only, each layer's rows from
+         * memory */
         int nth = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 2;
         int64_t nk = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 1500;
         static const qvl_dtype kvts[3] = {QVL_DT_F32, QVL_DT_BF16, QVL_DT_F16};

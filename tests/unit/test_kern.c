@@ -295,8 +295,8 @@ done:
 }
 
 /* bf16 decode on rows that do not start on a cache line (a safetensors file puts tensors at any
- * even offset; the loader refuses odd ones; avx512 assembles each line from the two aligned
- * lines it straddles): every offset and every row range
+ * even offset, and the loader copies a tensor stored off its element size; avx512 assembles
+ * each line from the two aligned lines it straddles): every offset and every row range
  * gives the bits of the aligned, full-range call, for k ending in a whole and in half a
  * 64-weight step (and k = 80, which ends in half an avx2 step and which avx512 leaves to the
  * generic path), and the aligned call matches the weights in double. */
