@@ -1,6 +1,7 @@
 /* qvl.c - command-line front end: argument parsing and printing only; all work is done by
- * libqvl through the public header. */
+ * libqvl through the public header (and image URLs are downloaded by server/fetch.c). */
 #include "qvl.h"
+#include "fetch.h" /* server/: http(s) image URLs */
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -35,6 +36,28 @@ static void log_stderr(qvl_log_level lvl, const char *msg, void *user) {
     (void)user;
     static const char *names[] = {"error", "warning", "info", "debug"};
     fprintf(stderr, "qvl %s: %s\n", names[lvl], msg);
+}
+
+/* An image argument: a file, or an http(s) URL, downloaded first (at most MAX_FETCH_BYTES, in
+ * FETCH_TIMEOUT_S seconds). */
+#define MAX_FETCH_BYTES ((size_t)256 << 20)
+#define FETCH_TIMEOUT_S 60
+static qvl_status load_image_arg(const char *arg, unsigned flags, qvl_image **img, char *err,
+                                 size_t err_len) {
+    if (!media_is_remote(arg))
+        return qvl_image_load_file_ex(arg, 0, flags, img, err, err_len);
+    *img = NULL;
+    uint8_t *bytes = NULL;
+    size_t n = 0;
+    char ferr[512] = "";
+    int r = media_fetch(arg, MAX_FETCH_BYTES, FETCH_TIMEOUT_S, &bytes, &n, ferr, sizeof ferr);
+    if (r != 0) {
+        snprintf(err, err_len, "cannot download it: %s", ferr);
+        return r == -3 ? QVL_E_NOMEM : QVL_E_IO;
+    }
+    qvl_status s = qvl_image_load_mem_ex(bytes, n, 0, flags, img, err, err_len);
+    free(bytes);
+    return s;
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out) {
@@ -525,8 +548,7 @@ static int cmd_run(opts *o) {
     qvl_gen_result res = {0};
     rc = 1;
     for (int i = 0; i < o->n_images; i++) {
-        qvl_status s = qvl_image_load_file_ex(o->images[i], 0, o->image_flags, &imgs[n_img], err,
-                                              sizeof err);
+        qvl_status s = load_image_arg(o->images[i], o->image_flags, &imgs[n_img], err, sizeof err);
         if (s != QVL_OK) {
             die(1, "image %s: %s", o->images[i], err);
             goto out;
@@ -830,7 +852,7 @@ static int cmd_preprocess(opts *o) {
         qvl_image_plan pl;
         qvl_image_opts io = {o->min_pixels, o->max_pixels, o->resample};
         qvl_status s =
-            qvl_image_load_file_ex(o->positional[i], 0, o->image_flags, &img, err, sizeof err);
+            load_image_arg(o->positional[i], o->image_flags, &img, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_image_plan_get(m, img, &io, &pl, err, sizeof err);
         if (s != QVL_OK) {
@@ -898,7 +920,7 @@ static int cmd_encode(opts *o) {
         qvl_image *img = NULL;
         qvl_image_opts io = {o->min_pixels, o->max_pixels, o->resample};
         qvl_status s =
-            qvl_image_load_file_ex(o->positional[i], 0, o->image_flags, &img, err, sizeof err);
+            load_image_arg(o->positional[i], o->image_flags, &img, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_vision_encode(m, img, &io, (int)o->threads, &feats[i], err, sizeof err);
         qvl_image_free(img);
@@ -989,8 +1011,8 @@ static int cmd_chat(opts *o) {
                 fprintf(stderr, "qvl: too many images for one turn\n");
                 continue;
             }
-            if (qvl_image_load_file_ex(line + 7, 0, o->image_flags, &pending[n_pending], err,
-                                       sizeof err) != QVL_OK)
+            if (load_image_arg(line + 7, o->image_flags, &pending[n_pending], err, sizeof err) !=
+                QVL_OK)
                 fprintf(stderr, "qvl: %s\n", err);
             else
                 n_pending++;
@@ -1108,10 +1130,13 @@ static void usage(void) {
             "  encode     -m DIR IMAGE... --out FILE   merged + DeepStack features\n"
             "  serve      -m DIR [--host H] [--port P] [--slots N] [--api-key K] [--ctx N] [--kv T]\n"
             "             [--max-body-bytes N] [--max-image-pixels N] [--allow-local-files DIR]\n"
+            "             [--allow-remote-media [--fetch-timeout SEC]]\n"
             "             OpenAI-compatible HTTP server (POST /v1/chat/completions)\n"
             "  bench      -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [--quant-cache]\n"
             "             [--quant-vision] [-t N] [--reps N] [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n"
+            "  An IMAGE (-i, /image, preprocess, encode) may also be an http(s) URL: it is\n"
+            "  downloaded first (at most 256 MiB, 60 s).\n"
             "  --kv: KV cache element type (default f32; bf16/f16 halve its memory).\n"
             "  --resample: which reference's bicubic resize and normalisation: pil (transformers'\n"
             "    PIL processor, qwen-vl-utils) or torchvision (the Fast and video processors);\n"
@@ -1154,6 +1179,15 @@ int main(int argc, char **argv) {
     g_quant_cache = o.quant_cache;
     g_quant_vision = o.quant_vision;
     g_want_progress = want_progress(&o);
+    /* libcurl's global setup before any thread starts: for image URLs given here, or typed in
+     * a chat */
+    bool remote = !strcmp(cmd, "chat");
+    for (int i = 0; i < o.n_images; i++)
+        remote |= media_is_remote(o.images[i]);
+    for (int i = 0; i < o.n_pos; i++)
+        remote |= media_is_remote(o.positional[i]);
+    if (remote)
+        media_fetch_init();
     if (!strcmp(cmd, "run"))
         return cmd_run(&o);
     if (!strcmp(cmd, "chat"))

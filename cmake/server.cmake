@@ -7,10 +7,19 @@ add_library(qvl_server STATIC
     ${CMAKE_SOURCE_DIR}/server/serve.c
     ${CMAKE_SOURCE_DIR}/server/routes.c
     ${CMAKE_SOURCE_DIR}/server/slots.c
-    ${CMAKE_SOURCE_DIR}/server/util.c)
+    ${CMAKE_SOURCE_DIR}/server/util.c
+    ${CMAKE_SOURCE_DIR}/server/fetch.c)
 target_include_directories(qvl_server PUBLIC ${CMAKE_SOURCE_DIR}/server)
 target_compile_options(qvl_server PRIVATE ${QVL_WARN})
 target_link_libraries(qvl_server PUBLIC qvl PkgConfig::MHD PkgConfig::CJSON Threads::Threads)
+# http(s) image and video URLs (`qvl run -i URL`, `qvl serve --allow-remote-media`)
+pkg_check_modules(CURL IMPORTED_TARGET libcurl)
+if(CURL_FOUND)
+    target_compile_definitions(qvl_server PRIVATE QVL_HAVE_CURL)
+    target_link_libraries(qvl_server PUBLIC PkgConfig::CURL)
+else()
+    message(WARNING "libcurl development files not found: image URLs will be refused")
+endif()
 
 # `qvl serve`: cli/qvl.c calls qvl_cli_serve(argc - 2, argv + 2)
 if(TARGET qvl_cli)

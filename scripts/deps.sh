@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs="build-essential cmake pkg-config libcjson-dev libutf8proc-dev libpcre2-dev
       libjpeg62-turbo-dev libpng-dev libwebp-dev libexif-dev libmicrohttpd-dev
-      libavformat-dev libavcodec-dev libswscale-dev libavutil-dev"
+      libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libcurl4-openssl-dev"
 tools=""
 if [ "${1:-}" = "--test" ]; then
     pkgs="$pkgs libclang-rt-14-dev"

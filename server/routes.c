@@ -3,6 +3,7 @@
  * rendering the Qwen3-VL chat template and building the prompt ids, and the JSON of
  * completions, stream chunks, errors, models and tokenize answers. */
 #include "server.h"
+#include "fetch.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -167,6 +168,29 @@ static int read_local(srv_state *S, const char *url, uint8_t **bytes, size_t *n,
     return 200;
 }
 
+/* Download an http(s) URL (what: "image" or "video", number idx) into *bytes, when the server
+ * runs with --allow-remote-media. Returns an HTTP status. */
+static int read_remote(srv_state *S, const char *url, const char *what, size_t idx,
+                       uint8_t **bytes, size_t *n, char *msg, size_t ml) {
+    if (!S->o.allow_remote) {
+        fmt(msg, ml, "%s %zu: remote URLs are disabled (start the server with "
+                     "--allow-remote-media); send the %s as a data:%s/...;base64, URI",
+            what, idx, what, what);
+        return 400;
+    }
+    char e[512] = "";
+    int r = media_fetch(url, MAX_FILE_BYTES, S->o.fetch_timeout_s, bytes, n, e, sizeof e);
+    if (r == -3) {
+        fmt(msg, ml, "out of memory");
+        return 500;
+    }
+    if (r != 0) {
+        fmt(msg, ml, "%s %zu: cannot download the URL: %s", what, idx, e);
+        return 400;
+    }
+    return 200;
+}
+
 /* Fetch and decode the image of an image_url. Returns an HTTP status. */
 static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget, qvl_image **img,
                       uint8_t **bytes, size_t *n, char *msg, size_t ml) {
@@ -198,11 +222,10 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
         int st = read_local(S, url, bytes, n, msg, ml);
         if (st != 200)
             return st;
-    } else if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8)) {
-        fmt(msg, ml, "image %zu: remote image URLs are not supported; send the image as a "
-                     "data:image/...;base64, URI",
-            idx);
-        return 400;
+    } else if (media_is_remote(url)) {
+        int st = read_remote(S, url, "image", idx, bytes, n, msg, ml);
+        if (st != 200)
+            return st;
     } else {
         fmt(msg, ml, "image %zu: unsupported image URL (use a data: URI)", idx);
         return 400;
@@ -223,8 +246,8 @@ static int load_image(srv_state *S, const char *url, size_t idx, uint64_t budget
     return 200;
 }
 
-/* Fetch and sample the video of a video_url (data:video/...;base64, or file:// under
- * --allow-local-files): FFmpeg decodes only the sampled frames, and only if they fit in
+/* Fetch and sample the video of a video_url (data:video/...;base64, file:// under
+ * --allow-local-files, http(s) under --allow-remote-media): FFmpeg decodes only the sampled frames, and only if they fit in
  * `budget` pixels (the request's images and videos share --max-image-pixels). Returns an HTTP
  * status; *pixels gets the decoded pixels. */
 static int load_video(srv_state *S, const char *url, size_t idx, uint64_t budget,
@@ -252,6 +275,10 @@ static int load_video(srv_state *S, const char *url, size_t idx, uint64_t budget
         }
     } else if (!strncmp(url, "file://", 7)) {
         int st = read_local(S, url, &bytes, &n, msg, ml);
+        if (st != 200)
+            return st;
+    } else if (media_is_remote(url)) {
+        int st = read_remote(S, url, "video", idx, &bytes, &n, msg, ml);
         if (st != 200)
             return st;
     } else {

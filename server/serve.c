@@ -3,6 +3,7 @@
  * graceful shutdown on SIGINT / SIGTERM. Request bodies are parsed in routes.c; generation runs
  * on the slot workers of slots.c. */
 #include "server.h"
+#include "fetch.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -657,6 +658,7 @@ static void serve_usage(void) {
             "usage: qvl serve -m DIR [--host 127.0.0.1] [--port 8080] [--slots N] [-t THREADS]\n"
             "                 [--ctx N] [--queue N] [--api-key KEY] [--max-image-pixels N]\n"
             "                 [--max-body-bytes N] [--allow-local-files DIR] [--timeout SEC]\n"
+            "                 [--allow-remote-media [--fetch-timeout SEC]]\n"
             "                 [--max-connections N] [--alias NAME] [--quant q8|q4|none]\n"
             "                 [--kv f32|bf16|f16] [--bf16-dot] [--load auto|mmap|copy] [--quant-cache]\n"
             "                 [--quant-vision] [--ignore-exif] [--drop-alpha]\n"
@@ -664,6 +666,10 @@ static void serve_usage(void) {
             "  --max-image-pixels caps the decoded pixels of all images of one request\n"
             "  (default 16777216); --max-body-bytes defaults to 32 MiB; --timeout (idle\n"
             "  connections, default 30 s).\n"
+            "  --allow-remote-media: image_url and video_url parts may be http(s) URLs, which\n"
+            "  the server downloads (at most 64 MiB each, --fetch-timeout seconds, default 30).\n"
+            "  Off by default: it lets clients make the server fetch from any address it can\n"
+            "  reach, including the local network.\n"
             "  --queue: requests that may wait for a slot (default 16); --port 0 picks a port.\n"
             "  --ignore-exif keeps images as stored (default: turned upright by their EXIF\n"
             "  orientation, as transformers' load_image does).\n"            "  --drop-alpha: RGBA images keep their stored colours (as transformers does)\n"
@@ -689,6 +695,7 @@ static int parse_args(int argc, char **argv, srv_opts *o) {
     o->n_ctx = 4096;
     o->queue_max = 16;
     o->timeout_s = 30;
+    o->fetch_timeout_s = 30;
     o->max_conns = 64;
     o->max_image_pixels = 16u << 20;
     o->max_body = 32u << 20;
@@ -769,6 +776,11 @@ static int parse_args(int argc, char **argv, srv_opts *o) {
         } else if (!strcmp(a, "--allow-local-files")) {
             NEED();
             o->allow_dir = v;
+        } else if (!strcmp(a, "--allow-remote-media")) {
+            o->allow_remote = 1;
+        } else if (!strcmp(a, "--fetch-timeout")) {
+            NUMOPT(1, 3600);
+            o->fetch_timeout_s = (int)n;
         } else if (!strcmp(a, "--alias")) {
             NEED();
             o->alias = v;
@@ -846,6 +858,11 @@ int qvl_cli_serve(int argc, char **argv) {
         memcpy(S->allow_real, real, n + 1);
         if (n == 0 || real[n - 1] != '/')
             memcpy(S->allow_real + n, "/", 2);
+    }
+    if (S->o.allow_remote && !media_fetch_init()) {
+        free(S);
+        return usage_err("--allow-remote-media: downloads are not available (this build has no "
+                         "libcurl)");
     }
     model_id(S);
 

@@ -26,6 +26,8 @@ typedef struct srv_opts {
     const char *host;
     const char *api_key;   /* NULL: no authentication */
     const char *allow_dir; /* --allow-local-files; NULL: file:// refused */
+    int allow_remote;      /* --allow-remote-media: http(s) image and video URLs fetched */
+    int fetch_timeout_s;   /* --fetch-timeout: for each such download */
     int port;
     int n_slots;
     int n_threads; /* per slot */

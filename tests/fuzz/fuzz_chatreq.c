@@ -14,6 +14,7 @@
 #include "../../server/routes.c"
 #include "../../server/slots.c"
 #include "../../server/util.c"
+#include "../../server/fetch.c" /* without QVL_HAVE_CURL: downloads refused */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -354,7 +354,7 @@ done
 ok "8 concurrent clients on 2 slots all correct" $allgood
 
 # ---- server B: one slot, queue of one: disconnects and a full queue ----------------------------
-start_server B --slots 1 --queue 1 --ctx 8192 --ignore-exif
+start_server B --slots 1 --queue 1 --ctx 8192 --ignore-exif --allow-remote-media --fetch-timeout 2
 PB=$PORT_B
 UB=http://127.0.0.1:$PB
 mkbody "$IMGS/rgb_64x64.png" 8000 ',"ignore_eos":true,"stream":true' >"$T/long_s.json"
@@ -377,6 +377,51 @@ code=$(curl -s --max-time 30 -o "$T/after" -w '%{http_code}' --data-binary @"$T/
 ok "slot serves again after disconnects" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/after")" = "$(exp_text rgb_64x64.png)" ]; echo $?)"
 code=$(curl -s --max-time 30 -o "$T/ro8i" -w '%{http_code}' --data-binary @"$T/bo8.json" "$UB/v1/chat/completions")
 ok "--ignore-exif server = qvl run --ignore-exif" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/ro8i")" = "$(jget 'd.text' <"$T/exp_o8i.json")" ] && [ "$(jget 'd.text' <"$T/exp_o8i.json")" != "$(jget 'd.text' <"$T/exp_o8.json")" ]; echo $?)" "$code"
+
+# ---- remote media (server B has --allow-remote-media): http URLs from a loopback server --------
+node "$here/media_server.cjs" "$IMGS" >"$T/media.port" 2>"$T/media.log" &
+pids+=("$!")
+for _ in $(seq 1 50); do [ -s "$T/media.port" ] && break; sleep 0.1; done
+MP=$(head -1 "$T/media.port")
+MU=http://127.0.0.1:$MP
+remote_body() { # remote_body KIND URL
+    printf '{"max_tokens":%d,"temperature":0,"messages":[{"role":"user","content":[{"type":"%s","%s":{"url":"%s"}},{"type":"text","text":"%s"}]}]}' \
+        $NTOK "$1" "$1" "$2" "$PROMPT"
+}
+code=$(curl -s --max-time 30 -o "$T/rr" -w '%{http_code}' -d "$(remote_body image_url "$MU/rgb_64x64.png")" "$UB/v1/chat/completions")
+ok "http image URL = qvl run" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rr")" = "$(exp_text rgb_64x64.png)" ]; echo $?)" "$code $(head -c 300 "$T/rr")"
+code=$(curl -s --max-time 30 -o "$T/rr" -w '%{http_code}' -d "$(remote_body image_url "$MU/redirect/rgb_64x64.png")" "$UB/v1/chat/completions")
+ok "http image URL through a redirect" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rr")" = "$(exp_text rgb_64x64.png)" ]; echo $?)" "$code $(head -c 300 "$T/rr")"
+remote_bad() { # remote_bad NAME URL MESSAGE-PART
+    local t0 t1 code
+    t0=$(date +%s)
+    code=$(curl -s --max-time 30 -o "$T/rb" -w '%{http_code}' -d "$(remote_body image_url "$2")" "$UB/v1/chat/completions")
+    t1=$(date +%s)
+    ok "remote $1 -> 400 '$3'" "$([ "$code" = 400 ] && grep -q "$3" "$T/rb" && [ $((t1 - t0)) -le 6 ]; echo $?)" "$code in $((t1 - t0)) s: $(head -c 300 "$T/rb")"
+    ok "remote $1: healthy after" "$(health_ok "$PB"; echo $?)"
+}
+remote_bad "404" "$MU/missing" "HTTP 404"
+remote_bad "redirect to file://" "$MU/to-file" "cannot download the URL"
+remote_bad "no answer (--fetch-timeout 2)" "$MU/slow" "cannot download the URL"
+remote_bad "Content-Length over 64 MiB" "$MU/big-length" "larger than"
+remote_bad "65 MiB without a length" "$MU/big-chunked" "larger than"
+remote_bad "empty body" "$MU/empty" "empty"
+remote_bad "not an image" "$MU/not-image" "cannot be used"
+remote_bad "closed port" "http://127.0.0.1:1/x.png" "cannot download the URL"
+if [ -s "$T/clip.mp4" ]; then
+    cp "$T/clip.mp4" "$T/media_clip.mp4"
+    node "$here/media_server.cjs" "$T" >"$T/media2.port" 2>>"$T/media.log" &
+    pids+=("$!")
+    for _ in $(seq 1 50); do [ -s "$T/media2.port" ] && break; sleep 0.1; done
+    b=$(printf '{"max_tokens":%d,"temperature":0,"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"http://127.0.0.1:%s/media_clip.mp4"}},{"type":"text","text":"What happens in this video?"}]}]}' $NTOK "$(head -1 "$T/media2.port")")
+    code=$(curl -s --max-time 30 -o "$T/rv2" -w '%{http_code}' -d "$b" "$UB/v1/chat/completions")
+    ok "http video URL = qvl run --video" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rv2")" = "$(jget 'd.text' <"$T/exp_vid.json")" ]; echo $?)" "$code $(head -c 300 "$T/rv2")"
+fi
+"$QVL" run -m "$M" -i "$MU/rgb_64x64.png" -p "$PROMPT" --temp 0 -n $NTOK --json >"$T/run_url.json" 2>"$T/run_url.err"
+ok "qvl run -i URL = qvl run -i FILE" "$([ "$(jget 'd.text' <"$T/run_url.json")" = "$(exp_text rgb_64x64.png)" ]; echo $?)" "$(head -c 300 "$T/run_url.err")"
+"$QVL" run -m "$M" -i "$MU/missing" -p "$PROMPT" -n 2 >/dev/null 2>"$T/run_url.err"
+rc=$?
+ok "qvl run -i URL that answers 404: exit 1 and a message" "$([ $rc = 1 ] && grep -q 'HTTP 404' "$T/run_url.err"; echo $?)" "rc $rc: $(head -c 300 "$T/run_url.err")"
 
 curl -s --max-time 20 -o /dev/null --data-binary @"$T/long.json" "$UB/v1/chat/completions" &
 c1=$!

@@ -8,6 +8,7 @@
 #include "../../server/routes.c"
 #include "../../server/slots.c"
 #include "../../server/util.c"
+#include "../../server/fetch.c" /* without QVL_HAVE_CURL: downloads refused */
 
 #include "check.h"
 
