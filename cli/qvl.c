@@ -60,6 +60,26 @@ static qvl_status load_image_arg(const char *arg, unsigned flags, qvl_image **im
     return s;
 }
 
+/* A --video argument: a file or frame directory, or an http(s) URL of a video file. */
+static qvl_status load_video_arg(const qvl_model *m, const char *arg, double frames_fps,
+                                 const qvl_video_opts *vo, qvl_video **out, char *err,
+                                 size_t err_len) {
+    if (!media_is_remote(arg))
+        return qvl_video_load(m, arg, frames_fps, vo, out, err, err_len);
+    *out = NULL;
+    uint8_t *bytes = NULL;
+    size_t n = 0;
+    char ferr[512] = "";
+    int r = media_fetch(arg, MAX_FETCH_BYTES, FETCH_TIMEOUT_S, &bytes, &n, ferr, sizeof ferr);
+    if (r != 0) {
+        snprintf(err, err_len, "cannot download it: %s", ferr);
+        return r == -3 ? QVL_E_NOMEM : QVL_E_IO;
+    }
+    qvl_status s = qvl_video_load_mem(m, bytes, n, vo, out, err, err_len);
+    free(bytes);
+    return s;
+}
+
 static bool parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -558,7 +578,7 @@ static int cmd_run(opts *o) {
     qvl_video_opts vo = {o->sample_fps, 0, (int)o->max_frames, o->video_min_pixels,
                          o->video_max_pixels, 0, o->resample, o->image_flags};
     for (int i = 0; i < o->n_videos; i++) {
-        qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
+        qvl_status s = load_video_arg(m, o->videos[i], o->video_fps, &vo, &vids[n_vid], err,
                                       sizeof err);
         if (s != QVL_OK) {
             die(1, "video %s: %s", o->videos[i], err);
@@ -767,7 +787,7 @@ static int preprocess_videos(opts *o, qvl_model *m) {
         char err[1024] = "";
         qvl_video *v = NULL;
         qvl_video_plan pl;
-        qvl_status s = qvl_video_load(m, o->videos[i], o->video_fps, &vo, &v, err, sizeof err);
+        qvl_status s = load_video_arg(m, o->videos[i], o->video_fps, &vo, &v, err, sizeof err);
         if (s == QVL_OK)
             s = qvl_video_plan_get(m, v, &pl, err, sizeof err);
         if (s != QVL_OK) {
@@ -1135,8 +1155,8 @@ static void usage(void) {
             "  bench      -m DIR [--quant q8|q4] [--kv T] [--bf16-dot] [--load M] [--quant-cache]\n"
             "             [--quant-vision] [-t N] [--reps N] [--json] [--no-large]\n"
             "  -m also takes a hub repo id (ORG/NAME) found in the local Hugging Face cache.\n"
-            "  An IMAGE (-i, /image, preprocess, encode) may also be an http(s) URL: it is\n"
-            "  downloaded first (at most 256 MiB, 60 s).\n"
+            "  An IMAGE (-i, /image, preprocess, encode) or a --video file may also be an\n"
+            "  http(s) URL: it is downloaded first (at most 256 MiB, 60 s).\n"
             "  --kv: KV cache element type (default f32; bf16/f16 halve its memory).\n"
             "  --resample: which reference's bicubic resize and normalisation: pil (transformers'\n"
             "    PIL processor, qwen-vl-utils) or torchvision (the Fast and video processors);\n"
@@ -1186,6 +1206,8 @@ int main(int argc, char **argv) {
         remote |= media_is_remote(o.images[i]);
     for (int i = 0; i < o.n_pos; i++)
         remote |= media_is_remote(o.positional[i]);
+    for (int i = 0; i < o.n_videos; i++)
+        remote |= media_is_remote(o.videos[i]);
     if (remote)
         media_fetch_init();
     if (!strcmp(cmd, "run"))

@@ -416,6 +416,8 @@ if [ -s "$T/clip.mp4" ]; then
     b=$(printf '{"max_tokens":%d,"temperature":0,"messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"http://127.0.0.1:%s/media_clip.mp4"}},{"type":"text","text":"What happens in this video?"}]}]}' $NTOK "$(head -1 "$T/media2.port")")
     code=$(curl -s --max-time 30 -o "$T/rv2" -w '%{http_code}' -d "$b" "$UB/v1/chat/completions")
     ok "http video URL = qvl run --video" "$([ "$code" = 200 ] && [ "$(jget 'd.choices[0].message.content' <"$T/rv2")" = "$(jget 'd.text' <"$T/exp_vid.json")" ]; echo $?)" "$code $(head -c 300 "$T/rv2")"
+    "$QVL" run -m "$M" --video "http://127.0.0.1:$(head -1 "$T/media2.port")/media_clip.mp4" -p "What happens in this video?" -n $NTOK --temp 0 --json >"$T/run_vurl.json" 2>"$T/run_vurl.err"
+    ok "qvl run --video URL = qvl run --video FILE" "$([ "$(jget 'd.text' <"$T/run_vurl.json")" = "$(jget 'd.text' <"$T/exp_vid.json")" ]; echo $?)" "$(head -c 300 "$T/run_vurl.err")"
 fi
 "$QVL" run -m "$M" -i "$MU/rgb_64x64.png" -p "$PROMPT" --temp 0 -n $NTOK --json >"$T/run_url.json" 2>"$T/run_url.err"
 ok "qvl run -i URL = qvl run -i FILE" "$([ "$(jget 'd.text' <"$T/run_url.json")" = "$(exp_text rgb_64x64.png)" ]; echo $?)" "$(head -c 300 "$T/run_url.err")"
