@@ -38,10 +38,20 @@ static void log_stderr(qvl_log_level lvl, const char *msg, void *user) {
     fprintf(stderr, "qvl %s: %s\n", names[lvl], msg);
 }
 
-/* An image argument: a file, or an http(s) URL, downloaded first (at most MAX_FETCH_BYTES, in
- * FETCH_TIMEOUT_S seconds). */
+/* Image and --video arguments may be http(s) URLs: downloaded first, at most MAX_FETCH_BYTES in
+ * FETCH_TIMEOUT_S seconds, into *bytes (free()). */
 #define MAX_FETCH_BYTES ((size_t)256 << 20)
 #define FETCH_TIMEOUT_S 60
+static qvl_status fetch_arg(const char *url, uint8_t **bytes, size_t *n, char *err,
+                            size_t err_len) {
+    char ferr[512] = "";
+    int r = media_fetch(url, MAX_FETCH_BYTES, FETCH_TIMEOUT_S, bytes, n, ferr, sizeof ferr);
+    if (r != 0)
+        snprintf(err, err_len, "cannot download it: %s", ferr);
+    return r == 0 ? QVL_OK : r == -3 ? QVL_E_NOMEM : QVL_E_IO;
+}
+
+/* An image argument: a file or a URL. */
 static qvl_status load_image_arg(const char *arg, unsigned flags, qvl_image **img, char *err,
                                  size_t err_len) {
     if (!media_is_remote(arg))
@@ -49,18 +59,14 @@ static qvl_status load_image_arg(const char *arg, unsigned flags, qvl_image **im
     *img = NULL;
     uint8_t *bytes = NULL;
     size_t n = 0;
-    char ferr[512] = "";
-    int r = media_fetch(arg, MAX_FETCH_BYTES, FETCH_TIMEOUT_S, &bytes, &n, ferr, sizeof ferr);
-    if (r != 0) {
-        snprintf(err, err_len, "cannot download it: %s", ferr);
-        return r == -3 ? QVL_E_NOMEM : QVL_E_IO;
-    }
-    qvl_status s = qvl_image_load_mem_ex(bytes, n, 0, flags, img, err, err_len);
+    qvl_status s = fetch_arg(arg, &bytes, &n, err, err_len);
+    if (s == QVL_OK)
+        s = qvl_image_load_mem_ex(bytes, n, 0, flags, img, err, err_len);
     free(bytes);
     return s;
 }
 
-/* A --video argument: a file or frame directory, or an http(s) URL of a video file. */
+/* A --video argument: a file or frame directory, or the URL of a video file. */
 static qvl_status load_video_arg(const qvl_model *m, const char *arg, double frames_fps,
                                  const qvl_video_opts *vo, qvl_video **out, char *err,
                                  size_t err_len) {
@@ -69,13 +75,9 @@ static qvl_status load_video_arg(const qvl_model *m, const char *arg, double fra
     *out = NULL;
     uint8_t *bytes = NULL;
     size_t n = 0;
-    char ferr[512] = "";
-    int r = media_fetch(arg, MAX_FETCH_BYTES, FETCH_TIMEOUT_S, &bytes, &n, ferr, sizeof ferr);
-    if (r != 0) {
-        snprintf(err, err_len, "cannot download it: %s", ferr);
-        return r == -3 ? QVL_E_NOMEM : QVL_E_IO;
-    }
-    qvl_status s = qvl_video_load_mem(m, bytes, n, vo, out, err, err_len);
+    qvl_status s = fetch_arg(arg, &bytes, &n, err, err_len);
+    if (s == QVL_OK)
+        s = qvl_video_load_mem(m, bytes, n, vo, out, err, err_len);
     free(bytes);
     return s;
 }
