@@ -1,5 +1,5 @@
 /* qvl.c - command-line front end: argument parsing and printing only; all work is done by
- * libqvl through the public header (and image URLs are downloaded by server/fetch.c). */
+ * libqvl through the public header (image and video URLs are downloaded by server/fetch.c). */
 #include "qvl.h"
 #include "fetch.h" /* server/: http(s) image URLs */
 

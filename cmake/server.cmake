@@ -18,7 +18,7 @@ if(CURL_FOUND)
     target_compile_definitions(qvl_server PRIVATE QVL_HAVE_CURL)
     target_link_libraries(qvl_server PUBLIC PkgConfig::CURL)
 else()
-    message(WARNING "libcurl development files not found: image URLs will be refused")
+    message(WARNING "libcurl development files not found: image and video URLs will be refused")
 endif()
 
 # `qvl serve`: cli/qvl.c calls qvl_cli_serve(argc - 2, argv + 2)
